@@ -1,0 +1,105 @@
+//! Missive's HTTP API (JSON under `/v1`), built on axum.
+//!
+//! Handlers are thin: they authenticate, parse, call [`missive_service::Service`] and shape the
+//! answer. Every error is an [`error::ApiError`]. `GET /v1/openapi.json` serves the reference.
+//!
+//! # Layout
+//! - [`auth`]: HS256 bearer tokens.
+//! - [`error`]: the error type and the extractors that map rejections to 4xx answers.
+//! - [`routes`]: handlers and JSON shapes.
+
+pub mod auth;
+pub mod error;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use missive_service::Service;
+use tokio::net::TcpListener;
+
+pub use auth::Secret;
+pub use error::ApiError;
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The OpenAPI document served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub secret: Secret,
+    /// Lifetime of tokens issued at registration.
+    pub token_ttl: Duration,
+    /// How long a query with `min_position` waits for the read models at most.
+    pub max_read_wait: Duration,
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub config: Arc<ApiConfig>,
+}
+
+/// The whole API as a router.
+pub fn router(state: AppState) -> Router {
+    routes::routes()
+        .fallback(|| async { ApiError::not_found("no such endpoint; see GET /v1/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not accept that method; see GET /v1/openapi.json",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(observe))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            tracing::error!("a handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the server failed to handle the request; it has been logged",
+            )
+            .into_response()
+        }))
+        .with_state(state)
+}
+
+/// Records request counts and latencies by route template.
+async fn observe(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let m = missive_telemetry::metrics();
+    m.http_requests
+        .with_label_values(&[&route, &method, response.status().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,174 @@
+//! `missive`: run the server, or mint a token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use missive_cli::server::{ServerConfig, start};
+use missive_log::sqlite::Durability;
+use missive_telemetry::LogFormat;
+use uuid::Uuid;
+
+/// Missive: an event-sourced messaging backend.
+#[derive(Debug, Parser)]
+#[command(name = "missive", version)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        env = "MISSIVE_LOG_FORMAT",
+        value_enum,
+        default_value = "human",
+        global = true
+    )]
+    log_format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Registration {
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Sync {
+    /// fsync every group commit: acknowledged commands survive power loss.
+    Full,
+    /// fsync at checkpoints only: survives a process crash, not power loss.
+    Normal,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process: HTTP API, event log, projectors and read models.
+    Serve {
+        /// Directory holding the event log, the read models and the generated JWT secret.
+        #[arg(long, env = "MISSIVE_DATA_DIR", default_value = "./missive-data")]
+        data_dir: PathBuf,
+        /// Address the HTTP API listens on.
+        #[arg(long, env = "MISSIVE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Secret that signs bearer tokens (HS256). Default: generated once and kept in the
+        /// data directory.
+        #[arg(long, env = "MISSIVE_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+        /// Whether anyone may register with POST /v1/users.
+        #[arg(long, env = "MISSIVE_REGISTRATION", value_enum, default_value = "open")]
+        registration: Registration,
+        /// Longest message text accepted, in characters.
+        #[arg(long, env = "MISSIVE_MAX_TEXT_CHARS", default_value_t = missive_domain::messages::DEFAULT_MAX_TEXT_CHARS)]
+        max_text_chars: usize,
+        /// How the embedded log syncs each group commit to disk.
+        #[arg(long, env = "MISSIVE_LOG_SYNC", value_enum, default_value = "full")]
+        log_sync: Sync,
+        /// Lifetime of tokens issued at registration, in days.
+        #[arg(long, env = "MISSIVE_TOKEN_TTL_DAYS", default_value_t = 30)]
+        token_ttl_days: u64,
+        /// Longest wait of a query's `min_position`, in milliseconds.
+        #[arg(long, env = "MISSIVE_MAX_READ_WAIT_MS", default_value_t = 2000)]
+        max_read_wait_ms: u64,
+    },
+    /// Print a bearer token for a user id, signed with the server's secret.
+    Token {
+        /// The user the token speaks for.
+        user_id: Uuid,
+        /// The data directory whose kept secret signs the token (when --jwt-secret is unset).
+        #[arg(long, env = "MISSIVE_DATA_DIR", default_value = "./missive-data")]
+        data_dir: PathBuf,
+        /// Secret that signs bearer tokens; must be the server's.
+        #[arg(long, env = "MISSIVE_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+        /// Lifetime of the token, in days.
+        #[arg(long, default_value_t = 30)]
+        ttl_days: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    missive_telemetry::init_tracing(match cli.log_format {
+        Format::Human => LogFormat::Human,
+        Format::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            jwt_secret,
+            registration,
+            max_text_chars,
+            log_sync,
+            token_ttl_days,
+            max_read_wait_ms,
+        } => {
+            let mut config = ServerConfig::embedded(data_dir);
+            config.listen = listen;
+            config.jwt_secret = jwt_secret.map(String::into_bytes);
+            config.durability = match log_sync {
+                Sync::Full => Durability::Full,
+                Sync::Normal => Durability::Normal,
+            };
+            config.service.registration_open = matches!(registration, Registration::Open);
+            config.service.max_text_chars = max_text_chars;
+            config.token_ttl = Duration::from_secs(token_ttl_days * 24 * 3600);
+            config.max_read_wait = Duration::from_millis(max_read_wait_ms);
+            let mut running = start(config).await?;
+            tokio::select! {
+                r = running.wait() => r,
+                _ = shutdown_signal() => {
+                    tracing::info!("shutting down: draining requests");
+                    running.shutdown().await
+                }
+            }
+        }
+        Command::Token {
+            user_id,
+            data_dir,
+            jwt_secret,
+            ttl_days,
+        } => {
+            let secret = match jwt_secret {
+                Some(s) => s.into_bytes(),
+                None => missive_cli::secret::read_secret(&data_dir)?.with_context(|| {
+                    format!(
+                        "no JWT secret in {}: start `missive serve --data-dir {}` once, or pass --jwt-secret",
+                        data_dir.display(),
+                        data_dir.display()
+                    )
+                })?,
+            };
+            let token = missive_api::Secret::new(secret).issue(
+                user_id,
+                chrono::Utc::now().timestamp(),
+                (ttl_days * 24 * 3600) as i64,
+            );
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,213 @@
+//! Missive's events: the immutable facts every command turns into.
+//!
+//! This crate has no I/O and no async runtime. It defines the event payloads ([`Event`]), the
+//! envelope that carries them through the log ([`Envelope`]), the identifiers derived from them
+//! (conversation ids, partition keys, streams), and the Avro single-object codec ([`codec`]) with
+//! the schema registry compiled in from `schemas/*.avsc`.
+//!
+//! # Layout
+//! - [`ids`]: deterministic identifiers (direct conversation ids, friendship pair keys).
+//! - [`codec`]: Avro single-object encoding and decoding, resolving old schema versions.
+
+pub mod codec;
+pub mod ids;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use codec::{CodecError, decode, encode};
+
+/// The event log streams. Each stream is one Kafka topic in production; events of one
+/// partition key always go to the same stream, so their order is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Message events, keyed by conversation.
+    Messages,
+    /// Registration, profiles and friendships, keyed by user or user pair.
+    Social,
+    /// Presence changes, keyed by user.
+    Presence,
+}
+
+impl Stream {
+    /// Every stream, in a fixed order.
+    pub const ALL: [Stream; 3] = [Stream::Messages, Stream::Social, Stream::Presence];
+
+    /// The stream's short name (the Kafka topic suffix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Messages => "messages",
+            Stream::Social => "social",
+            Stream::Presence => "presence",
+        }
+    }
+}
+
+/// Why a friendship (or a request for one) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalReason {
+    /// The addressee turned down a pending request.
+    Declined,
+    /// The requester withdrew a pending request.
+    Cancelled,
+    /// One side ended an accepted friendship.
+    Unfriended,
+}
+
+/// Whose view a deletion changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteScope {
+    /// Hidden for the deleting user only.
+    ForMe,
+    /// Replaced by a tombstone for every participant (sender only).
+    ForEveryone,
+}
+
+/// Online status as reported by a client or decided by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Online,
+    Offline,
+}
+
+/// Everything that can happen in Missive. Each variant is one Avro record type in `schemas/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    UserRegistered {
+        user_id: Uuid,
+        username: String,
+        display_name: String,
+    },
+    ProfileUpdated {
+        user_id: Uuid,
+        display_name: String,
+    },
+    FriendRequested {
+        requester_id: Uuid,
+        addressee_id: Uuid,
+    },
+    FriendRequestAccepted {
+        requester_id: Uuid,
+        addressee_id: Uuid,
+    },
+    /// Covers decline, cancel and unfriend; `removed_by` is the user who acted.
+    FriendshipRemoved {
+        removed_by: Uuid,
+        other_id: Uuid,
+        reason: RemovalReason,
+    },
+    MessageSent {
+        message_id: Uuid,
+        conversation_id: Uuid,
+        sender_id: Uuid,
+        recipient_id: Uuid,
+        text: String,
+        /// The client's idempotency key, added in schema version 2.
+        client_msg_id: Option<String>,
+    },
+    /// The reader has read everything in the conversation up to and including `up_to`.
+    MessagesRead {
+        conversation_id: Uuid,
+        reader_id: Uuid,
+        up_to: Uuid,
+    },
+    MessageDeleted {
+        message_id: Uuid,
+        conversation_id: Uuid,
+        deleted_by: Uuid,
+        scope: DeleteScope,
+    },
+    PresenceChanged {
+        user_id: Uuid,
+        status: Presence,
+    },
+}
+
+impl Event {
+    /// The Avro record name of this event, also sent as the `event_type` header.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::UserRegistered { .. } => "UserRegistered",
+            Event::ProfileUpdated { .. } => "ProfileUpdated",
+            Event::FriendRequested { .. } => "FriendRequested",
+            Event::FriendRequestAccepted { .. } => "FriendRequestAccepted",
+            Event::FriendshipRemoved { .. } => "FriendshipRemoved",
+            Event::MessageSent { .. } => "MessageSent",
+            Event::MessagesRead { .. } => "MessagesRead",
+            Event::MessageDeleted { .. } => "MessageDeleted",
+            Event::PresenceChanged { .. } => "PresenceChanged",
+        }
+    }
+
+    /// The stream (topic) the event belongs to.
+    pub fn stream(&self) -> Stream {
+        match self {
+            Event::MessageSent { .. } | Event::MessagesRead { .. } | Event::MessageDeleted { .. } => {
+                Stream::Messages
+            }
+            Event::PresenceChanged { .. } => Stream::Presence,
+            _ => Stream::Social,
+        }
+    }
+
+    /// The partition key: the conversation for message events, the user for presence and
+    /// profile events, the unordered user pair for friendship events.
+    pub fn partition_key(&self) -> String {
+        match self {
+            Event::UserRegistered { user_id, .. }
+            | Event::ProfileUpdated { user_id, .. }
+            | Event::PresenceChanged { user_id, .. } => user_id.to_string(),
+            Event::FriendRequested { requester_id: a, addressee_id: b }
+            | Event::FriendRequestAccepted { requester_id: a, addressee_id: b }
+            | Event::FriendshipRemoved { removed_by: a, other_id: b, .. } => ids::pair_key(*a, *b),
+            Event::MessageSent { conversation_id, .. }
+            | Event::MessagesRead { conversation_id, .. }
+            | Event::MessageDeleted { conversation_id, .. } => conversation_id.to_string(),
+        }
+    }
+}
+
+/// An event with the metadata every consumer needs. This is what the log stores, Avro-encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// UUIDv7: unique and time-ordered.
+    pub event_id: Uuid,
+    /// When the command was decided, UTC, microsecond precision.
+    pub occurred_at: DateTime<Utc>,
+    /// The user whose command caused the event.
+    pub actor_id: Uuid,
+    /// Ties together the events of one request.
+    pub correlation_id: Uuid,
+    pub event: Event,
+}
+
+impl Envelope {
+    /// Wraps an event decided now for `actor_id`. The time is truncated to microseconds, the
+    /// precision the Avro schema keeps, so an envelope survives an encode/decode round trip.
+    pub fn new(event: Event, actor_id: Uuid, correlation_id: Uuid, now: DateTime<Utc>) -> Self {
+        Envelope {
+            event_id: Uuid::now_v7(),
+            occurred_at: truncate_to_micros(now),
+            actor_id,
+            correlation_id,
+            event,
+        }
+    }
+
+    pub fn event_type(&self) -> &'static str {
+        self.event.event_type()
+    }
+
+    pub fn partition_key(&self) -> String {
+        self.event.partition_key()
+    }
+
+    pub fn stream(&self) -> Stream {
+        self.event.stream()
+    }
+}
+
+/// Drops sub-microsecond precision, which Avro's `timestamp-micros` does not keep.
+pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}

@@ -1,0 +1,186 @@
+//! The contract every [`EventLog`] adapter must honour, written once and run against each.
+//!
+//! Each check takes a fresh, empty log (its own topics or file). Adapters call
+//! [`run_all`] from their integration tests, or single checks to see which one fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use missive_events::Stream;
+
+use crate::{EventLog, LogConsumer, Position, Record, StoredRecord};
+
+/// How long a check waits for records it expects before failing.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn record(key: &str, n: usize) -> Record {
+    Record {
+        stream: Stream::Messages,
+        key: key.to_owned(),
+        event_type: "MessageSent",
+        schema_version: 2,
+        payload: format!("{key}#{n}").into_bytes(),
+    }
+}
+
+/// Polls until `want` records arrived or the deadline passes.
+pub async fn drain(consumer: &mut dyn LogConsumer, want: usize) -> Vec<StoredRecord> {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < want && start.elapsed() < DEADLINE {
+        out.extend(
+            consumer
+                .poll(want - out.len(), Duration::from_millis(200))
+                .await
+                .expect("poll"),
+        );
+    }
+    out
+}
+
+/// Appended records come back in order, byte for byte, with the positions `append` returned.
+pub async fn append_then_consume_in_order(log: Arc<dyn EventLog>) {
+    let records: Vec<Record> = (0..10).map(|n| record("conv-a", n)).collect();
+    let positions = log.append(records.clone()).await.expect("append");
+    assert_eq!(positions.len(), 10);
+    for pair in positions.windows(2) {
+        assert_eq!(
+            pair[0].partition, pair[1].partition,
+            "one key, one partition"
+        );
+        assert!(pair[0].offset < pair[1].offset, "offsets grow: {pair:?}");
+    }
+    let mut consumer = log.consumer("contract-order").await.expect("consumer");
+    let got = drain(consumer.as_mut(), 10).await;
+    assert_eq!(got.len(), 10);
+    for ((got, want), pos) in got.iter().zip(&records).zip(&positions) {
+        assert_eq!(got.payload, want.payload);
+        assert_eq!(got.key, want.key);
+        assert_eq!(got.event_type, want.event_type);
+        assert_eq!(got.schema_version, want.schema_version);
+        assert_eq!(got.stream, want.stream);
+        assert_eq!(&got.position, pos);
+    }
+    assert!(
+        log.append(Vec::new())
+            .await
+            .expect("empty append")
+            .is_empty()
+    );
+}
+
+/// Concurrent appends each get their own positions, and each key keeps its order.
+pub async fn concurrent_appends_keep_per_key_order(log: Arc<dyn EventLog>) {
+    let tasks = 8;
+    let per_task = 50;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let log = log.clone();
+        handles.push(tokio::spawn(async move {
+            let key = format!("conv-{t}");
+            let mut positions = Vec::new();
+            for n in 0..per_task {
+                positions.extend(log.append(vec![record(&key, n)]).await.expect("append"));
+            }
+            positions
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("task"));
+    }
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        tasks * per_task,
+        "every record has its own position"
+    );
+
+    let mut consumer = log.consumer("contract-concurrent").await.expect("consumer");
+    let got = drain(consumer.as_mut(), tasks * per_task).await;
+    assert_eq!(got.len(), tasks * per_task);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in &got {
+        let text = String::from_utf8(r.payload.clone()).expect("utf8");
+        let (key, n) = text.split_once('#').expect("payload");
+        let n: usize = n.parse().expect("n");
+        let expected = seen.entry(key.to_owned()).or_default();
+        assert_eq!(n, *expected, "key {key} out of order");
+        *expected += 1;
+    }
+}
+
+/// A group resumes from its committed checkpoint; another group starts at the beginning;
+/// seeking back redelivers.
+pub async fn checkpoints_and_seek(log: Arc<dyn EventLog>) {
+    let positions = log
+        .append((0..6).map(|n| record("conv-c", n)).collect())
+        .await
+        .expect("append");
+    let mut first = log.consumer("contract-group").await.expect("consumer");
+    let got = drain(first.as_mut(), 4).await;
+    assert!(got.len() >= 4);
+    let fourth = got[3].position;
+    let next = Position::new(fourth.partition, fourth.offset + 1);
+    first.commit(&[next]).await.expect("commit");
+    assert!(first.committed().await.expect("committed").contains(&next));
+    drop(first);
+
+    let mut resumed = log.consumer("contract-group").await.expect("consumer");
+    let rest = drain(resumed.as_mut(), 2).await;
+    assert_eq!(
+        rest.iter().map(|r| r.position).collect::<Vec<_>>(),
+        positions[4..].to_vec(),
+        "resumes after the checkpoint"
+    );
+
+    resumed.seek(positions[1]).expect("seek");
+    let again = drain(resumed.as_mut(), 5).await;
+    assert_eq!(
+        again.iter().map(|r| r.position).collect::<Vec<_>>(),
+        positions[1..].to_vec(),
+        "seek back redelivers"
+    );
+
+    let mut other = log
+        .consumer("contract-other-group")
+        .await
+        .expect("consumer");
+    let all = drain(other.as_mut(), 6).await;
+    assert_eq!(all.len(), 6, "a new group starts at the beginning");
+}
+
+/// A poll with nothing to read returns empty after its timeout, and later records still arrive.
+pub async fn poll_times_out_then_delivers(log: Arc<dyn EventLog>) {
+    let mut consumer = log.consumer("contract-timeout").await.expect("consumer");
+    let none = consumer
+        .poll(10, Duration::from_millis(50))
+        .await
+        .expect("poll");
+    assert!(none.is_empty());
+    log.append(vec![record("conv-t", 0)]).await.expect("append");
+    let got = drain(consumer.as_mut(), 1).await;
+    assert_eq!(got.len(), 1);
+    let ends = log.end_positions().await.expect("end positions");
+    assert!(
+        ends.iter()
+            .any(|p| p.partition == got[0].position.partition
+                && p.offset == got[0].position.offset + 1),
+        "end position follows the last record: {ends:?}"
+    );
+}
+
+/// Runs every check, each on a log made fresh by `make`.
+pub async fn run_all<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn EventLog>>,
+{
+    append_then_consume_in_order(make().await).await;
+    concurrent_appends_keep_per_key_order(make().await).await;
+    checkpoints_and_seek(make().await).await;
+    poll_times_out_then_delivers(make().await).await;
+}

@@ -1,0 +1,139 @@
+//! The event log: Missive's source of truth.
+//!
+//! Commands append immutable records; projectors and other consumers read them back in order.
+//! [`EventLog`] is the port; [`sqlite::SqliteLog`] is the embedded adapter (the default), and the
+//! Kafka adapter implements the same trait. [`contract`] is the test suite every adapter must pass.
+//!
+//! Positions follow Kafka's conventions so that every adapter can honour them: a log has one or
+//! more partitions, each an append-only sequence numbered from offset 0; a record's
+//! [`Position`] is its partition and offset; a committed checkpoint is the *next* offset to read.
+//!
+//! # Layout
+//! - [`sqlite`]: the embedded adapter (SQLite in WAL mode, group commit).
+//! - [`contract`]: the port contract suite, generic over any [`EventLog`].
+
+pub mod contract;
+pub mod sqlite;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use missive_events::Stream;
+
+/// Where a record sits in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+impl Position {
+    pub const fn new(partition: u32, offset: u64) -> Self {
+        Position { partition, offset }
+    }
+}
+
+/// Positions travel through the API as `"<partition>:<offset>"`.
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.partition, self.offset)
+    }
+}
+
+impl FromStr for Position {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const RULE: &str = "a log position is \"<partition>:<offset>\", both non-negative integers";
+        let (p, o) = s.split_once(':').ok_or(RULE)?;
+        Ok(Position {
+            partition: p.parse().map_err(|_| RULE)?,
+            offset: o.parse().map_err(|_| RULE)?,
+        })
+    }
+}
+
+/// A record to append: an encoded event with the metadata consumers route by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub stream: Stream,
+    /// Records with the same key keep their relative order.
+    pub key: String,
+    pub event_type: &'static str,
+    pub schema_version: u32,
+    /// The Avro single-object encoded envelope.
+    pub payload: Vec<u8>,
+}
+
+/// A record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub position: Position,
+    pub stream: Stream,
+    pub key: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: Vec<u8>,
+}
+
+/// What can go wrong with the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Too many appends are waiting; the caller should retry later (HTTP 503).
+    #[error("the event log is overloaded: {pending} appends are waiting; retry shortly")]
+    Overloaded { pending: usize },
+    /// The log was shut down or its writer stopped.
+    #[error("the event log is closed")]
+    Closed,
+    #[error("event log storage failed while {action}")]
+    Storage {
+        action: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A group commit failed; none of its appends were stored.
+    #[error("the event log could not commit appended events: {0}")]
+    CommitFailed(String),
+    #[error("the event log holds a record it cannot read at {position}: {reason}")]
+    Corrupt { position: Position, reason: String },
+    #[error("no partition {0} in this log")]
+    UnknownPartition(u32),
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+/// The event log port. Implementations: [`sqlite::SqliteLog`] (embedded), Kafka.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends records and resolves once every one of them is durable, with their positions in
+    /// input order. Records with the same key are stored in input order, and appends issued one
+    /// after another for the same key keep that order. Either all records of a call are
+    /// appended or the call fails.
+    async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>>;
+
+    /// The next offset to be written in every partition (the log's end).
+    async fn end_positions(&self) -> Result<Vec<Position>>;
+
+    /// A consumer in a consumer group. Its read position starts at the group's committed
+    /// checkpoint, or at the start of the log when the group has none.
+    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>>;
+}
+
+/// Reads the log in order for one consumer group.
+#[async_trait]
+pub trait LogConsumer: Send {
+    /// Moves the read position of one partition: `next` is the next offset to return.
+    fn seek(&mut self, next: Position) -> Result<()>;
+
+    /// Returns up to `max` records in order, waiting at most `timeout` when none are ready.
+    /// An empty result means none arrived in time.
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<StoredRecord>>;
+
+    /// Records the group's checkpoint: for each position, the next offset to read.
+    async fn commit(&mut self, next: &[Position]) -> Result<()>;
+
+    /// The group's committed checkpoints.
+    async fn committed(&self) -> Result<Vec<Position>>;
+}

@@ -1,0 +1,280 @@
+//! Projections: turning the event log into read models.
+//!
+//! [`project`] is pure: one event in, the read-model [`Change`]s it implies out. [`Projector`]
+//! is the worker: it consumes the log in batches, applies each batch's changes together with
+//! the batch's checkpoint, and publishes how far it got ([`Progress`]) so that queries can wait
+//! for their own writes. Because every change is idempotent, a batch delivered twice (crash
+//! between apply and commit, redelivery, full replay) leaves the read models unchanged.
+//!
+//! # Layout
+//! - [`project`]: the projection function.
+//! - [`Projector`], [`Progress`]: the worker and its published position.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use missive_events::{DeleteScope, Envelope, Event, Presence};
+use missive_log::{EventLog, Position, StoredRecord};
+use missive_store::{Change, ReadStore};
+use missive_telemetry::metrics;
+use tokio::sync::watch;
+
+/// The name under which the read models' projection keeps its checkpoints.
+pub const READ_MODELS: &str = "read-models";
+
+/// The read-model changes one event implies. `position` is where the event sits in the log;
+/// its offset is the version that orders changes to the same row.
+pub fn project(envelope: &Envelope, position: Position) -> Vec<Change> {
+    let version = position.offset;
+    let at = envelope.occurred_at;
+    match &envelope.event {
+        Event::UserRegistered {
+            user_id,
+            username,
+            display_name,
+        } => vec![Change::AddUser {
+            user_id: *user_id,
+            username: username.clone(),
+            display_name: display_name.clone(),
+            registered_at: at,
+        }],
+        Event::ProfileUpdated {
+            user_id,
+            display_name,
+        } => vec![Change::SetDisplayName {
+            user_id: *user_id,
+            display_name: display_name.clone(),
+            version,
+        }],
+        Event::PresenceChanged { user_id, status } => vec![Change::SetPresence {
+            user_id: *user_id,
+            online: *status == Presence::Online,
+            at,
+            version,
+        }],
+        Event::FriendRequested {
+            requester_id: a,
+            addressee_id: b,
+        }
+        | Event::FriendRequestAccepted {
+            requester_id: a,
+            addressee_id: b,
+        }
+        | Event::FriendshipRemoved {
+            removed_by: a,
+            other_id: b,
+            ..
+        } => match missive_domain::friends::evolve(&envelope.event) {
+            Some(state) => vec![Change::SetFriendship {
+                a: *a,
+                b: *b,
+                state,
+                at,
+                version,
+            }],
+            None => Vec::new(),
+        },
+        Event::MessageSent {
+            message_id,
+            conversation_id,
+            sender_id,
+            recipient_id,
+            text,
+            client_msg_id,
+        } => vec![Change::AddMessage {
+            message_id: *message_id,
+            conversation_id: *conversation_id,
+            sender_id: *sender_id,
+            recipient_id: *recipient_id,
+            text: text.clone(),
+            client_msg_id: client_msg_id.clone(),
+            sent_at: at,
+            position,
+        }],
+        Event::MessagesRead {
+            conversation_id,
+            reader_id,
+            up_to,
+        } => vec![Change::MarkRead {
+            conversation_id: *conversation_id,
+            reader_id: *reader_id,
+            up_to: *up_to,
+        }],
+        Event::MessageDeleted {
+            message_id,
+            deleted_by,
+            scope,
+            ..
+        } => match scope {
+            DeleteScope::ForMe => vec![Change::HideMessage {
+                user_id: *deleted_by,
+                message_id: *message_id,
+            }],
+            DeleteScope::ForEveryone => vec![Change::TombstoneMessage {
+                message_id: *message_id,
+            }],
+        },
+    }
+}
+
+/// How far a projection has applied the log: per partition, the next offset to apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress(pub BTreeMap<u32, u64>);
+
+impl Progress {
+    /// True once the event at `position` has been applied.
+    pub fn has_applied(&self, position: Position) -> bool {
+        self.0
+            .get(&position.partition)
+            .is_some_and(|next| *next > position.offset)
+    }
+}
+
+/// Consumes the log and keeps the read models up to date.
+pub struct Projector {
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn ReadStore>,
+    name: String,
+    batch_size: usize,
+    progress: watch::Sender<Progress>,
+}
+
+impl std::fmt::Debug for Projector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projector")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Turns a batch of records into changes and the checkpoint just after it.
+pub fn project_batch(projection: &str, records: &[StoredRecord]) -> (Vec<Change>, Vec<Position>) {
+    let mut changes = Vec::with_capacity(records.len() * 2);
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    for record in records {
+        next.insert(record.position.partition, record.position.offset + 1);
+        match missive_events::decode(&record.payload) {
+            Ok(envelope) => {
+                metrics()
+                    .projector_events
+                    .with_label_values(&[projection, envelope.event_type()])
+                    .inc();
+                changes.extend(project(&envelope, record.position));
+            }
+            Err(error) => {
+                metrics()
+                    .projector_poison
+                    .with_label_values(&[projection])
+                    .inc();
+                tracing::error!(
+                    projection,
+                    position = %record.position,
+                    event_type = %record.event_type,
+                    %error,
+                    "cannot decode event; passed over"
+                );
+            }
+        }
+    }
+    let checkpoint = next.into_iter().map(|(p, o)| Position::new(p, o)).collect();
+    (changes, checkpoint)
+}
+
+impl Projector {
+    pub fn new(log: Arc<dyn EventLog>, store: Arc<dyn ReadStore>, name: &str) -> Self {
+        let (progress, _) = watch::channel(Progress::default());
+        Projector {
+            log,
+            store,
+            name: name.to_owned(),
+            batch_size: 2048,
+            progress,
+        }
+    }
+
+    /// Sets how many events at most go into one store transaction.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Follows the projection's progress (starts empty until [`Projector::run`] loads it).
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Runs until `shutdown` resolves, then returns after the batch in hand is applied.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ProjectorError> {
+        let mut consumer = self.log.consumer(&self.name).await?;
+        let checkpoints = self.store.checkpoints(&self.name).await?;
+        let mut progress = Progress::default();
+        // The store's checkpoint commits with the read models, so it is the truth; the log's
+        // group checkpoint is only kept for monitoring and tools.
+        for cp in &checkpoints {
+            consumer.seek(*cp)?;
+            progress.0.insert(cp.partition, cp.offset);
+        }
+        for end in self.log.end_positions().await? {
+            progress.0.entry(end.partition).or_insert(0);
+        }
+        self.progress.send_replace(progress.clone());
+        tracing::info!(projection = %self.name, ?checkpoints, "projector started");
+        tokio::pin!(shutdown);
+        loop {
+            let records = tokio::select! {
+                _ = &mut shutdown => break,
+                polled = consumer.poll(self.batch_size, Duration::from_millis(500)) => polled?,
+            };
+            if records.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let (changes, checkpoint) = project_batch(&self.name, &records);
+            self.store
+                .apply(&self.name, changes, checkpoint.clone())
+                .await?;
+            if let Err(error) = consumer.commit(&checkpoint).await {
+                tracing::warn!(projection = %self.name, %error, "log checkpoint not committed; the store's checkpoint still holds");
+            }
+            for cp in &checkpoint {
+                progress.0.insert(cp.partition, cp.offset);
+            }
+            self.progress.send_replace(progress.clone());
+            self.observe(&progress, started).await;
+        }
+        tracing::info!(projection = %self.name, "projector stopped");
+        Ok(())
+    }
+
+    async fn observe(&self, progress: &Progress, started: Instant) {
+        let m = metrics();
+        m.projector_batch_seconds
+            .with_label_values(&[&self.name])
+            .observe(started.elapsed().as_secs_f64());
+        let ends = self.log.end_positions().await.unwrap_or_default();
+        for (partition, next) in &progress.0 {
+            let p = partition.to_string();
+            m.projector_position
+                .with_label_values(&[&self.name, &p])
+                .set(*next as i64);
+            if let Some(end) = ends.iter().find(|e| e.partition == *partition) {
+                m.projector_lag
+                    .with_label_values(&[&self.name, &p])
+                    .set(end.offset.saturating_sub(*next) as i64);
+            }
+        }
+    }
+}
+
+/// Why a projector stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("the projector lost the event log")]
+    Log(#[from] missive_log::LogError),
+    #[error("the projector could not write the read models")]
+    Store(#[from] missive_store::StoreError),
+}

@@ -1,0 +1,574 @@
+//! Missive's application layer: the one place that turns commands into appended events and
+//! answers queries from the read models.
+//!
+//! A command runs as: load the state its decision needs from the read models, call the pure
+//! `decide` function of `missive-domain`, encode and append the events, and wait for the
+//! durable acknowledgement. Two mechanisms keep decisions consistent while the read models
+//! trail the log by a few milliseconds:
+//! - Commands whose outcome depends on earlier commands of *any* client on the same key
+//!   (a username, a user pair) run under a per-key lock that is released only once the
+//!   projector has applied the command's events, so the next decision on that key sees them.
+//! - Message sends with a `client_msg_id` claim the key in memory before appending, so a retry
+//!   that arrives while the first attempt is in flight (or not yet projected) waits for it and
+//!   returns the same message instead of sending a second one.
+//!
+//! Limitation: both mechanisms are per process. With several API processes on one Kafka log,
+//! route a user's requests to one process or accept that two racing registrations of one name
+//! may both be acknowledged (the projection keeps the first).
+//!
+//! # Layout
+//! - [`Service`]: commands and queries.
+//! - [`ServiceError`]: why one failed, in terms an API can map to a status.
+//! - [`locks`]: keyed async locks.
+
+pub mod locks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use missive_domain::friends::FriendCommand;
+use missive_domain::messages::{Send, SendState, Visible};
+use missive_domain::{DomainError, FriendshipState};
+use missive_events::{DeleteScope, Envelope, Event, Presence, codec};
+use missive_log::{EventLog, LogError, Position, Record};
+use missive_projector::Progress;
+use missive_store::{
+    Conversation, FriendEntry, HistoryQuery, Message, Page, ReadStore, StoreError, User,
+};
+use missive_telemetry::metrics;
+use parking_lot::Mutex;
+use tokio::sync::{OnceCell, watch};
+use uuid::Uuid;
+
+use locks::KeyedLocks;
+
+/// Why a command or query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The command broke a business rule; the message says which.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// Registration is switched off on this server.
+    #[error("registration is closed on this server")]
+    RegistrationClosed,
+    #[error("the event log refused the append")]
+    Log(#[from] LogError),
+    #[error("the read models could not be read")]
+    Store(#[from] StoreError),
+    #[error("an event could not be encoded")]
+    Codec(#[from] codec::CodecError),
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// Settings of the application layer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub max_text_chars: usize,
+    pub registration_open: bool,
+    /// How long a command waits for its events to be projected before releasing its key.
+    pub projection_wait: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_text_chars: missive_domain::messages::DEFAULT_MAX_TEXT_CHARS,
+            registration_open: true,
+            projection_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Who is acting, and the request that carries the action.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor {
+    pub user_id: Uuid,
+    pub correlation_id: Uuid,
+}
+
+/// The answer to a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub sent_at: DateTime<Utc>,
+    pub position: Position,
+    /// True when this send repeated an earlier one with the same `client_msg_id`.
+    pub duplicate: bool,
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub user_id: Uuid,
+    pub username: String,
+    pub display_name: String,
+    pub position: Position,
+}
+
+/// An in-flight or recent send, keyed by sender and `client_msg_id`.
+type Claim = Arc<OnceCell<SendReceipt>>;
+
+/// Claims are pruned once they are this many, keeping those not yet projected.
+const CLAIMS_PRUNE_AT: usize = 10_000;
+
+/// Commands and queries over an event log and a read store.
+pub struct Service {
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn ReadStore>,
+    progress: watch::Receiver<Progress>,
+    config: Config,
+    locks: KeyedLocks,
+    claims: Mutex<HashMap<(Uuid, String), Claim>>,
+    /// The log's end when the service started: decisions wait until it is projected.
+    startup_end: Vec<Position>,
+    caught_up: AtomicBool,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn visible(m: &Message) -> Visible {
+    Visible {
+        message_id: m.message_id,
+        conversation_id: m.conversation_id,
+        sender_id: m.sender_id,
+        deleted_for_everyone: m.deleted_for_everyone,
+    }
+}
+
+impl Service {
+    /// `progress` follows the projector that keeps `store` up to date with `log`.
+    pub async fn new(
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn ReadStore>,
+        progress: watch::Receiver<Progress>,
+        config: Config,
+    ) -> Result<Self> {
+        let startup_end = log.end_positions().await?;
+        Ok(Service {
+            log,
+            store,
+            progress,
+            config,
+            locks: KeyedLocks::new(1024),
+            claims: Mutex::new(HashMap::new()),
+            startup_end,
+            caught_up: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Waits until the event at `position` is applied to the read models, at most `timeout`.
+    /// Returns whether it was.
+    pub async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
+        let mut rx = self.progress.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|p| p.has_applied(position)))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until every position in `ends` (next offsets) is applied.
+    async fn wait_for_ends(&self, ends: &[Position], timeout: Duration) -> bool {
+        for end in ends {
+            if end.offset > 0
+                && !self
+                    .wait_for(Position::new(end.partition, end.offset - 1), timeout)
+                    .await
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// True once the read models hold everything the log held at startup.
+    pub async fn ready(&self) -> bool {
+        if self.caught_up.load(Ordering::Acquire) {
+            return true;
+        }
+        let done = self.wait_for_ends(&self.startup_end, Duration::ZERO).await;
+        if done {
+            self.caught_up.store(true, Ordering::Release);
+        }
+        done
+    }
+
+    /// Decisions read the read models: before the first one, they must hold the whole log as
+    /// it was at startup.
+    async fn await_startup(&self) {
+        if !self.caught_up.load(Ordering::Acquire) {
+            let wait = self.config.projection_wait;
+            if self.wait_for_ends(&self.startup_end, wait).await {
+                self.caught_up.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Waits until the read models hold everything appended so far, so a decision sees the
+    /// caller's own earlier commands.
+    async fn catch_up(&self) -> Result<()> {
+        self.await_startup().await;
+        let ends = self.log.end_positions().await?;
+        self.wait_for_ends(&ends, self.config.projection_wait).await;
+        Ok(())
+    }
+
+    /// Encodes and appends events decided for `actor`; returns the last event's position.
+    async fn append(
+        &self,
+        actor: Actor,
+        events: Vec<Event>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Position>> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let mut records = Vec::with_capacity(events.len());
+        for event in events {
+            let envelope = Envelope::new(event, actor.user_id, actor.correlation_id, now);
+            let event_type = envelope.event_type();
+            records.push(Record {
+                stream: envelope.stream(),
+                key: envelope.partition_key(),
+                event_type,
+                schema_version: codec::schema_version(event_type).unwrap_or(1),
+                payload: codec::encode(&envelope)?,
+            });
+        }
+        let types: Vec<&'static str> = records.iter().map(|r| r.event_type).collect();
+        let positions = self.log.append(records).await?;
+        for t in types {
+            metrics().events_appended.with_label_values(&[t]).inc();
+        }
+        Ok(positions.last().copied())
+    }
+
+    /// Appends under a key lock and keeps the lock until the events are projected.
+    async fn append_and_project(
+        &self,
+        actor: Actor,
+        events: Vec<Event>,
+    ) -> Result<Option<Position>> {
+        let position = self.append(actor, events, Utc::now()).await?;
+        if let Some(p) = position
+            && !self.wait_for(p, self.config.projection_wait).await
+        {
+            tracing::warn!(position = %p, "events not projected in time; releasing the key anyway");
+        }
+        Ok(position)
+    }
+
+    // ----- users -----
+
+    pub async fn register(
+        &self,
+        actor_correlation: Uuid,
+        username: &str,
+        display_name: Option<&str>,
+    ) -> Result<Registered> {
+        if !self.config.registration_open {
+            return Err(ServiceError::RegistrationClosed);
+        }
+        missive_domain::users::validate_username(username)?;
+        self.await_startup().await;
+        let _guard = self
+            .locks
+            .lock(&format!("username:{}", username.to_lowercase()))
+            .await;
+        let taken = self.store.user_by_username(username).await?.is_some();
+        let user_id = Uuid::now_v7();
+        let events =
+            missive_domain::users::decide_register(taken, user_id, username, display_name)?;
+        let display = match &events[..] {
+            [Event::UserRegistered { display_name, .. }] => display_name.clone(),
+            _ => username.to_owned(),
+        };
+        let actor = Actor {
+            user_id,
+            correlation_id: actor_correlation,
+        };
+        let position = self
+            .append_and_project(actor, events)
+            .await?
+            .unwrap_or(Position::new(0, 0));
+        Ok(Registered {
+            user_id,
+            username: username.to_owned(),
+            display_name: display,
+            position,
+        })
+    }
+
+    pub async fn user(&self, id: Uuid) -> Result<User> {
+        self.store
+            .user(id)
+            .await?
+            .ok_or(ServiceError::Domain(DomainError::UserNotFound(id)))
+    }
+
+    pub async fn update_profile(
+        &self,
+        actor: Actor,
+        display_name: &str,
+    ) -> Result<(User, Option<Position>)> {
+        missive_domain::users::validate_display_name(display_name)?;
+        self.catch_up().await?;
+        let _guard = self.locks.lock(&format!("user:{}", actor.user_id)).await;
+        let me = self.user(actor.user_id).await?;
+        let events = missive_domain::users::decide_update_profile(
+            &me.display_name,
+            actor.user_id,
+            display_name,
+        )?;
+        let position = self.append_and_project(actor, events).await?;
+        Ok((
+            User {
+                display_name: display_name.to_owned(),
+                ..me
+            },
+            position,
+        ))
+    }
+
+    // ----- friends -----
+
+    /// Runs a friend command; returns the pair's state afterwards.
+    pub async fn friend(
+        &self,
+        actor: Actor,
+        other: Uuid,
+        command: FriendCommand,
+    ) -> Result<(FriendshipState, Option<Position>)> {
+        self.catch_up().await?;
+        let _guard = self
+            .locks
+            .lock(&missive_events::ids::pair_key(actor.user_id, other))
+            .await;
+        let state = self.store.friendship(actor.user_id, other).await?;
+        let other_exists = actor.user_id == other || self.store.user(other).await?.is_some();
+        let events =
+            missive_domain::friends::decide(state, actor.user_id, other, other_exists, command)?;
+        let after = events
+            .last()
+            .and_then(missive_domain::friends::evolve)
+            .unwrap_or(state);
+        let position = self.append_and_project(actor, events).await?;
+        Ok((after, position))
+    }
+
+    pub async fn friends(&self, actor: Actor) -> Result<Vec<FriendEntry>> {
+        Ok(self.store.friends(actor.user_id).await?)
+    }
+
+    // ----- messages -----
+
+    /// Sends a direct message. With a `client_msg_id`, a retry returns the original message.
+    pub async fn send(
+        &self,
+        actor: Actor,
+        peer: Uuid,
+        text: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<SendReceipt> {
+        let Some(cmid) = client_msg_id else {
+            return self.send_new(actor, peer, text, None).await;
+        };
+        missive_domain::messages::validate_client_msg_id(cmid)?;
+        self.await_startup().await;
+        let claim = {
+            let mut claims = self.claims.lock();
+            if claims.len() >= CLAIMS_PRUNE_AT {
+                let progress = self.progress.borrow().clone();
+                claims.retain(|_, c| c.get().is_none_or(|r| !progress.has_applied(r.position)));
+            }
+            claims
+                .entry((actor.user_id, cmid.to_owned()))
+                .or_default()
+                .clone()
+        };
+        let mut fresh = false;
+        let receipt = claim
+            .get_or_try_init(|| async {
+                if let Some(m) = self.store.message_by_client_id(actor.user_id, cmid).await? {
+                    return Ok::<_, ServiceError>(SendReceipt {
+                        message_id: m.message_id,
+                        conversation_id: m.conversation_id,
+                        sent_at: m.sent_at,
+                        position: m.position,
+                        duplicate: true,
+                    });
+                }
+                fresh = true;
+                self.send_new(actor, peer, text, Some(cmid)).await
+            })
+            .await?;
+        Ok(SendReceipt {
+            duplicate: !fresh,
+            ..receipt.clone()
+        })
+    }
+
+    async fn send_new(
+        &self,
+        actor: Actor,
+        peer: Uuid,
+        text: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<SendReceipt> {
+        let max = self.config.max_text_chars;
+        missive_domain::messages::validate_text(text, max)?;
+        let (recipient_exists, friendship) = if peer == actor.user_id {
+            (true, FriendshipState::None)
+        } else {
+            (
+                self.store.user(peer).await?.is_some(),
+                self.store.friendship(actor.user_id, peer).await?,
+            )
+        };
+        let message_id = Uuid::now_v7();
+        let state = SendState {
+            recipient_exists,
+            friendship,
+            max_text_chars: max,
+        };
+        let events = missive_domain::messages::decide_send(
+            state,
+            Send {
+                message_id,
+                sender: actor.user_id,
+                recipient: peer,
+                text,
+                client_msg_id,
+            },
+        )?;
+        let conversation_id = missive_events::ids::direct_conversation_id(actor.user_id, peer);
+        let now = missive_events::truncate_to_micros(Utc::now());
+        let position = self
+            .append(actor, events, now)
+            .await?
+            .unwrap_or(Position::new(0, 0));
+        Ok(SendReceipt {
+            message_id,
+            conversation_id,
+            sent_at: now,
+            position,
+            duplicate: false,
+        })
+    }
+
+    /// The participants of a conversation `actor` takes part in; 404 for anyone else, so that
+    /// conversation ids do not leak.
+    async fn my_conversation(&self, actor: Actor, conversation: Uuid) -> Result<(Uuid, Uuid)> {
+        match self.store.participants(conversation).await? {
+            Some((a, b)) if a == actor.user_id || b == actor.user_id => Ok((a, b)),
+            _ => Err(
+                DomainError::NotFound(format!("no conversation {conversation} of yours")).into(),
+            ),
+        }
+    }
+
+    pub async fn conversations(
+        &self,
+        actor: Actor,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Conversation>> {
+        Ok(self
+            .store
+            .conversations(actor.user_id, cursor, limit)
+            .await?)
+    }
+
+    pub async fn history(
+        &self,
+        actor: Actor,
+        conversation: Uuid,
+        query: HistoryQuery,
+    ) -> Result<Page<Message>> {
+        self.my_conversation(actor, conversation).await?;
+        Ok(self
+            .store
+            .history(actor.user_id, conversation, query)
+            .await?)
+    }
+
+    pub async fn messages_since(
+        &self,
+        actor: Actor,
+        since: DateTime<Utc>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Message>> {
+        Ok(self
+            .store
+            .messages_since(actor.user_id, since, after, limit)
+            .await?)
+    }
+
+    pub async fn mark_read(
+        &self,
+        actor: Actor,
+        conversation: Uuid,
+        up_to: Uuid,
+    ) -> Result<Position> {
+        self.catch_up().await?;
+        self.my_conversation(actor, conversation).await?;
+        let message = self.store.message(actor.user_id, up_to).await?;
+        let events = missive_domain::messages::decide_mark_read(
+            actor.user_id,
+            conversation,
+            up_to,
+            message.as_ref().map(visible),
+        )?;
+        Ok(self
+            .append(actor, events, Utc::now())
+            .await?
+            .unwrap_or(Position::new(0, 0)))
+    }
+
+    /// Deletes a message; returns the message as the actor now sees it (a tombstone, or
+    /// nothing when hidden) and the event's position (none when nothing changed).
+    pub async fn delete(
+        &self,
+        actor: Actor,
+        message_id: Uuid,
+        scope: DeleteScope,
+    ) -> Result<Option<Position>> {
+        self.catch_up().await?;
+        let message = self.store.message(actor.user_id, message_id).await?;
+        let events = missive_domain::messages::decide_delete(
+            actor.user_id,
+            message_id,
+            message.as_ref().map(visible),
+            scope,
+        )?;
+        self.append(actor, events, Utc::now()).await
+    }
+
+    pub async fn set_presence(
+        &self,
+        actor: Actor,
+        status: Presence,
+    ) -> Result<(DateTime<Utc>, Position)> {
+        let events = missive_domain::presence::decide_presence(actor.user_id, status)?;
+        let now = missive_events::truncate_to_micros(Utc::now());
+        let position = self
+            .append(actor, events, now)
+            .await?
+            .unwrap_or(Position::new(0, 0));
+        Ok((now, position))
+    }
+}

@@ -1,0 +1,627 @@
+//! The contract every [`ReadStore`] adapter must honour, written once and run against each.
+//!
+//! Each check takes a fresh, empty store. [`snapshot`] captures everything the queries can see
+//! for a set of users, so tests can compare read models after re-application or replay.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use missive_log::Position;
+use uuid::Uuid;
+
+use crate::{
+    Change, FriendshipState, HistoryQuery, MessageStatus, ReadStore, Relation, StoreError,
+};
+
+const P: &str = "contract";
+
+fn t(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000, 0).single().expect("time") + Duration::seconds(seconds)
+}
+
+fn pos(offset: u64) -> Position {
+    Position::new(0, offset)
+}
+
+/// Every query's answer for `users`, as text, for equality checks.
+pub async fn snapshot(store: &dyn ReadStore, users: &[Uuid]) -> String {
+    let mut out = String::new();
+    for &u in users {
+        out += &format!("user {u}: {:?}\n", store.user(u).await.expect("user"));
+        out += &format!("friends: {:?}\n", store.friends(u).await.expect("friends"));
+        let convs = store
+            .conversations(u, None, 1000)
+            .await
+            .expect("conversations");
+        out += &format!("conversations: {:?}\n", convs);
+        for c in &convs.items {
+            let h = store
+                .history(
+                    u,
+                    c.conversation_id,
+                    HistoryQuery {
+                        limit: 1000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("history");
+            out += &format!("history {}: {:?}\n", c.conversation_id, h);
+        }
+        let since = store
+            .messages_since(u, t(-1_000_000), None, 1000)
+            .await
+            .expect("since");
+        out += &format!("since: {:?}\n", since);
+    }
+    out
+}
+
+struct Scene {
+    alice: Uuid,
+    bob: Uuid,
+    carol: Uuid,
+    conv: Uuid,
+    msgs: Vec<Uuid>,
+}
+
+fn users(scene: &Scene) -> Vec<Change> {
+    [
+        (scene.alice, "Alice"),
+        (scene.bob, "bob"),
+        (scene.carol, "carol"),
+    ]
+    .into_iter()
+    .map(|(id, name)| Change::AddUser {
+        user_id: id,
+        username: name.into(),
+        display_name: format!("{name} display"),
+        registered_at: t(0),
+    })
+    .collect()
+}
+
+fn message(scene: &Scene, i: usize, from_alice: bool, offset: u64) -> Change {
+    let (s, r) = if from_alice {
+        (scene.alice, scene.bob)
+    } else {
+        (scene.bob, scene.alice)
+    };
+    Change::AddMessage {
+        message_id: scene.msgs[i],
+        conversation_id: scene.conv,
+        sender_id: s,
+        recipient_id: r,
+        text: format!("message {i}"),
+        client_msg_id: Some(format!("c{i}")),
+        sent_at: t(10 + i as i64),
+        position: pos(offset),
+    }
+}
+
+fn scene() -> Scene {
+    Scene {
+        alice: Uuid::now_v7(),
+        bob: Uuid::now_v7(),
+        carol: Uuid::now_v7(),
+        conv: Uuid::now_v7(),
+        msgs: (0..6).map(|_| Uuid::now_v7()).collect(),
+    }
+}
+
+/// A realistic sequence: users, friendship, messages both ways, reads and deletes.
+fn story(s: &Scene) -> Vec<Change> {
+    let mut c = users(s);
+    c.push(Change::SetFriendship {
+        a: s.alice,
+        b: s.bob,
+        state: FriendshipState::Pending { requester: s.alice },
+        at: t(1),
+        version: 3,
+    });
+    c.push(Change::SetFriendship {
+        a: s.bob,
+        b: s.alice,
+        state: FriendshipState::Friends,
+        at: t(2),
+        version: 4,
+    });
+    c.push(message(s, 0, true, 5));
+    c.push(message(s, 1, true, 6));
+    c.push(message(s, 2, false, 7));
+    c.push(message(s, 3, true, 8));
+    c.push(message(s, 4, true, 9));
+    c.push(Change::MarkRead {
+        conversation_id: s.conv,
+        reader_id: s.bob,
+        up_to: s.msgs[1],
+    });
+    c.push(Change::HideMessage {
+        user_id: s.bob,
+        message_id: s.msgs[3],
+    });
+    c.push(Change::TombstoneMessage {
+        message_id: s.msgs[4],
+    });
+    c.push(Change::SetPresence {
+        user_id: s.bob,
+        online: true,
+        at: t(30),
+        version: 12,
+    });
+    c.push(Change::SetDisplayName {
+        user_id: s.alice,
+        display_name: "Al".into(),
+        version: 13,
+    });
+    c
+}
+
+/// Users can be found by id and by username in any case; versions guard profile and presence.
+pub async fn users_profiles_and_presence(store: Arc<dyn ReadStore>) {
+    let s = scene();
+    store
+        .apply(P, users(&s), vec![pos(3)])
+        .await
+        .expect("apply");
+    let alice = store
+        .user_by_username("aLiCe")
+        .await
+        .expect("lookup")
+        .expect("found");
+    assert_eq!(alice.id, s.alice);
+    assert_eq!(alice.username, "Alice");
+    assert!(
+        store
+            .user_by_username("nobody")
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    let changes = vec![
+        Change::SetDisplayName {
+            user_id: s.alice,
+            display_name: "new".into(),
+            version: 10,
+        },
+        Change::SetDisplayName {
+            user_id: s.alice,
+            display_name: "stale".into(),
+            version: 9,
+        },
+        Change::SetPresence {
+            user_id: s.alice,
+            online: true,
+            at: t(50),
+            version: 20,
+        },
+        Change::SetPresence {
+            user_id: s.alice,
+            online: false,
+            at: t(60),
+            version: 21,
+        },
+        Change::SetPresence {
+            user_id: s.alice,
+            online: true,
+            at: t(40),
+            version: 19,
+        },
+    ];
+    store.apply(P, changes, vec![pos(22)]).await.expect("apply");
+    let alice = store.user(s.alice).await.expect("user").expect("found");
+    assert_eq!(alice.display_name, "new", "an older version must not win");
+    assert!(!alice.online, "an older presence change must not win");
+    assert_eq!(alice.last_seen, Some(t(60)));
+    assert_eq!(
+        store.checkpoints(P).await.expect("checkpoints"),
+        vec![pos(22)]
+    );
+    assert!(
+        store
+            .checkpoints("other")
+            .await
+            .expect("checkpoints")
+            .is_empty()
+    );
+}
+
+/// Friendship states and the friend list as each side sees it.
+pub async fn friendships(store: Arc<dyn ReadStore>) {
+    let s = scene();
+    let mut c = users(&s);
+    c.push(Change::SetFriendship {
+        a: s.alice,
+        b: s.bob,
+        state: FriendshipState::Pending { requester: s.alice },
+        at: t(1),
+        version: 1,
+    });
+    c.push(Change::SetFriendship {
+        a: s.carol,
+        b: s.alice,
+        state: FriendshipState::Friends,
+        at: t(2),
+        version: 2,
+    });
+    store.apply(P, c, vec![pos(3)]).await.expect("apply");
+    assert_eq!(
+        store.friendship(s.bob, s.alice).await.expect("friendship"),
+        FriendshipState::Pending { requester: s.alice }
+    );
+    let alice_friends = store.friends(s.alice).await.expect("friends");
+    let relations: Vec<(Uuid, Relation)> = alice_friends
+        .iter()
+        .map(|f| (f.user.id, f.relation))
+        .collect();
+    assert_eq!(
+        relations,
+        vec![
+            (s.carol, Relation::Friend),
+            (s.bob, Relation::OutgoingRequest)
+        ]
+    );
+    let bob_friends = store.friends(s.bob).await.expect("friends");
+    assert_eq!(bob_friends.len(), 1);
+    assert_eq!(bob_friends[0].relation, Relation::IncomingRequest);
+
+    let stale = Change::SetFriendship {
+        a: s.alice,
+        b: s.carol,
+        state: FriendshipState::None,
+        at: t(0),
+        version: 1,
+    };
+    store.apply(P, vec![stale], vec![]).await.expect("apply");
+    assert_eq!(
+        store
+            .friendship(s.alice, s.carol)
+            .await
+            .expect("friendship"),
+        FriendshipState::Friends,
+        "an older change must not undo a newer one"
+    );
+    let removal = Change::SetFriendship {
+        a: s.alice,
+        b: s.carol,
+        state: FriendshipState::None,
+        at: t(5),
+        version: 7,
+    };
+    store.apply(P, vec![removal], vec![]).await.expect("apply");
+    assert_eq!(
+        store.friendship(s.carol, s.alice).await.expect("f"),
+        FriendshipState::None
+    );
+    assert_eq!(store.friends(s.carol).await.expect("friends").len(), 0);
+}
+
+/// Unread counts, statuses, previews, tombstones and hidden messages after the story.
+pub async fn messages_unread_and_deletes(store: Arc<dyn ReadStore>) {
+    let s = scene();
+    store
+        .apply(P, story(&s), vec![pos(14)])
+        .await
+        .expect("apply");
+
+    // Bob read up to message 1; message 2 is his own; 3 is hidden for him; 4 is a tombstone.
+    let bob = store
+        .conversations(s.bob, None, 10)
+        .await
+        .expect("conversations");
+    assert_eq!(bob.items.len(), 1);
+    assert_eq!(bob.items[0].unread_count, 0);
+    assert_eq!(bob.items[0].peer.id, s.alice);
+    assert_eq!(bob.items[0].peer.display_name, "Al");
+    let last = bob.items[0].last_message.as_ref().expect("preview");
+    assert_eq!(last.message_id, s.msgs[4]);
+    assert!(last.deleted_for_everyone && last.text.is_none());
+
+    // Alice has not read message 2 from Bob.
+    let alice = store
+        .conversations(s.alice, None, 10)
+        .await
+        .expect("conversations");
+    assert_eq!(alice.items[0].unread_count, 1);
+
+    let history = store
+        .history(
+            s.bob,
+            s.conv,
+            HistoryQuery {
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    let ids: Vec<Uuid> = history.items.iter().map(|m| m.message_id).collect();
+    assert_eq!(
+        ids,
+        vec![s.msgs[4], s.msgs[2], s.msgs[1], s.msgs[0]],
+        "newest first, 3 hidden"
+    );
+    assert_eq!(history.items[2].status, MessageStatus::Read);
+    assert_eq!(
+        history.items[1].status,
+        MessageStatus::Pending,
+        "alice has not read 2"
+    );
+    assert_eq!(history.items[1].seq, 3);
+    assert_eq!(history.next, None);
+    let alice_history = store
+        .history(
+            s.alice,
+            s.conv,
+            HistoryQuery {
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(alice_history.items.len(), 5, "hidden for bob only");
+
+    // A new message counts; hiding it, then tombstoning it, takes it away once.
+    let extra = message(&s, 5, true, 15);
+    store
+        .apply(P, vec![extra], vec![pos(16)])
+        .await
+        .expect("apply");
+    let unread = |store: Arc<dyn ReadStore>, user| async move {
+        store.conversations(user, None, 10).await.expect("c").items[0].unread_count
+    };
+    assert_eq!(unread(store.clone(), s.bob).await, 1);
+    let hide = Change::HideMessage {
+        user_id: s.bob,
+        message_id: s.msgs[5],
+    };
+    let tomb = Change::TombstoneMessage {
+        message_id: s.msgs[5],
+    };
+    store
+        .apply(P, vec![hide.clone(), tomb.clone(), hide, tomb], vec![])
+        .await
+        .expect("apply");
+    assert_eq!(unread(store.clone(), s.bob).await, 0);
+
+    // Reading up to the last message recounts to zero for alice; marker never moves back.
+    store
+        .apply(
+            P,
+            vec![
+                Change::MarkRead {
+                    conversation_id: s.conv,
+                    reader_id: s.alice,
+                    up_to: s.msgs[2],
+                },
+                Change::MarkRead {
+                    conversation_id: s.conv,
+                    reader_id: s.alice,
+                    up_to: s.msgs[0],
+                },
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    assert_eq!(unread(store.clone(), s.alice).await, 0);
+    let m2 = store
+        .message(s.bob, s.msgs[2])
+        .await
+        .expect("m")
+        .expect("visible");
+    assert_eq!(m2.status, MessageStatus::Read);
+    assert!(
+        store.message(s.bob, s.msgs[3]).await.expect("m").is_none(),
+        "hidden"
+    );
+    assert!(
+        store
+            .message(s.carol, s.msgs[2])
+            .await
+            .expect("m")
+            .is_none(),
+        "not hers"
+    );
+}
+
+/// Cursor paging of history, conversations and the catch-up feed.
+pub async fn pagination(store: Arc<dyn ReadStore>) {
+    let s = scene();
+    let mut c = story(&s);
+    c.push(message(&s, 5, false, 15));
+    store.apply(P, c, vec![pos(16)]).await.expect("apply");
+
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .history(
+                s.alice,
+                s.conv,
+                HistoryQuery {
+                    before,
+                    limit: 2,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("history");
+        seen.extend(page.items.iter().map(|m| m.seq));
+        match page.next {
+            Some(next) => before = Some(next.parse().expect("cursor is a message id")),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec![6, 5, 4, 3, 2, 1]);
+
+    let after = store
+        .history(
+            s.alice,
+            s.conv,
+            HistoryQuery {
+                after: Some(s.msgs[1]),
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(
+        after.items.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert_eq!(after.next, Some(s.msgs[3].to_string()));
+
+    let since = store
+        .history(
+            s.alice,
+            s.conv,
+            HistoryQuery {
+                since: Some(t(14)),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(
+        since.items.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![5, 6]
+    );
+
+    let unknown = store
+        .history(
+            s.alice,
+            s.conv,
+            HistoryQuery {
+                before: Some(Uuid::now_v7()),
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(unknown, Err(StoreError::UnknownCursor(_))));
+
+    let mut feed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .messages_since(s.bob, t(11), after.as_deref(), 2)
+            .await
+            .expect("since");
+        feed.extend(page.items.iter().map(|m| m.seq));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(
+        feed,
+        vec![2, 3, 5, 6],
+        "from t(11), message 3 (seq 4) hidden for bob"
+    );
+    assert!(matches!(
+        store.messages_since(s.bob, t(0), Some("garbage"), 2).await,
+        Err(StoreError::InvalidCursor(_))
+    ));
+    assert!(matches!(
+        store.conversations(s.bob, Some("x.y"), 2).await,
+        Err(StoreError::InvalidCursor(_))
+    ));
+
+    // Two conversations for alice: newest activity first, paged one at a time.
+    let other_conv = Uuid::now_v7();
+    let late = Change::AddMessage {
+        message_id: Uuid::now_v7(),
+        conversation_id: other_conv,
+        sender_id: s.carol,
+        recipient_id: s.alice,
+        text: "hi".into(),
+        client_msg_id: None,
+        sent_at: t(100),
+        position: pos(17),
+    };
+    store.apply(P, vec![late], vec![]).await.expect("apply");
+    let first = store.conversations(s.alice, None, 1).await.expect("c");
+    assert_eq!(first.items[0].conversation_id, other_conv);
+    let second = store
+        .conversations(s.alice, first.next.as_deref(), 1)
+        .await
+        .expect("c");
+    assert_eq!(second.items[0].conversation_id, s.conv);
+    assert_eq!(second.next, None);
+    assert_eq!(
+        store
+            .participants(other_conv)
+            .await
+            .expect("p")
+            .map(|(a, b)| {
+                let mut v = [a, b];
+                v.sort();
+                v
+            }),
+        Some({
+            let mut v = [s.carol, s.alice];
+            v.sort();
+            v
+        })
+    );
+}
+
+/// Applying any prefix again, or everything twice, changes nothing.
+pub async fn reapplying_is_idempotent(store: Arc<dyn ReadStore>, fresh: Arc<dyn ReadStore>) {
+    let s = scene();
+    let all = story(&s);
+    let everyone = [s.alice, s.bob, s.carol];
+    store
+        .apply(P, all.clone(), vec![pos(14)])
+        .await
+        .expect("apply");
+    let once = snapshot(store.as_ref(), &everyone).await;
+    for cut in [1, 5, 9, all.len()] {
+        store
+            .apply(P, all[..cut].to_vec(), vec![pos(14)])
+            .await
+            .expect("again");
+        assert_eq!(
+            snapshot(store.as_ref(), &everyone).await,
+            once,
+            "re-applying {cut} changes"
+        );
+    }
+    // One change at a time (as a redelivering consumer would) gives the same as one batch.
+    for change in &all {
+        fresh
+            .apply(P, vec![change.clone()], vec![])
+            .await
+            .expect("apply");
+        fresh
+            .apply(P, vec![change.clone()], vec![])
+            .await
+            .expect("duplicate");
+    }
+    assert_eq!(snapshot(fresh.as_ref(), &everyone).await, once);
+}
+
+/// The idempotency key finds the original message.
+pub async fn client_message_ids(store: Arc<dyn ReadStore>) {
+    let s = scene();
+    store.apply(P, story(&s), vec![]).await.expect("apply");
+    let found = store
+        .message_by_client_id(s.bob, "c2")
+        .await
+        .expect("lookup")
+        .expect("found");
+    assert_eq!(found.message_id, s.msgs[2]);
+    assert_eq!(found.position, pos(7));
+    assert!(
+        store
+            .message_by_client_id(s.alice, "c2")
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+}

@@ -1,0 +1,112 @@
+//! Read models: what queries are answered from.
+//!
+//! Projectors turn events into [`Change`]s and hand them to a [`ReadStore`] together with the
+//! log checkpoint they reach; the store applies both atomically (or, where it cannot, in an
+//! order and form that makes re-application harmless). Queries read only from here.
+//! [`sqlite::SqliteStore`] is the embedded adapter (the default); the Scylla adapter implements
+//! the same trait. [`contract`] is the suite every adapter must pass.
+//!
+//! # Layout
+//! - [`model`]: read-model types and the [`Change`] vocabulary.
+//! - [`sqlite`]: the embedded adapter.
+//! - [`contract`]: the port contract suite, generic over any [`ReadStore`].
+
+pub mod contract;
+pub mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use missive_log::Position;
+use uuid::Uuid;
+
+pub use model::*;
+
+/// What can go wrong with a read store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("read store failed while {action}")]
+    Sqlite {
+        action: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A pagination cursor that names no message of the conversation.
+    #[error("the cursor {0} is not a message of this conversation")]
+    UnknownCursor(Uuid),
+    /// A pagination cursor that is not one this store handed out.
+    #[error("the cursor {0:?} is not a valid cursor; pass back a `next` value unchanged")]
+    InvalidCursor(String),
+    #[error("the read store holds a value it cannot read: {0}")]
+    Corrupt(String),
+    #[error("the read store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The read-model port. Implementations: [`sqlite::SqliteStore`] (embedded), Scylla.
+#[async_trait]
+pub trait ReadStore: Send + Sync + 'static {
+    /// Applies `changes` in order and records `checkpoint` (per partition, the next offset to
+    /// read) for `projection`, so that a restarted projector resumes exactly after them.
+    async fn apply(
+        &self,
+        projection: &str,
+        changes: Vec<Change>,
+        checkpoint: Vec<Position>,
+    ) -> Result<()>;
+
+    /// The checkpoints `projection` recorded, one per partition it has seen.
+    async fn checkpoints(&self, projection: &str) -> Result<Vec<Position>>;
+
+    async fn user(&self, id: Uuid) -> Result<Option<User>>;
+
+    /// Looks a user up by username, ignoring case.
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>>;
+
+    async fn friendship(&self, a: Uuid, b: Uuid) -> Result<FriendshipState>;
+
+    /// Friends and pending requests in both directions, most recent first.
+    async fn friends(&self, user: Uuid) -> Result<Vec<FriendEntry>>;
+
+    /// The user's conversations, latest activity first. `cursor` is a previous page's `next`.
+    async fn conversations(
+        &self,
+        user: Uuid,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Conversation>>;
+
+    /// The two participants of a conversation that has at least one message.
+    async fn participants(&self, conversation: Uuid) -> Result<Option<(Uuid, Uuid)>>;
+
+    /// A page of a conversation's history as `viewer` sees it (hidden messages left out).
+    /// `next` is the message id to pass as `before` (descending) or `after` (ascending).
+    async fn history(
+        &self,
+        viewer: Uuid,
+        conversation: Uuid,
+        query: HistoryQuery,
+    ) -> Result<Page<Message>>;
+
+    /// Every message sent by or to `user` at or after `since`, oldest first, across
+    /// conversations, hidden ones left out. `after` is a previous page's `next`.
+    async fn messages_since(
+        &self,
+        user: Uuid,
+        since: DateTime<Utc>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Message>>;
+
+    /// One message, as `viewer` sees it (`None` if unknown or hidden from them).
+    async fn message(&self, viewer: Uuid, message_id: Uuid) -> Result<Option<Message>>;
+
+    /// The message a sender sent with this idempotency key, if any.
+    async fn message_by_client_id(
+        &self,
+        sender: Uuid,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>>;
+}

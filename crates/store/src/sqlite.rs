@@ -1,0 +1,935 @@
+//! The embedded read store: SQLite in WAL mode.
+//!
+//! One writer connection (the projectors') applies each batch of changes and its checkpoint in
+//! one transaction, so a crash can never separate them. Queries use a small pool of reader
+//! connections and run inline: each is a handful of indexed lookups.
+//!
+//! Unread counts are kept per (user, conversation) and changed only under guards that make each
+//! change idempotent: a message counts when it is first stored, stops counting when it is
+//! first hidden or tombstoned (if it was counted), and a read marker that moves forward
+//! recounts from the messages themselves.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use missive_log::Position;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use uuid::Uuid;
+
+use crate::{
+    Change, Conversation, FriendEntry, FriendshipState, HistoryQuery, Message, MessageStatus, Page,
+    ReadStore, Relation, Result, StoreError, User,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    user_id          BLOB PRIMARY KEY,
+    username         TEXT NOT NULL,
+    username_key     TEXT NOT NULL UNIQUE,
+    display_name     TEXT NOT NULL,
+    registered_at    INTEGER NOT NULL,
+    profile_version  INTEGER NOT NULL DEFAULT -1,
+    online           INTEGER NOT NULL DEFAULT 0,
+    last_seen        INTEGER,
+    presence_version INTEGER NOT NULL DEFAULT -1
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS friendships (
+    user_lo   BLOB NOT NULL,
+    user_hi   BLOB NOT NULL,
+    state     INTEGER NOT NULL,
+    requester BLOB,
+    since     INTEGER NOT NULL,
+    version   INTEGER NOT NULL,
+    PRIMARY KEY (user_lo, user_hi)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS friendships_by_hi ON friendships (user_hi);
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation_id BLOB PRIMARY KEY,
+    user_a          BLOB NOT NULL,
+    user_b          BLOB NOT NULL,
+    last_seq        INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    message_id      BLOB NOT NULL UNIQUE,
+    conversation_id BLOB NOT NULL,
+    seq             INTEGER NOT NULL,
+    sender_id       BLOB NOT NULL,
+    recipient_id    BLOB NOT NULL,
+    text            TEXT,
+    client_msg_id   TEXT,
+    sent_at         INTEGER NOT NULL,
+    deleted         INTEGER NOT NULL DEFAULT 0,
+    log_partition   INTEGER NOT NULL,
+    log_offset      INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (conversation_id, seq);
+CREATE INDEX IF NOT EXISTS messages_by_client_id ON messages (sender_id, client_msg_id)
+    WHERE client_msg_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_sender_time ON messages (sender_id, sent_at, message_id);
+CREATE INDEX IF NOT EXISTS messages_by_recipient_time ON messages (recipient_id, sent_at, message_id);
+CREATE TABLE IF NOT EXISTS user_conversations (
+    user_id          BLOB NOT NULL,
+    conversation_id  BLOB NOT NULL,
+    peer_id          BLOB NOT NULL,
+    last_message_id  BLOB,
+    last_activity_at INTEGER NOT NULL,
+    read_seq         INTEGER NOT NULL DEFAULT 0,
+    unread           INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, conversation_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS user_conversations_by_activity
+    ON user_conversations (user_id, last_activity_at, conversation_id);
+CREATE TABLE IF NOT EXISTS hidden_messages (
+    user_id         BLOB NOT NULL,
+    message_id      BLOB NOT NULL,
+    PRIMARY KEY (user_id, message_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    projection  TEXT NOT NULL,
+    partition   INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (projection, partition)
+) WITHOUT ROWID;
+";
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// The embedded [`ReadStore`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { action, source }
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(sql("opening the read store"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql("enabling WAL mode"))?;
+    // The read models can always be rebuilt from the log, and each batch commits together with
+    // its checkpoint, so NORMAL (no fsync per commit) cannot make them inconsistent.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sql("setting synchronous mode"))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(sql("setting the busy timeout"))?;
+    Ok(conn)
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(v: i64) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(v).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Integer,
+            format!("timestamp {v} out of range").into(),
+        )
+    })
+}
+
+fn ordered(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the read store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let writer = open_connection(path)?;
+        writer
+            .execute_batch(SCHEMA)
+            .map_err(sql("creating the read-store schema"))?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.inner.readers.lock().pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.inner.path)?,
+        };
+        let out = f(&conn);
+        self.inner.readers.lock().push(conn);
+        out
+    }
+
+    /// Applies changes and checkpoint in one transaction (blocking).
+    pub fn apply_blocking(
+        &self,
+        projection: &str,
+        changes: &[Change],
+        checkpoint: &[Position],
+    ) -> Result<()> {
+        let mut conn = self.inner.writer.lock();
+        let tx = conn
+            .transaction()
+            .map_err(sql("starting a projection transaction"))?;
+        for change in changes {
+            apply_change(&tx, change)?;
+        }
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO checkpoints (projection, partition, next_offset) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (projection, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                )
+                .map_err(sql("preparing a checkpoint"))?;
+            for p in checkpoint {
+                stmt.execute(params![projection, p.partition, p.offset as i64])
+                    .map_err(sql("writing a checkpoint"))?;
+            }
+        }
+        tx.commit().map_err(sql("committing a projection batch"))
+    }
+}
+
+fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
+    match change {
+        Change::AddUser {
+            user_id,
+            username,
+            display_name,
+            registered_at,
+        } => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO users (user_id, username, username_key, display_name, registered_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        user_id,
+                        username,
+                        username.to_lowercase(),
+                        display_name,
+                        micros(*registered_at)
+                    ])
+                })
+                .map_err(sql("adding a user"))?;
+            if inserted == 0 {
+                let same: Option<Uuid> = tx
+                    .query_row(
+                        "SELECT user_id FROM users WHERE username_key = ?1",
+                        [username.to_lowercase()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(sql("checking a username"))?;
+                if same.is_some_and(|id| id != *user_id) {
+                    tracing::error!(%user_id, %username, "username already belongs to another user; registration not projected");
+                }
+            }
+        }
+        Change::SetDisplayName {
+            user_id,
+            display_name,
+            version,
+        } => {
+            tx.prepare_cached(
+                "UPDATE users SET display_name = ?2, profile_version = ?3
+                 WHERE user_id = ?1 AND profile_version < ?3",
+            )
+            .and_then(|mut s| s.execute(params![user_id, display_name, *version as i64]))
+            .map_err(sql("updating a display name"))?;
+        }
+        Change::SetPresence {
+            user_id,
+            online,
+            at,
+            version,
+        } => {
+            tx.prepare_cached(
+                "UPDATE users SET online = ?2, presence_version = ?4,
+                     last_seen = MAX(COALESCE(last_seen, ?3), ?3)
+                 WHERE user_id = ?1 AND presence_version < ?4",
+            )
+            .and_then(|mut s| s.execute(params![user_id, online, micros(*at), *version as i64]))
+            .map_err(sql("updating presence"))?;
+        }
+        Change::SetFriendship {
+            a,
+            b,
+            state,
+            at,
+            version,
+        } => {
+            let (lo, hi) = ordered(*a, *b);
+            let (code, requester) = match state {
+                FriendshipState::None => (0, None),
+                FriendshipState::Pending { requester } => (1, Some(*requester)),
+                FriendshipState::Friends => (2, None),
+            };
+            tx.prepare_cached(
+                "INSERT INTO friendships (user_lo, user_hi, state, requester, since, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (user_lo, user_hi) DO UPDATE SET
+                     state = excluded.state, requester = excluded.requester,
+                     since = excluded.since, version = excluded.version
+                 WHERE excluded.version > friendships.version",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    lo,
+                    hi,
+                    code,
+                    requester,
+                    micros(*at),
+                    *version as i64
+                ])
+            })
+            .map_err(sql("updating a friendship"))?;
+        }
+        Change::AddMessage {
+            message_id,
+            conversation_id,
+            sender_id,
+            recipient_id,
+            text,
+            client_msg_id,
+            sent_at,
+            position,
+        } => add_message(
+            tx,
+            *message_id,
+            *conversation_id,
+            *sender_id,
+            *recipient_id,
+            text,
+            client_msg_id.as_deref(),
+            *sent_at,
+            *position,
+        )?,
+        Change::MarkRead {
+            conversation_id,
+            reader_id,
+            up_to,
+        } => {
+            let seq: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT seq FROM messages WHERE message_id = ?1 AND conversation_id = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![up_to, conversation_id], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(sql("finding a read marker's message"))?;
+            let Some(seq) = seq else {
+                tracing::warn!(%conversation_id, %up_to, "read marker names an unknown message; ignored");
+                return Ok(());
+            };
+            let moved = tx
+                .prepare_cached(
+                    "UPDATE user_conversations SET read_seq = ?3
+                     WHERE user_id = ?1 AND conversation_id = ?2 AND read_seq < ?3",
+                )
+                .and_then(|mut s| s.execute(params![reader_id, conversation_id, seq]))
+                .map_err(sql("moving a read marker"))?;
+            if moved > 0 {
+                recount_unread(tx, *reader_id, *conversation_id, seq)?;
+            }
+        }
+        Change::HideMessage {
+            user_id,
+            message_id,
+        } => hide_message(tx, *user_id, *message_id)?,
+        Change::TombstoneMessage { message_id } => tombstone_message(tx, *message_id)?,
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_message(
+    tx: &Transaction<'_>,
+    message_id: Uuid,
+    conversation_id: Uuid,
+    sender_id: Uuid,
+    recipient_id: Uuid,
+    text: &str,
+    client_msg_id: Option<&str>,
+    sent_at: DateTime<Utc>,
+    position: Position,
+) -> Result<()> {
+    let known: Option<i64> = tx
+        .prepare_cached("SELECT 1 FROM messages WHERE message_id = ?1")
+        .and_then(|mut s| s.query_row([message_id], |r| r.get(0)).optional())
+        .map_err(sql("checking for a known message"))?;
+    if known.is_some() {
+        return Ok(());
+    }
+    let (lo, hi) = ordered(sender_id, recipient_id);
+    let seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO conversations (conversation_id, user_a, user_b, last_seq) VALUES (?1, ?2, ?3, 1)
+             ON CONFLICT (conversation_id) DO UPDATE SET last_seq = last_seq + 1
+             RETURNING last_seq",
+        )
+        .and_then(|mut s| s.query_row(params![conversation_id, lo, hi], |r| r.get(0)))
+        .map_err(sql("numbering a message"))?;
+    let at = micros(sent_at);
+    tx.prepare_cached(
+        "INSERT INTO messages (message_id, conversation_id, seq, sender_id, recipient_id, text,
+                               client_msg_id, sent_at, log_partition, log_offset)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            message_id,
+            conversation_id,
+            seq,
+            sender_id,
+            recipient_id,
+            text,
+            client_msg_id,
+            at,
+            position.partition,
+            position.offset as i64
+        ])
+    })
+    .map_err(sql("storing a message"))?;
+    let mut upsert = tx
+        .prepare_cached(
+            "INSERT INTO user_conversations
+                 (user_id, conversation_id, peer_id, last_message_id, last_activity_at, unread)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (user_id, conversation_id) DO UPDATE SET
+                 last_message_id = excluded.last_message_id,
+                 last_activity_at = MAX(last_activity_at, excluded.last_activity_at),
+                 unread = unread + excluded.unread",
+        )
+        .map_err(sql("preparing a conversation update"))?;
+    upsert
+        .execute(params![
+            sender_id,
+            conversation_id,
+            recipient_id,
+            message_id,
+            at,
+            0
+        ])
+        .map_err(sql("updating the sender's conversation"))?;
+    upsert
+        .execute(params![
+            recipient_id,
+            conversation_id,
+            sender_id,
+            message_id,
+            at,
+            1
+        ])
+        .map_err(sql("updating the recipient's conversation"))?;
+    Ok(())
+}
+
+/// The facts about a message that deletions need.
+struct MessageFacts {
+    conversation_id: Uuid,
+    seq: i64,
+    sender_id: Uuid,
+    recipient_id: Uuid,
+    deleted: bool,
+}
+
+fn message_facts(tx: &Transaction<'_>, message_id: Uuid) -> Result<Option<MessageFacts>> {
+    tx.prepare_cached(
+        "SELECT conversation_id, seq, sender_id, recipient_id, deleted FROM messages WHERE message_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([message_id], |r| {
+            Ok(MessageFacts {
+                conversation_id: r.get(0)?,
+                seq: r.get(1)?,
+                sender_id: r.get(2)?,
+                recipient_id: r.get(3)?,
+                deleted: r.get(4)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(sql("reading a message"))
+}
+
+fn is_hidden(tx: &Transaction<'_>, user: Uuid, message_id: Uuid) -> Result<bool> {
+    tx.prepare_cached("SELECT 1 FROM hidden_messages WHERE user_id = ?1 AND message_id = ?2")
+        .and_then(|mut s| s.exists(params![user, message_id]))
+        .map_err(sql("checking a hidden message"))
+}
+
+/// Takes one message out of `user`'s unread count if it is after their read marker.
+fn uncount(tx: &Transaction<'_>, user: Uuid, facts: &MessageFacts) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE user_conversations SET unread = unread - 1
+         WHERE user_id = ?1 AND conversation_id = ?2 AND read_seq < ?3 AND unread > 0",
+    )
+    .and_then(|mut s| s.execute(params![user, facts.conversation_id, facts.seq]))
+    .map_err(sql("lowering an unread count"))?;
+    Ok(())
+}
+
+fn hide_message(tx: &Transaction<'_>, user: Uuid, message_id: Uuid) -> Result<()> {
+    let Some(facts) = message_facts(tx, message_id)? else {
+        tracing::warn!(%message_id, "hiding an unknown message; ignored");
+        return Ok(());
+    };
+    if user != facts.sender_id && user != facts.recipient_id {
+        return Ok(());
+    }
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO hidden_messages (user_id, message_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![user, message_id]))
+        .map_err(sql("hiding a message"))?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    if facts.sender_id != user && !facts.deleted {
+        uncount(tx, user, &facts)?;
+    }
+    // If it was the latest message the user could see, the preview falls back to the one before.
+    tx.prepare_cached(
+        "UPDATE user_conversations SET last_message_id = (
+             SELECT m.message_id FROM messages m
+             WHERE m.conversation_id = ?2
+               AND NOT EXISTS (SELECT 1 FROM hidden_messages h
+                               WHERE h.user_id = ?1 AND h.message_id = m.message_id)
+             ORDER BY m.seq DESC LIMIT 1)
+         WHERE user_id = ?1 AND conversation_id = ?2 AND last_message_id = ?3",
+    )
+    .and_then(|mut s| s.execute(params![user, facts.conversation_id, message_id]))
+    .map_err(sql("updating a conversation preview"))?;
+    Ok(())
+}
+
+fn tombstone_message(tx: &Transaction<'_>, message_id: Uuid) -> Result<()> {
+    let Some(facts) = message_facts(tx, message_id)? else {
+        tracing::warn!(%message_id, "deleting an unknown message; ignored");
+        return Ok(());
+    };
+    if facts.deleted {
+        return Ok(());
+    }
+    tx.prepare_cached("UPDATE messages SET deleted = 1, text = NULL WHERE message_id = ?1")
+        .and_then(|mut s| s.execute([message_id]))
+        .map_err(sql("deleting a message"))?;
+    if !is_hidden(tx, facts.recipient_id, message_id)? {
+        uncount(tx, facts.recipient_id, &facts)?;
+    }
+    Ok(())
+}
+
+fn recount_unread(
+    tx: &Transaction<'_>,
+    user: Uuid,
+    conversation: Uuid,
+    read_seq: i64,
+) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE user_conversations SET unread = (
+             SELECT COUNT(*) FROM messages m
+             WHERE m.conversation_id = ?2 AND m.seq > ?3 AND m.sender_id != ?1 AND m.deleted = 0
+               AND NOT EXISTS (SELECT 1 FROM hidden_messages h
+                               WHERE h.user_id = ?1 AND h.message_id = m.message_id))
+         WHERE user_id = ?1 AND conversation_id = ?2",
+    )
+    .and_then(|mut s| s.execute(params![user, conversation, read_seq]))
+    .map_err(sql("recounting unread messages"))?;
+    Ok(())
+}
+
+const USER_COLUMNS: &str =
+    "u.user_id, u.username, u.display_name, u.registered_at, u.online, u.last_seen";
+
+fn user_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(at)?,
+        username: r.get(at + 1)?,
+        display_name: r.get(at + 2)?,
+        registered_at: from_micros(r.get(at + 3)?)?,
+        online: r.get(at + 4)?,
+        last_seen: r
+            .get::<_, Option<i64>>(at + 5)?
+            .map(from_micros)
+            .transpose()?,
+    })
+}
+
+/// Columns of a message as seen by anyone, with the recipient's read marker for its status.
+const MESSAGE_COLUMNS: &str = "m.message_id, m.conversation_id, m.seq, m.sender_id, m.recipient_id,
+    m.text, m.client_msg_id, m.sent_at, m.deleted, m.log_partition, m.log_offset,
+    COALESCE(rc.read_seq, 0)";
+const MESSAGE_FROM: &str = "messages m LEFT JOIN user_conversations rc
+    ON rc.user_id = m.recipient_id AND rc.conversation_id = m.conversation_id";
+const NOT_HIDDEN: &str = "NOT EXISTS (SELECT 1 FROM hidden_messages h
+    WHERE h.user_id = :viewer AND h.message_id = m.message_id)";
+
+fn message_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
+    let seq: i64 = r.get(at + 2)?;
+    let deleted: bool = r.get(at + 8)?;
+    let read_seq: i64 = r.get(at + 11)?;
+    Ok(Message {
+        message_id: r.get(at)?,
+        conversation_id: r.get(at + 1)?,
+        seq: seq as u64,
+        sender_id: r.get(at + 3)?,
+        recipient_id: r.get(at + 4)?,
+        text: if deleted { None } else { r.get(at + 5)? },
+        client_msg_id: r.get(at + 6)?,
+        sent_at: from_micros(r.get(at + 7)?)?,
+        deleted_for_everyone: deleted,
+        status: if read_seq >= seq {
+            MessageStatus::Read
+        } else {
+            MessageStatus::Pending
+        },
+        position: Position::new(r.get(at + 9)?, r.get::<_, i64>(at + 10)? as u64),
+    })
+}
+
+/// A cursor of the form `<micros>.<uuid>`.
+fn parse_cursor(cursor: &str) -> Option<(i64, Uuid)> {
+    let (t, id) = cursor.split_once('.')?;
+    Some((t.parse().ok()?, Uuid::parse_str(id).ok()?))
+}
+
+fn page<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().map(cursor) } else { None };
+    Page { items, next }
+}
+
+#[async_trait]
+impl ReadStore for SqliteStore {
+    async fn apply(
+        &self,
+        projection: &str,
+        changes: Vec<Change>,
+        checkpoint: Vec<Position>,
+    ) -> Result<()> {
+        let store = self.clone();
+        let projection = projection.to_owned();
+        tokio::task::spawn_blocking(move || {
+            store.apply_blocking(&projection, &changes, &checkpoint)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("projection task failed: {e}")))?
+    }
+
+    async fn checkpoints(&self, projection: &str) -> Result<Vec<Position>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT partition, next_offset FROM checkpoints WHERE projection = ?1 ORDER BY partition",
+                )
+                .map_err(sql("preparing a checkpoint read"))?;
+            let rows = stmt
+                .query_map([projection], |r| {
+                    Ok(Position::new(r.get(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(sql("reading checkpoints"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql("reading checkpoints"))
+        })
+    }
+
+    async fn user(&self, id: Uuid) -> Result<Option<User>> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users u WHERE u.user_id = ?1"
+            ))
+            .and_then(|mut s| s.query_row([id], |r| user_from_row(r, 0)).optional())
+            .map_err(sql("reading a user"))
+        })
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
+        let key = username.to_lowercase();
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users u WHERE u.username_key = ?1"
+            ))
+            .and_then(|mut s| s.query_row([key], |r| user_from_row(r, 0)).optional())
+            .map_err(sql("looking up a username"))
+        })
+    }
+
+    async fn friendship(&self, a: Uuid, b: Uuid) -> Result<FriendshipState> {
+        let (lo, hi) = ordered(a, b);
+        self.read(|c| {
+            let row: Option<(i64, Option<Uuid>)> = c
+                .prepare_cached(
+                    "SELECT state, requester FROM friendships WHERE user_lo = ?1 AND user_hi = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(sql("reading a friendship"))?;
+            Ok(match row {
+                Some((1, Some(requester))) => FriendshipState::Pending { requester },
+                Some((2, _)) => FriendshipState::Friends,
+                _ => FriendshipState::None,
+            })
+        })
+    }
+
+    async fn friends(&self, user: Uuid) -> Result<Vec<FriendEntry>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT f.state, f.requester, f.since, {USER_COLUMNS}
+                     FROM friendships f JOIN users u
+                       ON u.user_id = CASE WHEN f.user_lo = ?1 THEN f.user_hi ELSE f.user_lo END
+                     WHERE (f.user_lo = ?1 OR f.user_hi = ?1) AND f.state != 0
+                     ORDER BY f.since DESC, u.user_id"
+                ))
+                .map_err(sql("preparing a friend list"))?;
+            let rows = stmt
+                .query_map([user], |r| {
+                    let state: i64 = r.get(0)?;
+                    let requester: Option<Uuid> = r.get(1)?;
+                    let relation = match (state, requester) {
+                        (2, _) => Relation::Friend,
+                        (_, Some(req)) if req == user => Relation::OutgoingRequest,
+                        _ => Relation::IncomingRequest,
+                    };
+                    Ok(FriendEntry {
+                        relation,
+                        since: from_micros(r.get(2)?)?,
+                        user: user_from_row(r, 3)?,
+                    })
+                })
+                .map_err(sql("reading a friend list"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql("reading a friend list"))
+        })
+    }
+
+    async fn conversations(
+        &self,
+        user: Uuid,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Conversation>> {
+        let (before_at, before_id) = match cursor {
+            Some(c) => parse_cursor(c).ok_or_else(|| StoreError::InvalidCursor(c.to_owned()))?,
+            None => (i64::MAX, Uuid::max()),
+        };
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT uc.conversation_id, uc.unread, uc.last_activity_at, {USER_COLUMNS},
+                            m.message_id IS NOT NULL, {MESSAGE_COLUMNS}
+                     FROM user_conversations uc
+                     JOIN users u ON u.user_id = uc.peer_id
+                     LEFT JOIN messages m ON m.message_id = uc.last_message_id
+                     LEFT JOIN user_conversations rc
+                       ON rc.user_id = m.recipient_id AND rc.conversation_id = m.conversation_id
+                     WHERE uc.user_id = ?1
+                       AND (uc.last_activity_at < ?2
+                            OR (uc.last_activity_at = ?2 AND uc.conversation_id < ?3))
+                     ORDER BY uc.last_activity_at DESC, uc.conversation_id DESC
+                     LIMIT ?4"
+                ))
+                .map_err(sql("preparing a conversation list"))?;
+            let rows = stmt
+                .query_map(
+                    params![user, before_at, before_id, (limit + 1) as i64],
+                    |r| {
+                        let has_last: bool = r.get(9)?;
+                        Ok(Conversation {
+                            conversation_id: r.get(0)?,
+                            unread_count: r.get::<_, i64>(1)?.max(0) as u64,
+                            last_activity_at: from_micros(r.get(2)?)?,
+                            peer: user_from_row(r, 3)?,
+                            last_message: if has_last {
+                                Some(message_from_row(r, 10)?)
+                            } else {
+                                None
+                            },
+                        })
+                    },
+                )
+                .map_err(sql("reading a conversation list"))?;
+            let items = rows
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql("reading a conversation list"))?;
+            Ok(page(items, limit, |c: &Conversation| {
+                format!("{}.{}", micros(c.last_activity_at), c.conversation_id)
+            }))
+        })
+    }
+
+    async fn participants(&self, conversation: Uuid) -> Result<Option<(Uuid, Uuid)>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT user_a, user_b FROM conversations WHERE conversation_id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([conversation], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(sql("reading a conversation"))
+        })
+    }
+
+    async fn history(
+        &self,
+        viewer: Uuid,
+        conversation: Uuid,
+        query: HistoryQuery,
+    ) -> Result<Page<Message>> {
+        self.read(|c| {
+            let seq_of = |id: Uuid| -> Result<i64> {
+                c.prepare_cached(
+                    "SELECT seq FROM messages WHERE message_id = ?1 AND conversation_id = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![id, conversation], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(sql("resolving a cursor"))?
+                .ok_or(StoreError::UnknownCursor(id))
+            };
+            let upper = query.before.map(&seq_of).transpose()?.unwrap_or(i64::MAX);
+            let lower = query.after.map(&seq_of).transpose()?.unwrap_or(0);
+            let since = query.since.map(micros).unwrap_or(i64::MIN);
+            let order = if query.ascending() { "ASC" } else { "DESC" };
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+                     WHERE m.conversation_id = :conv AND m.seq < :upper AND m.seq > :lower
+                       AND m.sent_at >= :since AND {NOT_HIDDEN}
+                     ORDER BY m.seq {order} LIMIT :limit"
+                ))
+                .map_err(sql("preparing a history read"))?;
+            let rows = stmt
+                .query_map(
+                    rusqlite::named_params! {
+                        ":conv": conversation,
+                        ":upper": upper,
+                        ":lower": lower,
+                        ":since": since,
+                        ":viewer": viewer,
+                        ":limit": (query.limit + 1) as i64,
+                    },
+                    |r| message_from_row(r, 0),
+                )
+                .map_err(sql("reading history"))?;
+            let items = rows
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql("reading history"))?;
+            Ok(page(items, query.limit, |m: &Message| {
+                m.message_id.to_string()
+            }))
+        })
+    }
+
+    async fn messages_since(
+        &self,
+        user: Uuid,
+        since: DateTime<Utc>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Message>> {
+        // Without a cursor, (sent_at, id) > (since, nil) is exactly sent_at >= since: no message
+        // has the nil id.
+        let (at, id) = match after {
+            Some(c) => parse_cursor(c).ok_or_else(|| StoreError::InvalidCursor(c.to_owned()))?,
+            None => (micros(since), Uuid::nil()),
+        };
+        self.read(|c| {
+            let part = |column: &str| {
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+                     WHERE m.{column} = :viewer
+                       AND (m.sent_at, m.message_id) > (:at, :id)
+                       AND {NOT_HIDDEN}"
+                )
+            };
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT * FROM ({} UNION ALL {}) ORDER BY 8, 1 LIMIT :limit",
+                    part("sender_id"),
+                    part("recipient_id")
+                ))
+                .map_err(sql("preparing a message catch-up"))?;
+            let rows = stmt
+                .query_map(
+                    rusqlite::named_params! {
+                        ":viewer": user,
+                        ":at": at,
+                        ":id": id,
+                        ":limit": (limit + 1) as i64,
+                    },
+                    |r| message_from_row(r, 0),
+                )
+                .map_err(sql("reading a message catch-up"))?;
+            let items = rows
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql("reading a message catch-up"))?;
+            Ok(page(items, limit, |m: &Message| {
+                format!("{}.{}", micros(m.sent_at), m.message_id)
+            }))
+        })
+    }
+
+    async fn message(&self, viewer: Uuid, message_id: Uuid) -> Result<Option<Message>> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+                 WHERE m.message_id = :id AND (m.sender_id = :viewer OR m.recipient_id = :viewer)
+                   AND {NOT_HIDDEN}"
+            ))
+            .and_then(|mut s| {
+                s.query_row(
+                    rusqlite::named_params! { ":id": message_id, ":viewer": viewer },
+                    |r| message_from_row(r, 0),
+                )
+                .optional()
+            })
+            .map_err(sql("reading a message"))
+        })
+    }
+
+    async fn message_by_client_id(
+        &self,
+        sender: Uuid,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+                 WHERE m.sender_id = ?1 AND m.client_msg_id = ?2"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![sender, client_msg_id], |r| message_from_row(r, 0))
+                    .optional()
+            })
+            .map_err(sql("looking up a client message id"))
+        })
+    }
+}

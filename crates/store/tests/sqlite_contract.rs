@@ -1,0 +1,33 @@
+//! The ReadStore contract suite on the embedded SQLite adapter.
+
+use std::sync::Arc;
+
+use missive_store::ReadStore;
+use missive_store::contract;
+use missive_store::sqlite::SqliteStore;
+
+fn fresh(dir: &tempfile::TempDir, name: &str) -> Arc<dyn ReadStore> {
+    Arc::new(SqliteStore::open(&dir.path().join(name)).expect("open"))
+}
+
+macro_rules! contract_test {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            contract::$name(fresh(&dir, "read.db")).await;
+        }
+    };
+}
+
+contract_test!(users_profiles_and_presence);
+contract_test!(friendships);
+contract_test!(messages_unread_and_deletes);
+contract_test!(pagination);
+contract_test!(client_message_ids);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reapplying_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    contract::reapplying_is_idempotent(fresh(&dir, "a.db"), fresh(&dir, "b.db")).await;
+}

@@ -1,0 +1,170 @@
+//! Telemetry: `tracing` setup and the Prometheus metrics, each defined once here.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `missive_http_requests_total` | counter | `route`, `method`, `status` | HTTP requests answered |
+//! | `missive_http_request_duration_seconds` | histogram | `route`, `method` | time to answer |
+//! | `missive_events_appended_total` | counter | `event_type` | events durably appended |
+//! | `missive_log_commit_records` | histogram | | records per group commit (embedded log) |
+//! | `missive_projector_events_total` | counter | `projection`, `event_type` | events applied |
+//! | `missive_projector_poison_events_total` | counter | `projection` | events that could not be decoded |
+//! | `missive_projector_batch_seconds` | histogram | `projection` | time to apply one batch |
+//! | `missive_projector_position` | gauge | `projection`, `partition` | next offset to apply |
+//! | `missive_projector_lag` | gauge | `projection`, `partition` | events appended but not applied |
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every Missive metric, registered in one registry.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub events_appended: IntCounterVec,
+    pub log_commit_records: HistogramVec,
+    pub projector_events: IntCounterVec,
+    pub projector_poison: IntCounterVec,
+    pub projector_batch_seconds: HistogramVec,
+    pub projector_position: IntGaugeVec,
+    pub projector_lag: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid histogram");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        Metrics {
+            http_requests: counter(
+                r,
+                "missive_http_requests_total",
+                "HTTP requests answered, by route template, method and status code.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram(
+                r,
+                "missive_http_request_duration_seconds",
+                "Time to answer an HTTP request, by route template and method.",
+                &["route", "method"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            events_appended: counter(
+                r,
+                "missive_events_appended_total",
+                "Events durably appended to the log, by event type.",
+                &["event_type"],
+            ),
+            log_commit_records: histogram(
+                r,
+                "missive_log_commit_records",
+                "Records written per group commit of the embedded log.",
+                &[],
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+                ],
+            ),
+            projector_events: counter(
+                r,
+                "missive_projector_events_total",
+                "Events applied to read models, by projection and event type.",
+                &["projection", "event_type"],
+            ),
+            projector_poison: counter(
+                r,
+                "missive_projector_poison_events_total",
+                "Events a projection could not decode or apply and passed over (logged at error).",
+                &["projection"],
+            ),
+            projector_batch_seconds: histogram(
+                r,
+                "missive_projector_batch_seconds",
+                "Time to apply one batch of events with its checkpoint.",
+                &["projection"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            projector_position: gauge(
+                r,
+                "missive_projector_position",
+                "Next log offset the projection will apply, per partition.",
+                &["projection", "partition"],
+            ),
+            projector_lag: gauge(
+                r,
+                "missive_projector_lag",
+                "Events appended to the log but not yet applied by the projection, per partition.",
+                &["projection", "partition"],
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// Installs the global `tracing` subscriber; `RUST_LOG` filters (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
