@@ -61,12 +61,8 @@ impl std::fmt::Debug for Running {
     }
 }
 
-fn stopped(
-    mut rx: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Opens the data directory and starts everything.
@@ -88,7 +84,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let projector = Projector::new(log.clone(), store.clone(), READ_MODELS);
     let progress = projector.progress();
-    let projector = tokio::spawn(projector.run(stopped(stop_rx.clone())));
+    let projector_stop = stopped(stop_rx.clone());
+    let projector = tokio::spawn(async move {
+        let outcome = projector.run(projector_stop).await;
+        if let Err(error) = &outcome {
+            tracing::error!(%error, source = ?std::error::Error::source(error), "the projector stopped with an error");
+        }
+        outcome
+    });
     let service = Arc::new(Service::new(log, store, progress, config.service.clone()).await?);
     let listener = TcpListener::bind(config.listen)
         .await

@@ -9,7 +9,7 @@
 //! - [`users`]: registration and profiles.
 //! - [`friends`]: friend requests, acceptance and removal.
 //! - [`messages`]: sending, reading and deleting direct messages.
-//! - [`presence`]: online/offline.
+//! - [`presence`]: reporting online and offline status.
 
 pub mod friends;
 pub mod messages;

@@ -9,6 +9,10 @@
 //! ever written is kept, so [`decode`] reads old records by resolving them to the current
 //! schema. [`encode`] always writes the current version.
 //!
+//! The schemas are parsed once, on first use. They are compiled in, so a broken schema file
+//! panics on first use in every test rather than returning errors at run time; no input can
+//! make [`encode`] or [`decode`] panic.
+//!
 //! The fingerprints are computed here, from the Parsing Canonical Form as the Avro spec and the
 //! Java reference implementation define it. `apache-avro` 0.21's own `Schema::fingerprint` keeps
 //! `{"type":"string"}` for logical types where the spec reduces it to `"string"`, so its value
@@ -60,7 +64,9 @@ pub enum CodecError {
     UnknownFingerprint { fingerprint: [u8; 8] },
 
     /// The Avro body ended before the record was complete.
-    #[error("{event_type} v{version} record is truncated: its Avro body ends before the record does")]
+    #[error(
+        "{event_type} v{version} record is truncated: its Avro body ends before the record does"
+    )]
     Truncated {
         event_type: &'static str,
         version: u32,
@@ -162,13 +168,7 @@ pub fn encode_with_version(envelope: &Envelope, version: u32) -> Result<Vec<u8>,
             version,
         })?;
     let mut payload = payload_fields(&envelope.event);
-    if kept.payload_fields.len() != payload.len()
-        || !kept
-            .payload_fields
-            .iter()
-            .zip(&payload)
-            .all(|(kept_name, (name, _))| kept_name == name)
-    {
+    if !std::ptr::eq(kept, REGISTRY.current_of(kept)) {
         payload = project(payload, kept)?;
     }
     write(envelope, kept, payload)
@@ -274,7 +274,11 @@ const SOURCES: &[Source] = &[
     source!("UserRegistered", 1, "user_registered.v1.avsc"),
     source!("ProfileUpdated", 1, "profile_updated.v1.avsc"),
     source!("FriendRequested", 1, "friend_requested.v1.avsc"),
-    source!("FriendRequestAccepted", 1, "friend_request_accepted.v1.avsc"),
+    source!(
+        "FriendRequestAccepted",
+        1,
+        "friend_request_accepted.v1.avsc"
+    ),
     source!("FriendshipRemoved", 1, "friendship_removed.v1.avsc"),
     source!("MessageSent", 1, "message_sent.v1.avsc"),
     source!("MessageSent", 2, "message_sent.v2.avsc"),
@@ -313,8 +317,7 @@ impl Registry {
         let mut kept = Vec::with_capacity(sources.len());
         for source in sources {
             let file = source.file;
-            let schema =
-                Schema::parse_str(source.json).map_err(|e| format!("{file}: {e}"))?;
+            let schema = Schema::parse_str(source.json).map_err(|e| format!("{file}: {e}"))?;
             let payload_fields = check_layout(&schema, source.event_type)
                 .map_err(|problem| format!("{file}: {problem}"))?;
             let mut canonical = String::with_capacity(source.json.len() / 2);
@@ -594,13 +597,12 @@ fn write(
         field("correlation_id", Value::Uuid(envelope.correlation_id)),
         field("payload", Value::Record(payload)),
     ]);
-    let datum = apache_avro::to_avro_datum(&kept.schema, record).map_err(|source| {
-        CodecError::Encode {
+    let datum =
+        apache_avro::to_avro_datum(&kept.schema, record).map_err(|source| CodecError::Encode {
             event_type,
             version,
             source,
-        }
-    })?;
+        })?;
     let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
     out.extend_from_slice(&MARKER);
     out.extend_from_slice(&kept.fingerprint);
@@ -842,7 +844,9 @@ impl Fields {
     fn end(mut self) -> Result<(), CodecError> {
         match self.fields.next() {
             None => Ok(()),
-            Some(_) => Err(self.invalid("payload", "is followed by fields the codec does not know")),
+            Some(_) => {
+                Err(self.invalid("payload", "is followed by fields the codec does not know"))
+            }
         }
     }
 
@@ -1036,7 +1040,12 @@ fn event_from_payload(mut p: Fields) -> Result<Event, CodecError> {
             let status = p.enumeration("status", presence_symbols())?;
             Event::PresenceChanged { user_id, status }
         }
-        _ => return Err(p.invalid("payload", "belongs to an event type the codec does not know")),
+        _ => {
+            return Err(p.invalid(
+                "payload",
+                "belongs to an event type the codec does not know",
+            ));
+        }
     };
     p.end()?;
     Ok(event)
@@ -1139,8 +1148,13 @@ mod tests {
         ];
         assert!(Registry::load(&twice).is_err());
         let misnamed = [source!("MessageDeleted", 1, "message_sent.v1.avsc")];
-        let problem = Registry::load(&misnamed).err().expect("misnamed schema is rejected");
-        assert!(problem.contains("expected missive.events.MessageDeleted"), "{problem}");
+        let problem = Registry::load(&misnamed)
+            .err()
+            .expect("misnamed schema is rejected");
+        assert!(
+            problem.contains("expected missive.events.MessageDeleted"),
+            "{problem}"
+        );
     }
 
     #[test]

@@ -142,9 +142,9 @@ impl Event {
     /// The stream (topic) the event belongs to.
     pub fn stream(&self) -> Stream {
         match self {
-            Event::MessageSent { .. } | Event::MessagesRead { .. } | Event::MessageDeleted { .. } => {
-                Stream::Messages
-            }
+            Event::MessageSent { .. }
+            | Event::MessagesRead { .. }
+            | Event::MessageDeleted { .. } => Stream::Messages,
             Event::PresenceChanged { .. } => Stream::Presence,
             _ => Stream::Social,
         }
@@ -157,12 +157,28 @@ impl Event {
             Event::UserRegistered { user_id, .. }
             | Event::ProfileUpdated { user_id, .. }
             | Event::PresenceChanged { user_id, .. } => user_id.to_string(),
-            Event::FriendRequested { requester_id: a, addressee_id: b }
-            | Event::FriendRequestAccepted { requester_id: a, addressee_id: b }
-            | Event::FriendshipRemoved { removed_by: a, other_id: b, .. } => ids::pair_key(*a, *b),
-            Event::MessageSent { conversation_id, .. }
-            | Event::MessagesRead { conversation_id, .. }
-            | Event::MessageDeleted { conversation_id, .. } => conversation_id.to_string(),
+            Event::FriendRequested {
+                requester_id: a,
+                addressee_id: b,
+            }
+            | Event::FriendRequestAccepted {
+                requester_id: a,
+                addressee_id: b,
+            }
+            | Event::FriendshipRemoved {
+                removed_by: a,
+                other_id: b,
+                ..
+            } => ids::pair_key(*a, *b),
+            Event::MessageSent {
+                conversation_id, ..
+            }
+            | Event::MessagesRead {
+                conversation_id, ..
+            }
+            | Event::MessageDeleted {
+                conversation_id, ..
+            } => conversation_id.to_string(),
         }
     }
 }

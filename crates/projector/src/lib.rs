@@ -213,13 +213,16 @@ impl Projector {
         let checkpoints = self.store.checkpoints(&self.name).await?;
         let mut progress = Progress::default();
         // The store's checkpoint commits with the read models, so it is the truth; the log's
-        // group checkpoint is only kept for monitoring and tools.
+        // group checkpoint is only kept for monitoring and tools. A partition the store has no
+        // checkpoint for (a new or rebuilt store) is read from its start.
         for cp in &checkpoints {
-            consumer.seek(*cp)?;
             progress.0.insert(cp.partition, cp.offset);
         }
         for end in self.log.end_positions().await? {
             progress.0.entry(end.partition).or_insert(0);
+        }
+        for (partition, next) in &progress.0 {
+            consumer.seek(Position::new(*partition, *next))?;
         }
         self.progress.send_replace(progress.clone());
         tracing::info!(projection = %self.name, ?checkpoints, "projector started");

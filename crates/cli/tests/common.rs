@@ -1,0 +1,206 @@
+//! A Missive server on port 0 in a fresh data directory, and a small JSON client for it.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use missive_cli::server::{Running, ServerConfig, start};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub struct Harness {
+    pub server: Option<Running>,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub config: ServerConfig,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.body)
+    }
+}
+
+impl Answer {
+    /// The error code of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: Uuid,
+    pub token: String,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        missive_telemetry::init_tracing(missive_telemetry::LogFormat::Human);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = ServerConfig::embedded(dir.path().join("data"));
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        config.jwt_secret = Some(b"test-secret".to_vec());
+        tweak(&mut config);
+        let server = start(config.clone()).await.expect("server starts");
+        let base = format!("http://{}", server.addr);
+        Harness {
+            server: Some(server),
+            base,
+            client: reqwest::Client::new(),
+            config,
+            dir,
+        }
+    }
+
+    /// Stops the server and starts a new one on the same data directory.
+    pub async fn restart(&mut self, before_start: impl FnOnce(&std::path::Path)) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+        before_start(&self.config.data_dir);
+        let server = start(self.config.clone()).await.expect("server restarts");
+        self.base = format!("http://{}", server.addr);
+        self.server = Some(server);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = self.call(Method::GET, "/readyz", None, None).await;
+            if ready.status == StatusCode::OK {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server never became ready: {ready:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Answer {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = build(req).send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        self.raw(method, path, token, |r| match body {
+            Some(b) => r.json(&b),
+            None => r,
+        })
+        .await
+    }
+
+    pub async fn get(&self, path: &str, who: &Client) -> Answer {
+        self.call(Method::GET, path, Some(&who.token), None).await
+    }
+
+    pub async fn post(&self, path: &str, who: &Client, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(&who.token), Some(body))
+            .await
+    }
+
+    pub async fn register(&self, username: &str) -> Client {
+        let a = self
+            .call(
+                Method::POST,
+                "/v1/users",
+                None,
+                Some(json!({ "username": username })),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+        Client {
+            id: a.body["id"].as_str().expect("id").parse().expect("uuid"),
+            token: a.body["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    pub async fn befriend(&self, a: &Client, b: &Client) {
+        let r = self
+            .call(
+                Method::POST,
+                &format!("/v1/friends/{}", b.id),
+                Some(&a.token),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        let r = self
+            .call(
+                Method::POST,
+                &format!("/v1/friends/{}/accept", a.id),
+                Some(&b.token),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        assert_eq!(r.body["status"], "friends");
+    }
+
+    /// Sends a message and returns the answer body.
+    pub async fn send(&self, from: &Client, to: &Client, text: &str) -> Value {
+        let a = self
+            .post(
+                &format!("/v1/conversations/direct/{}/messages", to.id),
+                from,
+                json!({ "text": text }),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+        a.body
+    }
+
+    /// A GET that waits for the read models to include `position`.
+    pub async fn get_at(&self, path: &str, who: &Client, position: &Value) -> Answer {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let p = position.as_str().expect("position");
+        self.get(&format!("{path}{sep}min_position={p}"), who).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! End-to-end: registration, authentication, profiles, presence, friends, operations endpoints
+//! and request-shape errors, against a real server on port 0.
+
+mod common;
+
+use common::Harness;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_and_its_errors() {
+    let h = Harness::start().await;
+    let a = h
+        .call(
+            Method::POST,
+            "/v1/users",
+            None,
+            Some(json!({"username": "alice", "display_name": "Alice A"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    assert_eq!(a.body["username"], "alice");
+    assert_eq!(a.body["display_name"], "Alice A");
+    assert!(a.body["position"].as_str().unwrap().contains(':'));
+    assert!(a.body["token"].as_str().unwrap().split('.').count() == 3);
+
+    let taken = h
+        .call(
+            Method::POST,
+            "/v1/users",
+            None,
+            Some(json!({"username": "ALICE"})),
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT);
+    assert_eq!(taken.code(), "username_taken");
+
+    let bad = h
+        .call(
+            Method::POST,
+            "/v1/users",
+            None,
+            Some(json!({"username": "a b"})),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.message().contains("3 to 32 characters"), "{bad:?}");
+
+    let unknown = h
+        .call(
+            Method::POST,
+            "/v1/users",
+            None,
+            Some(json!({"username": "bob", "admin": true})),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert!(
+        unknown.message().contains("unknown field `admin`"),
+        "{unknown:?}"
+    );
+
+    let wrong_type = h
+        .call(
+            Method::POST,
+            "/v1/users",
+            None,
+            Some(json!({"username": 42})),
+        )
+        .await;
+    assert_eq!(wrong_type.status, StatusCode::BAD_REQUEST);
+    assert!(wrong_type.message().contains("username"), "{wrong_type:?}");
+
+    let missing = h
+        .call(Method::POST, "/v1/users", None, Some(json!({})))
+        .await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert!(
+        missing.message().contains("missing field `username`"),
+        "{missing:?}"
+    );
+
+    let not_json = h
+        .raw(Method::POST, "/v1/users", None, |r| {
+            r.header("content-type", "application/json")
+                .body("{\"username\":")
+        })
+        .await;
+    assert_eq!(not_json.status, StatusCode::BAD_REQUEST);
+    assert!(
+        not_json.message().contains("not valid JSON"),
+        "{not_json:?}"
+    );
+
+    let no_type = h
+        .raw(Method::POST, "/v1/users", None, |r| {
+            r.body("{\"username\":\"carol\"}")
+        })
+        .await;
+    assert_eq!(no_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let huge = h
+        .raw(Method::POST, "/v1/users", None, |r| {
+            r.header("content-type", "application/json")
+                .body(format!("{{\"username\":\"{}\"}}", "x".repeat(100_000)))
+        })
+        .await;
+    assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(huge.code(), "body_too_large");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_registration_is_refused() {
+    let h = Harness::start_with(|c| c.service.registration_open = false).await;
+    let a = h
+        .call(
+            Method::POST,
+            "/v1/users",
+            None,
+            Some(json!({"username": "alice"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.code(), "registration_closed");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_is_required_and_checked() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let path = format!("/v1/users/{}", alice.id);
+
+    let none = h.call(Method::GET, &path, None, None).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert!(none.message().contains("Authorization"));
+
+    let garbage = h.call(Method::GET, &path, Some("not-a-jwt"), None).await;
+    assert_eq!(garbage.status, StatusCode::UNAUTHORIZED);
+
+    let wrong_key = missive_api::Secret::new(b"other".to_vec()).issue(
+        alice.id,
+        chrono::Utc::now().timestamp(),
+        60,
+    );
+    let forged = h.call(Method::GET, &path, Some(&wrong_key), None).await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+    assert!(forged.message().contains("signature"));
+
+    let secret = missive_api::Secret::new(b"test-secret".to_vec());
+    let expired = secret.issue(alice.id, chrono::Utc::now().timestamp() - 100, 10);
+    let old = h.call(Method::GET, &path, Some(&expired), None).await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    assert!(old.message().contains("expired"));
+
+    let scheme = h
+        .raw(Method::GET, &path, None, |r| {
+            r.header("authorization", format!("Basic {}", alice.token))
+        })
+        .await;
+    assert_eq!(scheme.status, StatusCode::UNAUTHORIZED);
+
+    // A token minted like `missive token` does works.
+    let minted = secret.issue(alice.id, chrono::Utc::now().timestamp(), 60);
+    assert_eq!(
+        h.call(Method::GET, &path, Some(&minted), None).await.status,
+        StatusCode::OK
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_and_presence() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+
+    let profile = h.get(&format!("/v1/users/{}", alice.id), &bob).await;
+    assert_eq!(profile.status, StatusCode::OK);
+    assert_eq!(profile.body["username"], "alice");
+    assert_eq!(profile.body["display_name"], "alice");
+    assert_eq!(profile.body["status"], "offline");
+    assert!(profile.body["last_seen"].is_null());
+
+    let missing = h.get(&format!("/v1/users/{}", Uuid::now_v7()), &bob).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.code(), "user_not_found");
+    let malformed = h.get("/v1/users/12345", &bob).await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert!(malformed.message().contains("id"), "{malformed:?}");
+
+    let renamed = h
+        .call(
+            Method::PATCH,
+            "/v1/users/me",
+            Some(&alice.token),
+            Some(json!({"display_name": "Alice Liddell"})),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{renamed:?}");
+    assert_eq!(renamed.body["display_name"], "Alice Liddell");
+    let seen = h
+        .get_at(
+            &format!("/v1/users/{}", alice.id),
+            &bob,
+            &renamed.body["position"],
+        )
+        .await;
+    assert_eq!(seen.body["display_name"], "Alice Liddell");
+    let blank = h
+        .call(
+            Method::PATCH,
+            "/v1/users/me",
+            Some(&alice.token),
+            Some(json!({"display_name": "  "})),
+        )
+        .await;
+    assert_eq!(blank.status, StatusCode::BAD_REQUEST);
+    assert!(blank.message().contains("display_name"));
+
+    let online = h
+        .post("/v1/presence", &alice, json!({"status": "online"}))
+        .await;
+    assert_eq!(online.status, StatusCode::OK, "{online:?}");
+    let seen = h
+        .get_at(
+            &format!("/v1/users/{}", alice.id),
+            &bob,
+            &online.body["position"],
+        )
+        .await;
+    assert_eq!(seen.body["status"], "online");
+    assert_eq!(seen.body["last_seen"], online.body["last_seen"]);
+
+    let offline = h
+        .post("/v1/presence", &alice, json!({"status": "offline"}))
+        .await;
+    let seen = h
+        .get_at(
+            &format!("/v1/users/{}", alice.id),
+            &bob,
+            &offline.body["position"],
+        )
+        .await;
+    assert_eq!(seen.body["status"], "offline");
+    assert_eq!(seen.body["last_seen"], offline.body["last_seen"]);
+
+    let bad = h
+        .post("/v1/presence", &alice, json!({"status": "away"}))
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.message().contains("online"), "{bad:?}");
+
+    let bad_position = h
+        .get(&format!("/v1/users/{}?min_position=soon", alice.id), &bob)
+        .await;
+    assert_eq!(bad_position.status, StatusCode::BAD_REQUEST);
+    assert!(bad_position.message().contains("<partition>:<offset>"));
+    let far = h
+        .get(
+            &format!("/v1/users/{}?min_position=0:999999", alice.id),
+            &bob,
+        )
+        .await;
+    assert_eq!(far.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(far.code(), "not_caught_up");
+    assert!(far.headers.contains_key("retry-after"));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friend_requests_accept_decline_cancel_unfriend() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let carol = h.register("carol").await;
+    let post = |who: &common::Client, path: String| {
+        let token = who.token.clone();
+        let h = &h;
+        async move { h.call(Method::POST, &path, Some(&token), None).await }
+    };
+    let delete = |who: &common::Client, path: String| {
+        let token = who.token.clone();
+        let h = &h;
+        async move { h.call(Method::DELETE, &path, Some(&token), None).await }
+    };
+
+    let req = post(&alice, format!("/v1/friends/{}", bob.id)).await;
+    assert_eq!(req.status, StatusCode::OK);
+    assert_eq!(req.body["status"], "outgoing_request");
+    let again = post(&alice, format!("/v1/friends/{}", bob.id)).await;
+    assert_eq!(
+        again.body["status"], "outgoing_request",
+        "a retry changes nothing"
+    );
+    assert!(again.body["position"].is_null());
+
+    let bobs = h.get("/v1/friends", &bob).await;
+    assert_eq!(bobs.body["items"][0]["relation"], "incoming_request");
+    assert_eq!(bobs.body["items"][0]["user"]["id"], alice.id.to_string());
+    let own = post(&alice, format!("/v1/friends/{}/accept", bob.id)).await;
+    assert_eq!(own.status, StatusCode::CONFLICT, "{own:?}");
+
+    let accepted = post(&bob, format!("/v1/friends/{}/accept", alice.id)).await;
+    assert_eq!(accepted.body["status"], "friends");
+    let alices = h.get("/v1/friends", &alice).await;
+    assert_eq!(alices.body["items"][0]["relation"], "friend");
+    assert!(alices.body["next"].is_null());
+
+    // Carol asks Alice; Alice asking back accepts at once.
+    post(&carol, format!("/v1/friends/{}", alice.id)).await;
+    let mutual = post(&alice, format!("/v1/friends/{}", carol.id)).await;
+    assert_eq!(mutual.body["status"], "friends");
+
+    let unfriend = delete(&alice, format!("/v1/friends/{}", carol.id)).await;
+    assert_eq!(unfriend.status, StatusCode::OK);
+    assert_eq!(unfriend.body["status"], "none");
+    let gone = delete(&alice, format!("/v1/friends/{}", carol.id)).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+
+    // Decline and cancel.
+    post(&carol, format!("/v1/friends/{}", bob.id)).await;
+    let declined = delete(&bob, format!("/v1/friends/{}", carol.id)).await;
+    assert_eq!(declined.body["status"], "none");
+    post(&carol, format!("/v1/friends/{}", bob.id)).await;
+    let cancelled = delete(&carol, format!("/v1/friends/{}", bob.id)).await;
+    assert_eq!(cancelled.body["status"], "none");
+    let nothing = post(&bob, format!("/v1/friends/{}/accept", carol.id)).await;
+    assert_eq!(nothing.status, StatusCode::NOT_FOUND);
+
+    let myself = post(&alice, format!("/v1/friends/{}", alice.id)).await;
+    assert_eq!(myself.status, StatusCode::BAD_REQUEST);
+    let stranger = post(&alice, format!("/v1/friends/{}", Uuid::now_v7())).await;
+    assert_eq!(stranger.status, StatusCode::NOT_FOUND);
+    assert_eq!(stranger.code(), "user_not_found");
+    let malformed = post(&alice, "/v1/friends/bob".to_owned()).await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_endpoints_and_unknown_routes() {
+    let h = Harness::start().await;
+    let health = h.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(health.status, StatusCode::OK);
+    let ready = h.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    h.register("alice").await;
+    let metrics = h.call(Method::GET, "/metrics", None, None).await;
+    let text = metrics.body.as_str().expect("text");
+    for name in [
+        "missive_http_requests_total",
+        "missive_http_request_duration_seconds",
+        "missive_events_appended_total",
+        "missive_projector_position",
+        "missive_projector_lag",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(text.contains("route=\"/v1/users\""));
+    let doc = h.call(Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
+
+    let nowhere = h.call(Method::GET, "/v1/nowhere", None, None).await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    assert_eq!(nowhere.code(), "not_found");
+    let wrong_method = h.call(Method::PUT, "/v1/users", None, None).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.code(), "method_not_allowed");
+    h.shutdown().await;
+}
