@@ -73,6 +73,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -123,6 +128,17 @@ impl From<ServiceError> for ApiError {
                         StatusCode::SERVICE_UNAVAILABLE,
                         "unavailable",
                         "the event log did not accept the command; nothing was stored; retry shortly",
+                    )
+                }
+            }
+            ServiceError::Store(ref s @ StoreError::Unavailable(_)) => {
+                tracing::error!(error = %s, "read store unavailable");
+                ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "the read models are unavailable; retry shortly",
                     )
                 }
             }

@@ -1,5 +1,7 @@
 //! Handlers and the JSON shapes of requests and answers.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -7,13 +9,13 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{delete, get, post};
 use chrono::{DateTime, SecondsFormat, Utc};
 use missive_domain::FriendshipState;
 use missive_domain::friends::FriendCommand;
 use missive_events::{DeleteScope, Presence};
 use missive_log::Position;
-use missive_service::Actor;
+use missive_service::{Actor, Service, ServiceError};
 use missive_store::{
     Conversation, FriendEntry, HistoryQuery, Message, MessageStatus, Page, Relation, User,
 };
@@ -39,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/users"),
     ("GET", "/v1/users/{id}"),
+    ("GET", "/v1/users/me"),
     ("PATCH", "/v1/users/me"),
     ("GET", "/v1/friends"),
     ("POST", "/v1/friends/{user_id}"),
@@ -63,7 +66,7 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/users", post(register))
-        .route("/v1/users/me", patch(update_me))
+        .route("/v1/users/me", get(get_me).patch(update_me))
         .route("/v1/users/{id}", get(get_user))
         .route("/v1/friends", get(list_friends))
         .route(
@@ -194,7 +197,7 @@ fn page_json<T>(page: &Page<T>, item: impl Fn(&T) -> Value) -> Value {
 fn relation_name(state: FriendshipState, me: Uuid) -> &'static str {
     match state {
         FriendshipState::None => "none",
-        FriendshipState::Friends => "friends",
+        FriendshipState::Friends => "friend",
         FriendshipState::Pending { requester } if requester == me => "outgoing_request",
         FriendshipState::Pending { .. } => "incoming_request",
     }
@@ -240,6 +243,19 @@ async fn read_after(state: &AppState, min_position: Option<&str>) -> ApiResult<(
     Ok(())
 }
 
+/// Runs a command on its own task: once accepted, it completes even if the client hangs up,
+/// so an append is never abandoned halfway (which matters for `client_msg_id` claims).
+async fn detached<T, F>(state: &AppState, command: impl FnOnce(Arc<Service>) -> F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, ServiceError>> + Send + 'static,
+{
+    match tokio::spawn(command(state.service.clone())).await {
+        Ok(outcome) => outcome.map_err(ApiError::from),
+        Err(join) => Err(ApiError::internal(&join)),
+    }
+}
+
 // ----- operations -----
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -280,14 +296,12 @@ async fn register(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> ApiResult {
-    let registered = state
-        .service
-        .register(
-            correlation_id(&headers),
-            &body.username,
-            body.display_name.as_deref(),
-        )
-        .await?;
+    let correlation = correlation_id(&headers);
+    let registered = detached(&state, move |s| async move {
+        s.register(correlation, &body.username, body.display_name.as_deref())
+            .await
+    })
+    .await?;
     let token = state.config.secret.issue(
         registered.user_id,
         Utc::now().timestamp(),
@@ -322,6 +336,16 @@ async fn get_user(
     Ok(axum::Json(user_json(&user)).into_response())
 }
 
+async fn get_me(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> ApiResult {
+    read_after(&state, params.min_position.as_deref()).await?;
+    let user = state.service.user(actor.user_id).await?;
+    Ok(axum::Json(user_json(&user)).into_response())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileBody {
@@ -333,10 +357,10 @@ async fn update_me(
     Auth(actor): Auth,
     ApiJson(body): ApiJson<ProfileBody>,
 ) -> ApiResult {
-    let (user, position) = state
-        .service
-        .update_profile(actor, &body.display_name)
-        .await?;
+    let (user, position) = detached(&state, move |s| async move {
+        s.update_profile(actor, &body.display_name).await
+    })
+    .await?;
     let mut value = user_json(&user);
     value["position"] = position_json(position);
     Ok(axum::Json(value).into_response())
@@ -350,10 +374,13 @@ async fn friend_command(
     other: Uuid,
     command: FriendCommand,
 ) -> ApiResult {
-    let (after, position) = state.service.friend(actor, other, command).await?;
+    let (after, position) = detached(&state, move |s| async move {
+        s.friend(actor, other, command).await
+    })
+    .await?;
     Ok(axum::Json(json!({
         "user_id": other,
-        "status": relation_name(after, actor.user_id),
+        "relation": relation_name(after, actor.user_id),
         "position": position_json(position),
     }))
     .into_response())
@@ -421,10 +448,11 @@ async fn send_message(
     ApiPath(peer): ApiPath<Uuid>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> ApiResult {
-    let receipt = state
-        .service
-        .send(actor, peer, &body.text, body.client_msg_id.as_deref())
-        .await?;
+    let receipt = detached(&state, move |s| async move {
+        s.send(actor, peer, &body.text, body.client_msg_id.as_deref())
+            .await
+    })
+    .await?;
     let status = if receipt.duplicate {
         StatusCode::OK
     } else {
@@ -504,9 +532,16 @@ async fn messages_since(
     Auth(actor): Auth,
     ApiQuery(params): ApiQuery<SinceParams>,
 ) -> ApiResult {
-    let since = params.since.ok_or_else(|| {
-        ApiError::bad_request("since is required: an RFC 3339 timestamp, e.g. 2026-01-01T00:00:00Z")
-    })?;
+    // A cursor carries its own position; `since` starts a new catch-up.
+    let since = match (params.since, &params.cursor) {
+        (Some(since), _) => since,
+        (None, Some(_)) => DateTime::<Utc>::MIN_UTC,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "since is required (an RFC 3339 timestamp, e.g. 2026-01-01T00:00:00Z) unless a cursor is given",
+            ));
+        }
+    };
     let limit = parse_limit(params.limit)?;
     read_after(&state, params.min_position.as_deref()).await?;
     let page = state
@@ -528,10 +563,11 @@ async fn mark_read(
     ApiPath(conversation): ApiPath<Uuid>,
     ApiJson(body): ApiJson<ReadBody>,
 ) -> ApiResult {
-    let position = state
-        .service
-        .mark_read(actor, conversation, body.up_to)
-        .await?;
+    let up_to = body.up_to;
+    let position = detached(&state, move |s| async move {
+        s.mark_read(actor, conversation, up_to).await
+    })
+    .await?;
     Ok(axum::Json(json!({
         "conversation_id": conversation,
         "up_to": body.up_to,
@@ -567,7 +603,10 @@ async fn delete_message(
             ));
         }
     };
-    let position = state.service.delete(actor, message_id, scope).await?;
+    let position = detached(&state, move |s| async move {
+        s.delete(actor, message_id, scope).await
+    })
+    .await?;
     Ok(axum::Json(json!({
         "message_id": message_id,
         "scope": if scope == DeleteScope::ForEveryone { "everyone" } else { "me" },
@@ -598,7 +637,10 @@ async fn presence(
         PresenceParam::Online => (Presence::Online, "online"),
         PresenceParam::Offline => (Presence::Offline, "offline"),
     };
-    let (at, position) = state.service.set_presence(actor, status).await?;
+    let (at, position) = detached(&state, move |s| async move {
+        s.set_presence(actor, status).await
+    })
+    .await?;
     Ok(axum::Json(json!({
         "status": name,
         "last_seen": ts(at),

@@ -97,6 +97,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    missive_events::cap_decode_allocation();
     missive_telemetry::init_tracing(match cli.log_format {
         Format::Human => LogFormat::Human,
         Format::Json => LogFormat::Json,

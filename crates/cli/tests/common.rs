@@ -175,7 +175,7 @@ impl Harness {
             )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{r:?}");
-        assert_eq!(r.body["status"], "friends");
+        assert_eq!(r.body["relation"], "friend");
     }
 
     /// Sends a message and returns the answer body.

@@ -475,6 +475,23 @@ async fn catching_up_across_conversations() {
         texts,
         vec!["a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2"]
     );
+    let first = h
+        .get_at(
+            &format!("/v1/messages?since={before}&limit=4"),
+            &bob,
+            &last["position"],
+        )
+        .await;
+    let cursor = first.body["next"].as_str().expect("more pages");
+    let rest = h
+        .get(&format!("/v1/messages?cursor={cursor}&limit=10"), &bob)
+        .await;
+    assert_eq!(
+        rest.status,
+        StatusCode::OK,
+        "a cursor alone continues the catch-up"
+    );
+    assert_eq!(rest.body["items"].as_array().unwrap().len(), 5);
     let alices = h.get(&format!("/v1/messages?since={before}"), &alice).await;
     assert_eq!(alices.body["items"].as_array().unwrap().len(), 3);
     let missing = h.get("/v1/messages", &bob).await;

@@ -135,6 +135,7 @@ async fn authentication_is_required_and_checked() {
 
     let none = h.call(Method::GET, &path, None, None).await;
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
     assert!(none.message().contains("Authorization"));
 
     let garbage = h.call(Method::GET, &path, Some("not-a-jwt"), None).await;
@@ -184,6 +185,10 @@ async fn profiles_and_presence() {
     assert_eq!(profile.body["status"], "offline");
     assert!(profile.body["last_seen"].is_null());
 
+    let me = h.get("/v1/users/me", &alice).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["id"], alice.id.to_string());
+    assert_eq!(me.body["username"], "alice");
     let missing = h.get(&format!("/v1/users/{}", Uuid::now_v7()), &bob).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.code(), "user_not_found");
@@ -289,10 +294,10 @@ async fn friend_requests_accept_decline_cancel_unfriend() {
 
     let req = post(&alice, format!("/v1/friends/{}", bob.id)).await;
     assert_eq!(req.status, StatusCode::OK);
-    assert_eq!(req.body["status"], "outgoing_request");
+    assert_eq!(req.body["relation"], "outgoing_request");
     let again = post(&alice, format!("/v1/friends/{}", bob.id)).await;
     assert_eq!(
-        again.body["status"], "outgoing_request",
+        again.body["relation"], "outgoing_request",
         "a retry changes nothing"
     );
     assert!(again.body["position"].is_null());
@@ -304,7 +309,7 @@ async fn friend_requests_accept_decline_cancel_unfriend() {
     assert_eq!(own.status, StatusCode::CONFLICT, "{own:?}");
 
     let accepted = post(&bob, format!("/v1/friends/{}/accept", alice.id)).await;
-    assert_eq!(accepted.body["status"], "friends");
+    assert_eq!(accepted.body["relation"], "friend");
     let alices = h.get("/v1/friends", &alice).await;
     assert_eq!(alices.body["items"][0]["relation"], "friend");
     assert!(alices.body["next"].is_null());
@@ -312,21 +317,21 @@ async fn friend_requests_accept_decline_cancel_unfriend() {
     // Carol asks Alice; Alice asking back accepts at once.
     post(&carol, format!("/v1/friends/{}", alice.id)).await;
     let mutual = post(&alice, format!("/v1/friends/{}", carol.id)).await;
-    assert_eq!(mutual.body["status"], "friends");
+    assert_eq!(mutual.body["relation"], "friend");
 
     let unfriend = delete(&alice, format!("/v1/friends/{}", carol.id)).await;
     assert_eq!(unfriend.status, StatusCode::OK);
-    assert_eq!(unfriend.body["status"], "none");
+    assert_eq!(unfriend.body["relation"], "none");
     let gone = delete(&alice, format!("/v1/friends/{}", carol.id)).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
 
     // Decline and cancel.
     post(&carol, format!("/v1/friends/{}", bob.id)).await;
     let declined = delete(&bob, format!("/v1/friends/{}", carol.id)).await;
-    assert_eq!(declined.body["status"], "none");
+    assert_eq!(declined.body["relation"], "none");
     post(&carol, format!("/v1/friends/{}", bob.id)).await;
     let cancelled = delete(&carol, format!("/v1/friends/{}", bob.id)).await;
-    assert_eq!(cancelled.body["status"], "none");
+    assert_eq!(cancelled.body["relation"], "none");
     let nothing = post(&bob, format!("/v1/friends/{}/accept", carol.id)).await;
     assert_eq!(nothing.status, StatusCode::NOT_FOUND);
 

@@ -227,3 +227,13 @@ impl Envelope {
 pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
+
+/// The most memory decoding one record may allocate at once. A crafted record can claim a
+/// huge string length; apache-avro's default cap (512 MiB) would let it take that much.
+pub const MAX_DECODE_ALLOCATION: usize = 16 * 1024 * 1024;
+
+/// Caps decode allocations process-wide at [`MAX_DECODE_ALLOCATION`]; binaries call it once
+/// at start-up, before anything is decoded.
+pub fn cap_decode_allocation() {
+    let _ = apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
+}

@@ -227,10 +227,15 @@ fn writer_loop(mut conn: Connection, rx: Receiver<AppendRequest>, mut next: u64,
         }
         match write_batch(&mut conn, &batch, next) {
             Ok(end) => {
-                missive_telemetry::metrics()
-                    .log_commit_records
+                let m = missive_telemetry::metrics();
+                m.log_commit_records
                     .with_label_values::<&str>(&[])
                     .observe(count as f64);
+                for record in batch.iter().flat_map(|r| &r.records) {
+                    m.events_appended
+                        .with_label_values(&[record.event_type])
+                        .inc();
+                }
                 let mut offset = next;
                 next = end;
                 shared.head.send_replace(next);

@@ -38,7 +38,6 @@ use missive_projector::Progress;
 use missive_store::{
     Conversation, FriendEntry, HistoryQuery, Message, Page, ReadStore, StoreError, User,
 };
-use missive_telemetry::metrics;
 use parking_lot::Mutex;
 use tokio::sync::{OnceCell, watch};
 use uuid::Uuid;
@@ -248,11 +247,7 @@ impl Service {
                 payload: codec::encode(&envelope)?,
             });
         }
-        let types: Vec<&'static str> = records.iter().map(|r| r.event_type).collect();
         let positions = self.log.append(records).await?;
-        for t in types {
-            metrics().events_appended.with_label_values(&[t]).inc();
-        }
         Ok(positions.last().copied())
     }
 
@@ -430,13 +425,15 @@ impl Service {
     ) -> Result<SendReceipt> {
         let max = self.config.max_text_chars;
         missive_domain::messages::validate_text(text, max)?;
+        // Friends always exist, so the common case costs one read; only a refusal needs to
+        // know whether the peer exists at all (404 rather than 403).
         let (recipient_exists, friendship) = if peer == actor.user_id {
             (true, FriendshipState::None)
         } else {
-            (
-                self.store.user(peer).await?.is_some(),
-                self.store.friendship(actor.user_id, peer).await?,
-            )
+            match self.store.friendship(actor.user_id, peer).await? {
+                FriendshipState::Friends => (true, FriendshipState::Friends),
+                other => (self.store.user(peer).await?.is_some(), other),
+            }
         };
         let message_id = Uuid::now_v7();
         let state = SendState {
@@ -539,8 +536,8 @@ impl Service {
             .unwrap_or(Position::new(0, 0)))
     }
 
-    /// Deletes a message; returns the message as the actor now sees it (a tombstone, or
-    /// nothing when hidden) and the event's position (none when nothing changed).
+    /// Deletes a message for the actor or for everyone; returns the event's position, or none
+    /// when nothing changed (deleting a tombstone again).
     pub async fn delete(
         &self,
         actor: Actor,
