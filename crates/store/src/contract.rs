@@ -592,6 +592,17 @@ pub async fn reapplying_is_idempotent(store: Arc<dyn ReadStore>, fresh: Arc<dyn 
             "re-applying {cut} changes"
         );
     }
+    // Duplicates inside one batch (a redelivery that lands in the same batch) change nothing.
+    let doubled: Vec<Change> = all.iter().flat_map(|c| [c.clone(), c.clone()]).collect();
+    store
+        .apply(P, doubled, vec![pos(14)])
+        .await
+        .expect("doubled");
+    assert_eq!(
+        snapshot(store.as_ref(), &everyone).await,
+        once,
+        "duplicates within a batch"
+    );
     // One change at a time (as a redelivering consumer would) gives the same as one batch.
     for change in &all {
         fresh

@@ -189,8 +189,23 @@ impl SqliteStore {
         let tx = conn
             .transaction()
             .map_err(sql("starting a projection transaction"))?;
-        for change in changes {
-            apply_change(&tx, change)?;
+        let mut rest = changes;
+        while let Some(first) = rest.first() {
+            // Runs of new messages (the bulk of any busy log) are applied together.
+            let run = if matches!(first, Change::AddMessage { .. }) {
+                rest.iter()
+                    .take_while(|c| matches!(c, Change::AddMessage { .. }))
+                    .count()
+            } else {
+                0
+            };
+            if run > 0 {
+                add_messages(&tx, &rest[..run])?;
+                rest = &rest[run..];
+            } else {
+                apply_change(&tx, first)?;
+                rest = &rest[1..];
+            }
         }
         {
             let mut stmt = tx
@@ -304,26 +319,7 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
             })
             .map_err(sql("updating a friendship"))?;
         }
-        Change::AddMessage {
-            message_id,
-            conversation_id,
-            sender_id,
-            recipient_id,
-            text,
-            client_msg_id,
-            sent_at,
-            position,
-        } => add_message(
-            tx,
-            *message_id,
-            *conversation_id,
-            *sender_id,
-            *recipient_id,
-            text,
-            client_msg_id.as_deref(),
-            *sent_at,
-            *position,
-        )?,
+        Change::AddMessage { .. } => add_messages(tx, std::slice::from_ref(change))?,
         Change::MarkRead {
             conversation_id,
             reader_id,
@@ -362,55 +358,110 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_message(
-    tx: &Transaction<'_>,
-    message_id: Uuid,
-    conversation_id: Uuid,
-    sender_id: Uuid,
-    recipient_id: Uuid,
-    text: &str,
-    client_msg_id: Option<&str>,
-    sent_at: DateTime<Utc>,
-    position: Position,
-) -> Result<()> {
-    let known: Option<i64> = tx
-        .prepare_cached("SELECT 1 FROM messages WHERE message_id = ?1")
-        .and_then(|mut s| s.query_row([message_id], |r| r.get(0)).optional())
-        .map_err(sql("checking for a known message"))?;
-    if known.is_some() {
-        return Ok(());
-    }
-    let (lo, hi) = ordered(sender_id, recipient_id);
-    let seq: i64 = tx
+/// What a run of new messages does to one user's entry for one conversation.
+struct EntryUpdate {
+    peer: Uuid,
+    last_message_id: Uuid,
+    last_activity_at: i64,
+    unread_added: i64,
+}
+
+/// Stores a run of `AddMessage` changes. Each message unknown so far gets its conversation's
+/// next sequence number; the conversations' counters and both participants' entries are then
+/// written once per run rather than once per message. Messages already stored (redelivery)
+/// change nothing.
+fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
+    use std::collections::HashMap;
+    let mut last_seq: HashMap<Uuid, (i64, Uuid, Uuid)> = HashMap::new();
+    let mut entries: HashMap<(Uuid, Uuid), EntryUpdate> = HashMap::new();
+    let mut insert = tx
         .prepare_cached(
-            "INSERT INTO conversations (conversation_id, user_a, user_b, last_seq) VALUES (?1, ?2, ?3, 1)
-             ON CONFLICT (conversation_id) DO UPDATE SET last_seq = last_seq + 1
-             RETURNING last_seq",
+            "INSERT INTO messages (message_id, conversation_id, seq, sender_id, recipient_id, text,
+                                   client_msg_id, sent_at, log_partition, log_offset)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (message_id) DO NOTHING",
         )
-        .and_then(|mut s| s.query_row(params![conversation_id, lo, hi], |r| r.get(0)))
-        .map_err(sql("numbering a message"))?;
-    let at = micros(sent_at);
-    tx.prepare_cached(
-        "INSERT INTO messages (message_id, conversation_id, seq, sender_id, recipient_id, text,
-                               client_msg_id, sent_at, log_partition, log_offset)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
+        .map_err(sql("preparing a message insert"))?;
+    let mut read_seq = tx
+        .prepare_cached("SELECT last_seq FROM conversations WHERE conversation_id = ?1")
+        .map_err(sql("preparing a conversation read"))?;
+    for change in run {
+        let Change::AddMessage {
             message_id,
             conversation_id,
-            seq,
             sender_id,
             recipient_id,
             text,
             client_msg_id,
-            at,
-            position.partition,
-            position.offset as i64
-        ])
-    })
-    .map_err(sql("storing a message"))?;
+            sent_at,
+            position,
+        } = change
+        else {
+            continue;
+        };
+        let conv = match last_seq.entry(*conversation_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let seq: Option<i64> = read_seq
+                    .query_row([conversation_id], |r| r.get(0))
+                    .optional()
+                    .map_err(sql("numbering a message"))?;
+                let (lo, hi) = ordered(*sender_id, *recipient_id);
+                e.insert((seq.unwrap_or(0), lo, hi))
+            }
+        };
+        let seq = conv.0 + 1;
+        let at = micros(*sent_at);
+        // A conflict on (conversation_id, seq) would mean two messages with one number: that
+        // is an error, never ignored. A known message_id is a redelivery: nothing to do.
+        let inserted = insert
+            .execute(params![
+                message_id,
+                conversation_id,
+                seq,
+                sender_id,
+                recipient_id,
+                text,
+                client_msg_id,
+                at,
+                position.partition,
+                position.offset as i64
+            ])
+            .map_err(sql("storing a message"))?;
+        if inserted == 0 {
+            continue;
+        }
+        conv.0 = seq;
+        for (user, peer, unread) in [
+            (*sender_id, *recipient_id, 0),
+            (*recipient_id, *sender_id, 1),
+        ] {
+            let entry = entries
+                .entry((user, *conversation_id))
+                .or_insert(EntryUpdate {
+                    peer,
+                    last_message_id: *message_id,
+                    last_activity_at: at,
+                    unread_added: 0,
+                });
+            entry.last_message_id = *message_id;
+            entry.last_activity_at = entry.last_activity_at.max(at);
+            entry.unread_added += unread;
+        }
+    }
+    let mut write_seq = tx
+        .prepare_cached(
+            "INSERT INTO conversations (conversation_id, user_a, user_b, last_seq) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (conversation_id) DO UPDATE SET last_seq = excluded.last_seq",
+        )
+        .map_err(sql("preparing a conversation update"))?;
+    for (conversation, (seq, lo, hi)) in &last_seq {
+        if *seq > 0 {
+            write_seq
+                .execute(params![conversation, lo, hi, seq])
+                .map_err(sql("numbering messages"))?;
+        }
+    }
     let mut upsert = tx
         .prepare_cached(
             "INSERT INTO user_conversations
@@ -421,27 +472,19 @@ fn add_message(
                  last_activity_at = MAX(last_activity_at, excluded.last_activity_at),
                  unread = unread + excluded.unread",
         )
-        .map_err(sql("preparing a conversation update"))?;
-    upsert
-        .execute(params![
-            sender_id,
-            conversation_id,
-            recipient_id,
-            message_id,
-            at,
-            0
-        ])
-        .map_err(sql("updating the sender's conversation"))?;
-    upsert
-        .execute(params![
-            recipient_id,
-            conversation_id,
-            sender_id,
-            message_id,
-            at,
-            1
-        ])
-        .map_err(sql("updating the recipient's conversation"))?;
+        .map_err(sql("preparing a conversation entry update"))?;
+    for ((user, conversation), e) in &entries {
+        upsert
+            .execute(params![
+                user,
+                conversation,
+                e.peer,
+                e.last_message_id,
+                e.last_activity_at,
+                e.unread_added
+            ])
+            .map_err(sql("updating a conversation entry"))?;
+    }
     Ok(())
 }
 

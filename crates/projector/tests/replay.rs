@@ -1,0 +1,325 @@
+//! The projector on the embedded adapters: read models stay exact under duplicate delivery, a
+//! crash between apply and checkpoint, and a full replay into an empty store, also when the log
+//! mixes schema versions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use missive_events::{DeleteScope, Envelope, Event, Presence, codec, ids};
+use missive_log::sqlite::{Durability, SqliteLog};
+use missive_log::{EventLog, Position, Record};
+use missive_projector::{Projector, READ_MODELS, project_batch};
+use missive_store::contract::snapshot;
+use missive_store::sqlite::SqliteStore;
+use missive_store::{FriendshipState, ReadStore};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+struct World {
+    alice: Uuid,
+    bob: Uuid,
+    carol: Uuid,
+}
+
+fn record(envelope: &Envelope, version: Option<u32>) -> Record {
+    let payload = match version {
+        Some(v) => codec::encode_with_version(envelope, v).expect("encode old version"),
+        None => codec::encode(envelope).expect("encode"),
+    };
+    Record {
+        stream: envelope.stream(),
+        key: envelope.partition_key(),
+        event_type: envelope.event_type(),
+        schema_version: version
+            .unwrap_or_else(|| codec::schema_version(envelope.event_type()).expect("known")),
+        payload,
+    }
+}
+
+/// A log with registrations, friendships, messages in both directions (some written with the
+/// old MessageSent v1 schema), reads, deletes and presence.
+async fn write_history(log: &dyn EventLog) -> World {
+    let w = World {
+        alice: Uuid::now_v7(),
+        bob: Uuid::now_v7(),
+        carol: Uuid::now_v7(),
+    };
+    let env = |event: Event, actor: Uuid| Envelope::new(event, actor, Uuid::now_v7(), Utc::now());
+    let mut records = Vec::new();
+    for (id, name) in [(w.alice, "alice"), (w.bob, "bob"), (w.carol, "carol")] {
+        let e = Event::UserRegistered {
+            user_id: id,
+            username: name.into(),
+            display_name: name.into(),
+        };
+        records.push(record(&env(e, id), None));
+    }
+    for (a, b) in [(w.alice, w.bob), (w.carol, w.alice)] {
+        records.push(record(
+            &env(
+                Event::FriendRequested {
+                    requester_id: a,
+                    addressee_id: b,
+                },
+                a,
+            ),
+            None,
+        ));
+        records.push(record(
+            &env(
+                Event::FriendRequestAccepted {
+                    requester_id: a,
+                    addressee_id: b,
+                },
+                b,
+            ),
+            None,
+        ));
+    }
+    let conv = ids::direct_conversation_id(w.alice, w.bob);
+    let mut ids_sent = Vec::new();
+    for n in 0..30 {
+        let (s, r) = if n % 3 == 0 {
+            (w.bob, w.alice)
+        } else {
+            (w.alice, w.bob)
+        };
+        let id = Uuid::now_v7();
+        ids_sent.push(id);
+        let e = Event::MessageSent {
+            message_id: id,
+            conversation_id: conv,
+            sender_id: s,
+            recipient_id: r,
+            text: format!("message {n}"),
+            client_msg_id: None,
+        };
+        // Every other message is in the old v1 schema, as if written before v2 existed.
+        records.push(record(&env(e, s), (n % 2 == 0).then_some(1)));
+    }
+    records.push(record(
+        &env(
+            Event::MessagesRead {
+                conversation_id: conv,
+                reader_id: w.bob,
+                up_to: ids_sent[10],
+            },
+            w.bob,
+        ),
+        None,
+    ));
+    records.push(record(
+        &env(
+            Event::MessageDeleted {
+                message_id: ids_sent[20],
+                conversation_id: conv,
+                deleted_by: w.alice,
+                scope: DeleteScope::ForEveryone,
+            },
+            w.alice,
+        ),
+        None,
+    ));
+    records.push(record(
+        &env(
+            Event::MessageDeleted {
+                message_id: ids_sent[25],
+                conversation_id: conv,
+                deleted_by: w.bob,
+                scope: DeleteScope::ForMe,
+            },
+            w.bob,
+        ),
+        None,
+    ));
+    records.push(record(
+        &env(
+            Event::PresenceChanged {
+                user_id: w.carol,
+                status: Presence::Online,
+            },
+            w.carol,
+        ),
+        None,
+    ));
+    records.push(record(
+        &env(
+            Event::FriendshipRemoved {
+                removed_by: w.carol,
+                other_id: w.alice,
+                reason: missive_events::RemovalReason::Unfriended,
+            },
+            w.carol,
+        ),
+        None,
+    ));
+    records.push(record(
+        &env(
+            Event::ProfileUpdated {
+                user_id: w.bob,
+                display_name: "Bobby".into(),
+            },
+            w.bob,
+        ),
+        None,
+    ));
+    // Appended in several calls so that batches split the history.
+    for chunk in records.chunks(7) {
+        log.append(chunk.to_vec()).await.expect("append");
+    }
+    w
+}
+
+async fn run_until_caught_up(log: Arc<dyn EventLog>, store: Arc<dyn ReadStore>, batch: usize) {
+    let projector = Projector::new(log.clone(), store, READ_MODELS).with_batch_size(batch);
+    let mut progress = projector.progress();
+    let (stop, mut stop_rx) = watch::channel(false);
+    let task = tokio::spawn(projector.run(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    let end = log.end_positions().await.expect("end")[0];
+    let last = Position::new(end.partition, end.offset - 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    tokio::time::timeout_at(deadline.into(), progress.wait_for(|p| p.has_applied(last)))
+        .await
+        .expect("projector caught up in time")
+        .expect("progress");
+    stop.send(true).expect("stop");
+    task.await.expect("join").expect("projector ran cleanly");
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    log: Arc<SqliteLog>,
+    dir: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_owned();
+    let log = Arc::new(SqliteLog::open(&path.join("log.db"), Durability::Normal).expect("log"));
+    Setup {
+        _dir: dir,
+        log,
+        dir: path,
+    }
+}
+
+fn store(s: &Setup, name: &str) -> Arc<SqliteStore> {
+    Arc::new(SqliteStore::open(&s.dir.join(name)).expect("store"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_a_mixed_version_log_exactly() {
+    let s = setup();
+    let w = write_history(s.log.as_ref()).await;
+    let live = store(&s, "live.db");
+    run_until_caught_up(s.log.clone(), live.clone(), 5).await;
+
+    let convs = live
+        .conversations(w.alice, None, 10)
+        .await
+        .expect("conversations");
+    // Bob sent 10 of the 30 (n % 3 == 0); alice read none of them.
+    assert_eq!(convs.items[0].unread_count, 10);
+    let bobs = live
+        .conversations(w.bob, None, 10)
+        .await
+        .expect("conversations");
+    // Alice sent 20; bob read up to message 10 (7 of alice's at n=1,2,4,5,7,8,10), one of the
+    // rest was deleted for everyone (n=20) and one hidden for bob (n=25): 20 - 7 - 2 = 11.
+    assert_eq!(bobs.items[0].unread_count, 11);
+    assert_eq!(
+        live.friendship(w.alice, w.bob).await.expect("f"),
+        FriendshipState::Friends
+    );
+    assert_eq!(
+        live.friendship(w.alice, w.carol).await.expect("f"),
+        FriendshipState::None
+    );
+    assert_eq!(
+        live.user(w.bob)
+            .await
+            .expect("u")
+            .expect("bob")
+            .display_name,
+        "Bobby"
+    );
+    assert!(live.user(w.carol).await.expect("u").expect("carol").online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_replay_and_duplicate_delivery_leave_read_models_identical() {
+    let s = setup();
+    let w = write_history(s.log.as_ref()).await;
+    let users = [w.alice, w.bob, w.carol];
+
+    let live = store(&s, "live.db");
+    run_until_caught_up(s.log.clone(), live.clone(), 1000).await;
+    let expected = snapshot(live.as_ref(), &users).await;
+
+    // A full replay into an empty store, in small batches, builds the same read models.
+    let replayed = store(&s, "replayed.db");
+    run_until_caught_up(s.log.clone(), replayed.clone(), 3).await;
+    assert_eq!(snapshot(replayed.as_ref(), &users).await, expected);
+
+    // Duplicate delivery: every record applied again, in batches of another size.
+    let all = s.log.read(0, 10_000).expect("read");
+    for chunk in all.chunks(4) {
+        let (changes, checkpoint) = project_batch(READ_MODELS, chunk);
+        live.apply(READ_MODELS, changes, checkpoint)
+            .await
+            .expect("reapply");
+    }
+    assert_eq!(snapshot(live.as_ref(), &users).await, expected);
+
+    // A crash between apply and checkpoint: the changes of the last batches are in the store
+    // but the checkpoint is older, so the restarted projector delivers them again.
+    let (changes, _) = project_batch(READ_MODELS, &all[..20]);
+    replayed
+        .apply(READ_MODELS, changes, vec![Position::new(0, 10)])
+        .await
+        .expect("rewind checkpoint");
+    assert_eq!(
+        replayed.checkpoints(READ_MODELS).await.expect("cp"),
+        vec![Position::new(0, 10)]
+    );
+    run_until_caught_up(s.log.clone(), replayed.clone(), 7).await;
+    assert_eq!(snapshot(replayed.as_ref(), &users).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_record_is_counted_and_passed_over() {
+    let s = setup();
+    let w = write_history(s.log.as_ref()).await;
+    s.log
+        .append(vec![Record {
+            stream: missive_events::Stream::Messages,
+            key: "garbage".into(),
+            event_type: "MessageSent",
+            schema_version: 2,
+            payload: vec![0xC3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3],
+        }])
+        .await
+        .expect("append");
+    let before = missive_telemetry::metrics()
+        .projector_poison
+        .with_label_values(&[READ_MODELS])
+        .get();
+    let live = store(&s, "live.db");
+    run_until_caught_up(s.log.clone(), live.clone(), 100).await;
+    let after = missive_telemetry::metrics()
+        .projector_poison
+        .with_label_values(&[READ_MODELS])
+        .get();
+    assert_eq!(after - before, 1);
+    assert_eq!(
+        live.conversations(w.alice, None, 10)
+            .await
+            .expect("c")
+            .items[0]
+            .unread_count,
+        10
+    );
+}
