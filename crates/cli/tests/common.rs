@@ -38,6 +38,19 @@ impl Answer {
     pub fn message(&self) -> &str {
         self.body["error"]["message"].as_str().unwrap_or("")
     }
+
+    /// The `items` of a list answer.
+    pub fn items(&self) -> &Vec<Value> {
+        self.body["items"].as_array().expect("a list answer")
+    }
+
+    /// The `text` of every item of a list of messages.
+    pub fn texts(&self) -> Vec<String> {
+        self.items()
+            .iter()
+            .map(|m| m["text"].as_str().expect("text").to_owned())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -205,13 +205,7 @@ async fn conversations_history_and_unread_counts() {
     loop {
         let page = h.get(&format!("{path}?{query}"), &bob).await;
         assert_eq!(page.status, StatusCode::OK, "{page:?}");
-        texts.extend(
-            page.body["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["text"].as_str().unwrap().to_owned()),
-        );
+        texts.extend(page.texts());
         match page.body["next"].as_str() {
             Some(next) => query = format!("limit=2&before={next}"),
             None => break,
@@ -459,13 +453,7 @@ async fn catching_up_across_conversations() {
             .get_at(&format!("/v1/messages?{query}"), &bob, &last["position"])
             .await;
         assert_eq!(page.status, StatusCode::OK, "{page:?}");
-        texts.extend(
-            page.body["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["text"].as_str().unwrap().to_owned()),
-        );
+        texts.extend(page.texts());
         match page.body["next"].as_str() {
             Some(next) => query = format!("since={before}&limit=4&cursor={next}"),
             None => break,

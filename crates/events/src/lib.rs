@@ -150,13 +150,9 @@ impl Event {
         }
     }
 
-    /// The partition key: the conversation for message events, the user for presence and
-    /// profile events, the unordered user pair for friendship events.
-    pub fn partition_key(&self) -> String {
+    /// The two users a friendship event is about (acting user first), `None` for other events.
+    pub fn friendship_pair(&self) -> Option<(Uuid, Uuid)> {
         match self {
-            Event::UserRegistered { user_id, .. }
-            | Event::ProfileUpdated { user_id, .. }
-            | Event::PresenceChanged { user_id, .. } => user_id.to_string(),
             Event::FriendRequested {
                 requester_id: a,
                 addressee_id: b,
@@ -169,7 +165,18 @@ impl Event {
                 removed_by: a,
                 other_id: b,
                 ..
-            } => ids::pair_key(*a, *b),
+            } => Some((*a, *b)),
+            _ => None,
+        }
+    }
+
+    /// The partition key: the conversation for message events, the user for presence and
+    /// profile events, the unordered user pair for friendship events.
+    pub fn partition_key(&self) -> String {
+        if let Some((a, b)) = self.friendship_pair() {
+            return ids::pair_key(a, b);
+        }
+        match self {
             Event::MessageSent {
                 conversation_id, ..
             }
@@ -179,6 +186,12 @@ impl Event {
             | Event::MessageDeleted {
                 conversation_id, ..
             } => conversation_id.to_string(),
+            Event::UserRegistered { user_id, .. }
+            | Event::ProfileUpdated { user_id, .. }
+            | Event::PresenceChanged { user_id, .. } => user_id.to_string(),
+            Event::FriendRequested { requester_id, .. }
+            | Event::FriendRequestAccepted { requester_id, .. } => requester_id.to_string(),
+            Event::FriendshipRemoved { removed_by, .. } => removed_by.to_string(),
         }
     }
 }

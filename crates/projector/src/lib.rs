@@ -53,28 +53,23 @@ pub fn project(envelope: &Envelope, position: Position) -> Vec<Change> {
             at,
             version,
         }],
-        Event::FriendRequested {
-            requester_id: a,
-            addressee_id: b,
+        Event::FriendRequested { .. }
+        | Event::FriendRequestAccepted { .. }
+        | Event::FriendshipRemoved { .. } => {
+            match (
+                envelope.event.friendship_pair(),
+                missive_domain::friends::evolve(&envelope.event),
+            ) {
+                (Some((a, b)), Some(state)) => vec![Change::SetFriendship {
+                    a,
+                    b,
+                    state,
+                    at,
+                    version,
+                }],
+                _ => Vec::new(),
+            }
         }
-        | Event::FriendRequestAccepted {
-            requester_id: a,
-            addressee_id: b,
-        }
-        | Event::FriendshipRemoved {
-            removed_by: a,
-            other_id: b,
-            ..
-        } => match missive_domain::friends::evolve(&envelope.event) {
-            Some(state) => vec![Change::SetFriendship {
-                a: *a,
-                b: *b,
-                state,
-                at,
-                version,
-            }],
-            None => Vec::new(),
-        },
         Event::MessageSent {
             message_id,
             conversation_id,
