@@ -107,6 +107,14 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::Domain(d) => d.into(),
+            ServiceError::NotCaughtUp => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_caught_up",
+                    "the server is still rebuilding its read models from the event log and cannot decide this command yet; nothing was stored; retry shortly",
+                )
+            },
             ServiceError::RegistrationClosed => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "registration_closed",

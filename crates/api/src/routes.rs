@@ -226,6 +226,11 @@ async fn read_after(state: &AppState, min_position: Option<&str>) -> ApiResult<(
     let position: Position = raw
         .parse()
         .map_err(|rule: &str| ApiError::bad_request(format!("min_position {raw:?}: {rule}")))?;
+    if !state.service.exists_in_log(position).await? {
+        return Err(ApiError::bad_request(format!(
+            "min_position {position} is beyond the end of the event log; pass a position a command returned"
+        )));
+    }
     let wait = state.config.max_read_wait;
     if !state.service.wait_for(position, wait).await {
         return Err(ApiError {
@@ -548,7 +553,12 @@ async fn messages_since(
         .service
         .messages_since(actor, since, params.cursor.as_deref(), limit)
         .await?;
-    Ok(axum::Json(page_json(&page, |m| message_json(m, actor.user_id))).into_response())
+    Ok(axum::Json(json!({
+        "items": page.items.iter().map(|m| message_json(m, actor.user_id)).collect::<Vec<_>>(),
+        "next": page.next,
+        "resume": page.resume,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -513,23 +513,32 @@ async fn restart_keeps_everything_and_full_replay_rebuilds_identical_read_models
     let h = Harness::start().await;
     let (alice, bob, carol) = trio(&h).await;
     h.befriend(&carol, &alice).await;
-    let h = Arc::new(tokio::sync::Mutex::new(h));
-    // Concurrent sends from three directions.
+    let h = Arc::new(h);
+    // 120 sends in flight at once, from three directions.
     let mut tasks = Vec::new();
     for (from, to) in [(&alice, &bob), (&bob, &alice), (&carol, &alice)] {
         for n in 0..40 {
             let (h, from, to) = (h.clone(), from.clone(), to.clone());
             tasks.push(tokio::spawn(async move {
-                let h = h.lock().await;
                 h.send(&from, &to, &format!("m{n}")).await
             }));
         }
     }
-    let mut last = Value::Null;
+    let mut positions = Vec::new();
     for t in tasks {
-        last = t.await.expect("task");
+        positions.push(t.await.expect("task")["position"].clone());
     }
-    let mut h = Arc::try_unwrap(h).ok().expect("sole owner").into_inner();
+    let offset = |p: &Value| -> u64 {
+        p.as_str()
+            .unwrap()
+            .split_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap()
+    };
+    let last = json!({ "position": positions.iter().max_by_key(|p| offset(p)).unwrap().clone() });
+    let mut h = Arc::try_unwrap(h).ok().expect("sole owner");
     let m = h.send(&alice, &bob, "to delete").await;
     h.call(
         Method::DELETE,

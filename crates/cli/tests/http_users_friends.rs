@@ -263,15 +263,16 @@ async fn profiles_and_presence() {
         .await;
     assert_eq!(bad_position.status, StatusCode::BAD_REQUEST);
     assert!(bad_position.message().contains("<partition>:<offset>"));
-    let far = h
-        .get(
-            &format!("/v1/users/{}?min_position=0:999999", alice.id),
-            &bob,
-        )
-        .await;
-    assert_eq!(far.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(far.code(), "not_caught_up");
-    assert!(far.headers.contains_key("retry-after"));
+    for beyond in ["0:999999", "7:0", "0:18446744073709551615"] {
+        let far = h
+            .get(
+                &format!("/v1/users/{}?min_position={beyond}", alice.id),
+                &bob,
+            )
+            .await;
+        assert_eq!(far.status, StatusCode::BAD_REQUEST, "{beyond}: {far:?}");
+        assert!(far.message().contains("beyond the end"));
+    }
     h.shutdown().await;
 }
 

@@ -48,6 +48,16 @@ pub fn validate_text(text: &str, max: usize) -> Result<()> {
             rule: "must not be empty or only white space".into(),
         });
     }
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+    {
+        return Err(DomainError::Invalid {
+            field: "text",
+            rule: "must not contain control characters other than newline, carriage return and tab"
+                .into(),
+        });
+    }
     let len = text.chars().count();
     if len > max {
         return Err(DomainError::TooLong { len, max });
@@ -199,6 +209,16 @@ mod tests {
             decide_send(friends(), send("éééééééééé")).is_ok(),
             "characters, not bytes"
         );
+        assert!(decide_send(friends(), send("a\nb\tc\r")).is_ok());
+        for bad in ["a\u{0}b", "\u{1b}[31m", "x\u{7f}"] {
+            assert!(
+                matches!(
+                    decide_send(friends(), send(bad)),
+                    Err(DomainError::Invalid { field: "text", .. })
+                ),
+                "{bad:?}"
+            );
+        }
         let mut bad_id = send("hi");
         bad_id.client_msg_id = Some("has space");
         assert!(matches!(

@@ -36,7 +36,7 @@ use missive_events::{DeleteScope, Envelope, Event, Presence, codec};
 use missive_log::{EventLog, LogError, Position, Record};
 use missive_projector::Progress;
 use missive_store::{
-    Conversation, FriendEntry, HistoryQuery, Message, Page, ReadStore, StoreError, User,
+    Conversation, FeedPage, FriendEntry, HistoryQuery, Message, Page, ReadStore, StoreError, User,
 };
 use parking_lot::Mutex;
 use tokio::sync::{OnceCell, watch};
@@ -50,6 +50,10 @@ pub enum ServiceError {
     /// The command broke a business rule; the message says which.
     #[error(transparent)]
     Domain(#[from] DomainError),
+    /// The read models are behind the log (a rebuild, or a stalled projector): deciding now
+    /// could contradict an earlier command, so the command is refused (HTTP 503).
+    #[error("the read models are still catching up with the event log; retry shortly")]
+    NotCaughtUp,
     /// Registration is switched off on this server.
     #[error("registration is closed on this server")]
     RegistrationClosed,
@@ -112,8 +116,51 @@ pub struct Registered {
 /// An in-flight or recent send, keyed by sender and `client_msg_id`.
 type Claim = Arc<OnceCell<SendReceipt>>;
 
-/// Claims are pruned once they are this many, keeping those not yet projected.
+/// Claims are first pruned once they are this many.
 const CLAIMS_PRUNE_AT: usize = 10_000;
+
+/// In-flight and not-yet-projected sends with a `client_msg_id`. Once a claimed message is in
+/// the read models, the store answers retries and the claim can go.
+#[derive(Debug, Default)]
+struct Claims {
+    map: HashMap<(Uuid, String), Claim>,
+    /// The size at which the next prune runs; doubles with what a prune has to keep, so a
+    /// prune is amortised O(1) per claim even when many are pending.
+    prune_at: usize,
+}
+
+impl Claims {
+    /// The claim for `key`, new or shared with a send in flight.
+    fn claim(&mut self, key: &(Uuid, String), progress: &Progress) -> Claim {
+        if self.map.len() >= self.prune_at.max(CLAIMS_PRUNE_AT) {
+            // Keep claims whose message is not projected yet, and uninitialised ones someone
+            // is still working on; drop the rest.
+            self.map.retain(|_, c| match c.get() {
+                Some(r) => !progress.has_applied(r.position),
+                None => Arc::strong_count(c) > 1,
+            });
+            self.prune_at = (self.map.len() * 2).max(CLAIMS_PRUNE_AT);
+        }
+        self.map.entry(key.clone()).or_default().clone()
+    }
+
+    /// Forgets a claim whose send failed, unless another request is waiting on it (that one
+    /// will try again and clean up after itself).
+    fn release_failed(&mut self, key: &(Uuid, String), claim: &Claim) {
+        if let Some(held) = self.map.get(key)
+            && Arc::ptr_eq(held, claim)
+            && held.get().is_none()
+            && Arc::strong_count(held) <= 2
+        {
+            self.map.remove(key);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
 
 /// Commands and queries over an event log and a read store.
 pub struct Service {
@@ -122,7 +169,7 @@ pub struct Service {
     progress: watch::Receiver<Progress>,
     config: Config,
     locks: KeyedLocks,
-    claims: Mutex<HashMap<(Uuid, String), Claim>>,
+    claims: Mutex<Claims>,
     /// The log's end when the service started: decisions wait until it is projected.
     startup_end: Vec<Position>,
     caught_up: AtomicBool,
@@ -160,7 +207,7 @@ impl Service {
             progress,
             config,
             locks: KeyedLocks::new(1024),
-            claims: Mutex::new(HashMap::new()),
+            claims: Mutex::new(Claims::default()),
             startup_end,
             caught_up: AtomicBool::new(false),
         })
@@ -193,6 +240,17 @@ impl Service {
         true
     }
 
+    /// Whether `position` names an event the log holds (it is before the end of its
+    /// partition). A position beyond the end can never be reached by the read models.
+    pub async fn exists_in_log(&self, position: Position) -> Result<bool> {
+        Ok(self
+            .log
+            .end_positions()
+            .await?
+            .iter()
+            .any(|end| end.partition == position.partition && position.offset < end.offset))
+    }
+
     /// True once the read models hold everything the log held at startup.
     pub async fn ready(&self) -> bool {
         if self.caught_up.load(Ordering::Acquire) {
@@ -207,22 +265,29 @@ impl Service {
 
     /// Decisions read the read models: before the first one, they must hold the whole log as
     /// it was at startup.
-    async fn await_startup(&self) {
-        if !self.caught_up.load(Ordering::Acquire) {
-            let wait = self.config.projection_wait;
-            if self.wait_for_ends(&self.startup_end, wait).await {
-                self.caught_up.store(true, Ordering::Release);
-            }
+    async fn await_startup(&self) -> Result<()> {
+        if self.caught_up.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let wait = self.config.projection_wait;
+        if self.wait_for_ends(&self.startup_end, wait).await {
+            self.caught_up.store(true, Ordering::Release);
+            Ok(())
+        } else {
+            Err(ServiceError::NotCaughtUp)
         }
     }
 
     /// Waits until the read models hold everything appended so far, so a decision sees the
     /// caller's own earlier commands.
     async fn catch_up(&self) -> Result<()> {
-        self.await_startup().await;
+        self.await_startup().await?;
         let ends = self.log.end_positions().await?;
-        self.wait_for_ends(&ends, self.config.projection_wait).await;
-        Ok(())
+        if self.wait_for_ends(&ends, self.config.projection_wait).await {
+            Ok(())
+        } else {
+            Err(ServiceError::NotCaughtUp)
+        }
     }
 
     /// Encodes and appends events decided for `actor`; returns the last event's position.
@@ -251,7 +316,9 @@ impl Service {
         Ok(positions.last().copied())
     }
 
-    /// Appends under a key lock and keeps the lock until the events are projected.
+    /// Appends events decided under a key lock, then waits (bounded) until they are projected,
+    /// so the caller can read its own write at once. Correctness does not rest on this wait:
+    /// the next command on the key calls [`Service::catch_up`] under the lock first.
     async fn append_and_project(
         &self,
         actor: Actor,
@@ -261,7 +328,7 @@ impl Service {
         if let Some(p) = position
             && !self.wait_for(p, self.config.projection_wait).await
         {
-            tracing::warn!(position = %p, "events not projected in time; releasing the key anyway");
+            tracing::warn!(position = %p, "events appended but not projected in time");
         }
         Ok(position)
     }
@@ -278,11 +345,11 @@ impl Service {
             return Err(ServiceError::RegistrationClosed);
         }
         missive_domain::users::validate_username(username)?;
-        self.await_startup().await;
         let _guard = self
             .locks
             .lock(&format!("username:{}", username.to_lowercase()))
             .await;
+        self.catch_up().await?;
         let taken = self.store.user_by_username(username).await?.is_some();
         let user_id = Uuid::now_v7();
         let events =
@@ -320,8 +387,8 @@ impl Service {
         display_name: &str,
     ) -> Result<(User, Option<Position>)> {
         missive_domain::users::validate_display_name(display_name)?;
-        self.catch_up().await?;
         let _guard = self.locks.lock(&format!("user:{}", actor.user_id)).await;
+        self.catch_up().await?;
         let me = self.user(actor.user_id).await?;
         let events = missive_domain::users::decide_update_profile(
             &me.display_name,
@@ -347,11 +414,17 @@ impl Service {
         other: Uuid,
         command: FriendCommand,
     ) -> Result<(FriendshipState, Option<Position>)> {
-        self.catch_up().await?;
         let _guard = self
             .locks
             .lock(&missive_events::ids::pair_key(actor.user_id, other))
             .await;
+        self.catch_up().await?;
+        if self.store.user(actor.user_id).await?.is_none() {
+            return Err(DomainError::Forbidden(
+                "your account does not exist on this server; register first",
+            )
+            .into());
+        }
         let state = self.store.friendship(actor.user_id, other).await?;
         let other_exists = actor.user_id == other || self.store.user(other).await?.is_some();
         let events =
@@ -382,18 +455,10 @@ impl Service {
             return self.send_new(actor, peer, text, None).await;
         };
         missive_domain::messages::validate_client_msg_id(cmid)?;
-        self.await_startup().await;
-        let claim = {
-            let mut claims = self.claims.lock();
-            if claims.len() >= CLAIMS_PRUNE_AT {
-                let progress = self.progress.borrow().clone();
-                claims.retain(|_, c| c.get().is_none_or(|r| !progress.has_applied(r.position)));
-            }
-            claims
-                .entry((actor.user_id, cmid.to_owned()))
-                .or_default()
-                .clone()
-        };
+        missive_domain::messages::validate_text(text, self.config.max_text_chars)?;
+        self.await_startup().await?;
+        let key = (actor.user_id, cmid.to_owned());
+        let claim = self.claims.lock().claim(&key, &self.progress.borrow());
         let mut fresh = false;
         let receipt = claim
             .get_or_try_init(|| async {
@@ -409,7 +474,14 @@ impl Service {
                 fresh = true;
                 self.send_new(actor, peer, text, Some(cmid)).await
             })
-            .await?;
+            .await;
+        let receipt = match receipt {
+            Ok(r) => r,
+            Err(e) => {
+                self.claims.lock().release_failed(&key, &claim);
+                return Err(e);
+            }
+        };
         Ok(SendReceipt {
             duplicate: !fresh,
             ..receipt.clone()
@@ -425,6 +497,7 @@ impl Service {
     ) -> Result<SendReceipt> {
         let max = self.config.max_text_chars;
         missive_domain::messages::validate_text(text, max)?;
+        self.await_startup().await?;
         // Friends always exist, so the common case costs one read; only a refusal needs to
         // know whether the peer exists at all (404 rather than 403).
         let (recipient_exists, friendship) = if peer == actor.user_id {
@@ -508,7 +581,7 @@ impl Service {
         since: DateTime<Utc>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Page<Message>> {
+    ) -> Result<FeedPage> {
         Ok(self
             .store
             .messages_since(actor.user_id, since, after, limit)
@@ -567,5 +640,114 @@ impl Service {
             .await?
             .unwrap_or(Position::new(0, 0));
         Ok((now, position))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use missive_log::sqlite::{Durability, SqliteLog};
+    use missive_store::sqlite::SqliteStore;
+
+    fn receipt(offset: u64) -> SendReceipt {
+        SendReceipt {
+            message_id: Uuid::now_v7(),
+            conversation_id: Uuid::now_v7(),
+            sent_at: Utc::now(),
+            position: Position::new(0, offset),
+            duplicate: false,
+        }
+    }
+
+    #[test]
+    fn failed_claims_are_released_and_prunes_keep_only_pending_ones() {
+        let mut claims = Claims::default();
+        let progress = Progress([(0, 100)].into_iter().collect());
+        let key = |n: usize| (Uuid::from_u128(1), format!("k{n}"));
+
+        // A failed send leaves nothing behind.
+        let failed = claims.claim(&key(0), &progress);
+        claims.release_failed(&key(0), &failed);
+        assert_eq!(claims.len(), 0);
+        // ...unless someone else waits on the same claim.
+        let first = claims.claim(&key(1), &progress);
+        let waiter = claims.claim(&key(1), &progress);
+        claims.release_failed(&key(1), &first);
+        assert_eq!(claims.len(), 1);
+        drop((first, waiter)); // now an orphan: the next prune drops it
+
+        // Fill to the prune threshold (the next claim prunes) with projected, unprojected
+        // and orphaned claims.
+        for n in 2..CLAIMS_PRUNE_AT + 1 {
+            let c = claims.claim(&key(n), &progress);
+            match n % 3 {
+                0 => c.set(receipt(50)).expect("set"),  // projected: can go
+                1 => c.set(receipt(500)).expect("set"), // not projected yet: kept
+                _ => {}                                 // orphaned: can go
+            }
+        }
+        assert_eq!(claims.len(), CLAIMS_PRUNE_AT);
+        let pending = (2..CLAIMS_PRUNE_AT + 1).filter(|n| n % 3 == 1).count();
+        claims.claim(&key(usize::MAX), &progress);
+        assert_eq!(
+            claims.len(),
+            pending + 1,
+            "only unprojected claims and the new one remain"
+        );
+        assert!(claims.prune_at >= CLAIMS_PRUNE_AT);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_are_refused_while_the_read_models_lag_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log =
+            Arc::new(SqliteLog::open(&dir.path().join("log.db"), Durability::Normal).expect("log"));
+        let store = Arc::new(SqliteStore::open(&dir.path().join("read.db")).expect("store"));
+        log.append(vec![Record {
+            stream: missive_events::Stream::Social,
+            key: "k".into(),
+            event_type: "UserRegistered",
+            schema_version: 1,
+            payload: vec![1],
+        }])
+        .await
+        .expect("append");
+        // No projector runs: the read models never reach the log's end.
+        let (_tx, progress) = watch::channel(Progress::default());
+        let config = Config {
+            projection_wait: Duration::from_millis(50),
+            ..Config::default()
+        };
+        let service = Service::new(log, store, progress, config)
+            .await
+            .expect("service");
+        assert!(!service.ready().await);
+        let actor = Actor {
+            user_id: Uuid::now_v7(),
+            correlation_id: Uuid::now_v7(),
+        };
+        assert!(matches!(
+            service.register(Uuid::now_v7(), "bob", None).await,
+            Err(ServiceError::NotCaughtUp)
+        ));
+        assert!(matches!(
+            service.send(actor, Uuid::now_v7(), "hi", None).await,
+            Err(ServiceError::NotCaughtUp)
+        ));
+        assert!(matches!(
+            service.send(actor, Uuid::now_v7(), "hi", Some("c1")).await,
+            Err(ServiceError::NotCaughtUp)
+        ));
+        assert!(matches!(
+            service
+                .friend(actor, Uuid::now_v7(), FriendCommand::Request)
+                .await,
+            Err(ServiceError::NotCaughtUp)
+        ));
+        assert_eq!(
+            service.claims.lock().len(),
+            0,
+            "a refused send leaves no claim"
+        );
     }
 }

@@ -49,7 +49,7 @@ pub async fn snapshot(store: &dyn ReadStore, users: &[Uuid]) -> String {
             out += &format!("history {}: {:?}\n", c.conversation_id, h);
         }
         let since = store
-            .messages_since(u, t(-1_000_000), None, 1000)
+            .messages_since(u, DateTime::<Utc>::MIN_UTC, None, 1000)
             .await
             .expect("since");
         out += &format!("since: {:?}\n", since);
@@ -569,6 +569,79 @@ pub async fn pagination(store: Arc<dyn ReadStore>) {
             v
         })
     );
+}
+
+/// A message stamped earlier but projected later (two concurrent sends) is never skipped by a
+/// feed cursor, and history's `since` stays exact.
+pub async fn late_projected_messages_are_not_skipped(store: Arc<dyn ReadStore>) {
+    let s = scene();
+    let mut c = users(&s);
+    c.push(message(&s, 0, true, 5)); // stamped t(10)
+    store.apply(P, c, vec![pos(6)]).await.expect("apply");
+    let first = store
+        .messages_since(s.bob, t(0), None, 10)
+        .await
+        .expect("feed");
+    assert_eq!(first.items.len(), 1);
+    assert_eq!(first.next, None);
+    // Stamped t(5), before the message already read, but projected after it.
+    let mut late = message(&s, 1, true, 6);
+    if let Change::AddMessage { sent_at, .. } = &mut late {
+        *sent_at = t(5);
+    }
+    store
+        .apply(P, vec![late], vec![pos(7)])
+        .await
+        .expect("apply");
+    let polled = store
+        .messages_since(s.bob, t(0), Some(&first.resume), 10)
+        .await
+        .expect("feed");
+    assert_eq!(
+        polled
+            .items
+            .iter()
+            .map(|m| m.message_id)
+            .collect::<Vec<_>>(),
+        vec![s.msgs[1]],
+        "the late message arrives after the resume cursor"
+    );
+    let quiet = store
+        .messages_since(s.bob, t(0), Some(&polled.resume), 10)
+        .await
+        .expect("feed");
+    assert!(quiet.items.is_empty());
+    assert_eq!(quiet.resume, polled.resume, "nothing new: the cursor stays");
+    // Its time is clamped to the conversation's latest, so history's `since` is exact.
+    let late_seen = store
+        .message(s.bob, s.msgs[1])
+        .await
+        .expect("m")
+        .expect("visible");
+    assert_eq!(late_seen.seq, 2);
+    assert_eq!(late_seen.sent_at, t(10));
+    for (since, want) in [(t(10), 2), (t(11), 0), (t(0), 2)] {
+        let h = store
+            .history(
+                s.bob,
+                s.conv,
+                HistoryQuery {
+                    since: Some(since),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("history");
+        assert_eq!(h.items.len(), want, "since {since}");
+    }
+    // An empty feed still hands out a cursor to follow from now on.
+    let empty = store
+        .messages_since(s.carol, t(0), None, 10)
+        .await
+        .expect("feed");
+    assert!(empty.items.is_empty());
+    assert_eq!(empty.resume, "0");
 }
 
 /// Applying any prefix again, or everything twice, changes nothing.

@@ -90,15 +90,16 @@ pub trait ReadStore: Send + Sync + 'static {
         query: HistoryQuery,
     ) -> Result<Page<Message>>;
 
-    /// Every message sent by or to `user` at or after `since`, oldest first, across
-    /// conversations, hidden ones left out. `after` is a previous page's `next`.
+    /// Every message sent by or to `user` at or after `since`, across conversations, in the
+    /// order they reached the read models, hidden ones left out. `after` is a previous
+    /// answer's `next` or `resume`.
     async fn messages_since(
         &self,
         user: Uuid,
         since: DateTime<Utc>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Page<Message>>;
+    ) -> Result<FeedPage>;
 
     /// One message, as `viewer` sees it (`None` if unknown or hidden from them).
     async fn message(&self, viewer: Uuid, message_id: Uuid) -> Result<Option<Message>>;

@@ -83,6 +83,17 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// A page of a user's catch-up feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPage {
+    pub items: Vec<Message>,
+    /// The cursor of the next page, `None` on the last one.
+    pub next: Option<String>,
+    /// A cursor just after everything this answer covered: pass it later to receive only
+    /// messages that reached the read models since, whatever their timestamps.
+    pub resume: String,
+}
+
 /// Which slice of a conversation's history to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HistoryQuery {

@@ -21,9 +21,23 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use uuid::Uuid;
 
 use crate::{
-    Change, Conversation, FriendEntry, FriendshipState, HistoryQuery, Message, MessageStatus, Page,
-    ReadStore, Relation, Result, StoreError, User,
+    Change, Conversation, FeedPage, FriendEntry, FriendshipState, HistoryQuery, Message,
+    MessageStatus, Page, ReadStore, Relation, Result, StoreError, User,
 };
+
+/// The read-model schema's version (`PRAGMA user_version`). A store written with another
+/// version is dropped and rebuilt from the log: read models hold nothing the log does not.
+const SCHEMA_VERSION: i64 = 2;
+const TABLES: [&str; 8] = [
+    "users",
+    "friendships",
+    "conversations",
+    "messages",
+    "user_feed",
+    "user_conversations",
+    "hidden_messages",
+    "checkpoints",
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -51,7 +65,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     conversation_id BLOB PRIMARY KEY,
     user_a          BLOB NOT NULL,
     user_b          BLOB NOT NULL,
-    last_seq        INTEGER NOT NULL
+    last_seq        INTEGER NOT NULL,
+    last_sent_at    INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
     message_id      BLOB NOT NULL UNIQUE,
@@ -69,8 +84,15 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (conversation_id, seq);
 CREATE INDEX IF NOT EXISTS messages_by_client_id ON messages (sender_id, client_msg_id)
     WHERE client_msg_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_by_sender_time ON messages (sender_id, sent_at, message_id);
-CREATE INDEX IF NOT EXISTS messages_by_recipient_time ON messages (recipient_id, sent_at, message_id);
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (conversation_id, sent_at, seq);
+CREATE TABLE IF NOT EXISTS user_feed (
+    user_id    BLOB NOT NULL,
+    feed_seq   INTEGER NOT NULL,
+    message_id BLOB NOT NULL,
+    sent_at    INTEGER NOT NULL,
+    PRIMARY KEY (user_id, feed_seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS user_feed_by_time ON user_feed (user_id, sent_at, feed_seq);
 CREATE TABLE IF NOT EXISTS user_conversations (
     user_id          BLOB NOT NULL,
     conversation_id  BLOB NOT NULL,
@@ -155,9 +177,35 @@ impl SqliteStore {
     /// Opens (creating if needed) the read store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let writer = open_connection(path)?;
-        writer
-            .execute_batch(SCHEMA)
-            .map_err(sql("creating the read-store schema"))?;
+        let version: i64 = writer
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql("reading the schema version"))?;
+        if version != SCHEMA_VERSION {
+            let has_tables: bool = writer
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(sql("inspecting the read store"))?;
+            if has_tables {
+                tracing::warn!(
+                    path = %path.display(),
+                    found = version,
+                    expected = SCHEMA_VERSION,
+                    "read-model schema changed: dropping the read models; they are rebuilt from the log"
+                );
+            }
+            let drop: String = TABLES
+                .iter()
+                .map(|t| format!("DROP TABLE IF EXISTS {t};"))
+                .collect();
+            writer
+                .execute_batch(&format!(
+                    "BEGIN; {drop} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(sql("creating the read-store schema"))?;
+        }
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -366,13 +414,27 @@ struct EntryUpdate {
     unread_added: i64,
 }
 
+/// A conversation's counters while a run of messages is applied.
+struct ConversationTail {
+    last_seq: i64,
+    last_sent_at: i64,
+    user_lo: Uuid,
+    user_hi: Uuid,
+}
+
 /// Stores a run of `AddMessage` changes. Each message unknown so far gets its conversation's
-/// next sequence number; the conversations' counters and both participants' entries are then
-/// written once per run rather than once per message. Messages already stored (redelivery)
-/// change nothing.
+/// next sequence number and the next number in both participants' feeds (the order the
+/// catch-up feed pages in, so a message projected later can never fall behind a cursor).
+/// Its time is kept monotonic within the conversation (`max(event time, previous message's
+/// time)`): events are stamped before they reach the log, so two concurrent sends can be
+/// stamped out of order by microseconds; clamping makes `since` an exact bound on `seq`. The
+/// conversations' counters and both participants' entries are written once per run rather
+/// than once per message. Messages already stored (redelivery) change nothing.
 fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
     use std::collections::HashMap;
-    let mut last_seq: HashMap<Uuid, (i64, Uuid, Uuid)> = HashMap::new();
+    use std::collections::hash_map::Entry;
+    let mut tails: HashMap<Uuid, ConversationTail> = HashMap::new();
+    let mut feed_tail: HashMap<Uuid, i64> = HashMap::new();
     let mut entries: HashMap<(Uuid, Uuid), EntryUpdate> = HashMap::new();
     let mut insert = tx
         .prepare_cached(
@@ -382,9 +444,19 @@ fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
              ON CONFLICT (message_id) DO NOTHING",
         )
         .map_err(sql("preparing a message insert"))?;
-    let mut read_seq = tx
-        .prepare_cached("SELECT last_seq FROM conversations WHERE conversation_id = ?1")
+    let mut read_tail = tx
+        .prepare_cached(
+            "SELECT last_seq, last_sent_at FROM conversations WHERE conversation_id = ?1",
+        )
         .map_err(sql("preparing a conversation read"))?;
+    let mut read_feed_tail = tx
+        .prepare_cached("SELECT COALESCE(MAX(feed_seq), 0) FROM user_feed WHERE user_id = ?1")
+        .map_err(sql("preparing a feed read"))?;
+    let mut insert_feed = tx
+        .prepare_cached(
+            "INSERT INTO user_feed (user_id, feed_seq, message_id, sent_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(sql("preparing a feed insert"))?;
     for change in run {
         let Change::AddMessage {
             message_id,
@@ -399,19 +471,25 @@ fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
         else {
             continue;
         };
-        let conv = match last_seq.entry(*conversation_id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let seq: Option<i64> = read_seq
-                    .query_row([conversation_id], |r| r.get(0))
+        let tail = match tails.entry(*conversation_id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let known: Option<(i64, i64)> = read_tail
+                    .query_row([conversation_id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
                     .map_err(sql("numbering a message"))?;
-                let (lo, hi) = ordered(*sender_id, *recipient_id);
-                e.insert((seq.unwrap_or(0), lo, hi))
+                let (user_lo, user_hi) = ordered(*sender_id, *recipient_id);
+                let (last_seq, last_sent_at) = known.unwrap_or((0, i64::MIN));
+                e.insert(ConversationTail {
+                    last_seq,
+                    last_sent_at,
+                    user_lo,
+                    user_hi,
+                })
             }
         };
-        let seq = conv.0 + 1;
-        let at = micros(*sent_at);
+        let seq = tail.last_seq + 1;
+        let at = micros(*sent_at).max(tail.last_sent_at);
         // A conflict on (conversation_id, seq) would mean two messages with one number: that
         // is an error, never ignored. A known message_id is a redelivery: nothing to do.
         let inserted = insert
@@ -431,7 +509,22 @@ fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
         if inserted == 0 {
             continue;
         }
-        conv.0 = seq;
+        tail.last_seq = seq;
+        tail.last_sent_at = at;
+        for user in [*sender_id, *recipient_id] {
+            let next = match feed_tail.entry(user) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(
+                    read_feed_tail
+                        .query_row([user], |r| r.get(0))
+                        .map_err(sql("reading a feed"))?,
+                ),
+            };
+            *next += 1;
+            insert_feed
+                .execute(params![user, *next, message_id, at])
+                .map_err(sql("adding to a feed"))?;
+        }
         for (user, peer, unread) in [
             (*sender_id, *recipient_id, 0),
             (*recipient_id, *sender_id, 1),
@@ -449,16 +542,24 @@ fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
             entry.unread_added += unread;
         }
     }
-    let mut write_seq = tx
+    let mut write_tail = tx
         .prepare_cached(
-            "INSERT INTO conversations (conversation_id, user_a, user_b, last_seq) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (conversation_id) DO UPDATE SET last_seq = excluded.last_seq",
+            "INSERT INTO conversations (conversation_id, user_a, user_b, last_seq, last_sent_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (conversation_id) DO UPDATE SET
+                 last_seq = excluded.last_seq, last_sent_at = excluded.last_sent_at",
         )
         .map_err(sql("preparing a conversation update"))?;
-    for (conversation, (seq, lo, hi)) in &last_seq {
-        if *seq > 0 {
-            write_seq
-                .execute(params![conversation, lo, hi, seq])
+    for (conversation, t) in &tails {
+        if t.last_seq > 0 {
+            write_tail
+                .execute(params![
+                    conversation,
+                    t.user_lo,
+                    t.user_hi,
+                    t.last_seq,
+                    t.last_sent_at
+                ])
                 .map_err(sql("numbering messages"))?;
         }
     }
@@ -858,8 +959,23 @@ impl ReadStore for SqliteStore {
                 .ok_or(StoreError::UnknownCursor(id))
             };
             let upper = query.before.map(&seq_of).transpose()?.unwrap_or(i64::MAX);
-            let lower = query.after.map(&seq_of).transpose()?.unwrap_or(0);
+            let mut lower = query.after.map(&seq_of).transpose()?.unwrap_or(0);
             let since = query.since.map(micros).unwrap_or(i64::MIN);
+            if query.since.is_some() {
+                // Times are monotonic in seq within a conversation (see add_messages), so the
+                // first message at or after `since` bounds the sequence numbers exactly.
+                let first: Option<i64> = c
+                    .prepare_cached(
+                        "SELECT seq FROM messages WHERE conversation_id = ?1 AND sent_at >= ?2
+                         ORDER BY sent_at, seq LIMIT 1",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![conversation, since], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(sql("locating a time in history"))?;
+                lower = lower.max(first.map_or(i64::MAX - 1, |seq| seq - 1));
+            }
             let order = if query.ascending() { "ASC" } else { "DESC" };
             let mut stmt = c
                 .prepare_cached(&format!(
@@ -897,46 +1013,69 @@ impl ReadStore for SqliteStore {
         since: DateTime<Utc>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Page<Message>> {
-        // Without a cursor, (sent_at, id) > (since, nil) is exactly sent_at >= since: no message
-        // has the nil id.
-        let (at, id) = match after {
-            Some(c) => parse_cursor(c).ok_or_else(|| StoreError::InvalidCursor(c.to_owned()))?,
-            None => (micros(since), Uuid::nil()),
+    ) -> Result<FeedPage> {
+        let after = match after {
+            Some(c) => Some(
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| StoreError::InvalidCursor(c.to_owned()))?,
+            ),
+            None => None,
         };
+        let since = micros(since);
         self.read(|c| {
-            let part = |column: &str| {
-                format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
-                     WHERE m.{column} = :viewer
-                       AND (m.sent_at, m.message_id) > (:at, :id)
-                       AND {NOT_HIDDEN}"
-                )
+            // Without a cursor, start at the first feed entry at or after `since`.
+            let start = match after {
+                Some(a) => a,
+                None => c
+                    .prepare_cached(
+                        "SELECT MIN(feed_seq) - 1 FROM user_feed WHERE user_id = ?1 AND sent_at >= ?2",
+                    )
+                    .and_then(|mut s| s.query_row(params![user, since], |r| r.get::<_, Option<i64>>(0)))
+                    .map_err(sql("locating a time in the feed"))?
+                    .unwrap_or(i64::MAX - 1),
             };
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT * FROM ({} UNION ALL {}) ORDER BY 8, 1 LIMIT :limit",
-                    part("sender_id"),
-                    part("recipient_id")
+                    "SELECT {MESSAGE_COLUMNS}, f.feed_seq
+                     FROM user_feed f JOIN messages m ON m.message_id = f.message_id
+                     LEFT JOIN user_conversations rc
+                       ON rc.user_id = m.recipient_id AND rc.conversation_id = m.conversation_id
+                     WHERE f.user_id = :viewer AND f.feed_seq > :start AND f.sent_at >= :since
+                       AND {NOT_HIDDEN}
+                     ORDER BY f.feed_seq LIMIT :limit"
                 ))
                 .map_err(sql("preparing a message catch-up"))?;
             let rows = stmt
                 .query_map(
                     rusqlite::named_params! {
                         ":viewer": user,
-                        ":at": at,
-                        ":id": id,
+                        ":start": start,
+                        ":since": since,
                         ":limit": (limit + 1) as i64,
                     },
-                    |r| message_from_row(r, 0),
+                    |r| Ok((message_from_row(r, 0)?, r.get::<_, i64>(12)?)),
                 )
                 .map_err(sql("reading a message catch-up"))?;
-            let items = rows
+            let mut rows = rows
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(sql("reading a message catch-up"))?;
-            Ok(page(items, limit, |m: &Message| {
-                format!("{}.{}", micros(m.sent_at), m.message_id)
-            }))
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            let last = match rows.last() {
+                Some((_, seq)) => *seq,
+                // Nothing (more) to read: resume after the feed's current end.
+                None => c
+                    .prepare_cached("SELECT COALESCE(MAX(feed_seq), 0) FROM user_feed WHERE user_id = ?1")
+                    .and_then(|mut s| s.query_row([user], |r| r.get(0)))
+                    .map_err(sql("reading a feed's end"))?,
+            };
+            Ok(FeedPage {
+                next: more.then(|| last.to_string()),
+                resume: last.max(after.unwrap_or(0)).to_string(),
+                items: rows.into_iter().map(|(m, _)| m).collect(),
+            })
         })
     }
 
