@@ -213,10 +213,6 @@ impl Service {
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Waits until the event at `position` is applied to the read models, at most `timeout`.
     /// Returns whether it was.
     pub async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
@@ -251,27 +247,27 @@ impl Service {
             .any(|end| end.partition == position.partition && position.offset < end.offset))
     }
 
-    /// True once the read models hold everything the log held at startup.
-    pub async fn ready(&self) -> bool {
+    /// Whether the read models hold everything the log held at startup, waiting up to `wait`.
+    async fn startup_caught_up(&self, wait: Duration) -> bool {
         if self.caught_up.load(Ordering::Acquire) {
             return true;
         }
-        let done = self.wait_for_ends(&self.startup_end, Duration::ZERO).await;
+        let done = self.wait_for_ends(&self.startup_end, wait).await;
         if done {
             self.caught_up.store(true, Ordering::Release);
         }
         done
     }
 
+    /// True once the read models hold everything the log held at startup.
+    pub async fn ready(&self) -> bool {
+        self.startup_caught_up(Duration::ZERO).await
+    }
+
     /// Decisions read the read models: before the first one, they must hold the whole log as
     /// it was at startup.
     async fn await_startup(&self) -> Result<()> {
-        if self.caught_up.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let wait = self.config.projection_wait;
-        if self.wait_for_ends(&self.startup_end, wait).await {
-            self.caught_up.store(true, Ordering::Release);
+        if self.startup_caught_up(self.config.projection_wait).await {
             Ok(())
         } else {
             Err(ServiceError::NotCaughtUp)
