@@ -128,7 +128,12 @@ impl From<ServiceError> for ApiError {
                     "the server is busy and did not accept the command; retry shortly",
                 )
             },
-            ServiceError::Log(ref l @ (LogError::Closed | LogError::CommitFailed(_))) => {
+            ServiceError::Log(
+                ref l @ (LogError::Closed
+                | LogError::CommitFailed(_)
+                | LogError::Broker { .. }
+                | LogError::MissingTopic(_)),
+            ) => {
                 tracing::error!(error = %l, "append failed");
                 ApiError {
                     retry_after: Some(1),

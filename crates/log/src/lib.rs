@@ -10,9 +10,12 @@
 //!
 //! # Layout
 //! - [`sqlite`]: the embedded adapter (SQLite in WAL mode, group commit).
+//! - `kafka` (feature `kafka`, on by default): the production adapter on rdkafka.
 //! - [`contract`]: the port contract suite, generic over any [`EventLog`].
 
 pub mod contract;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod sqlite;
 
 use std::fmt;
@@ -100,6 +103,15 @@ pub enum LogError {
     Corrupt { position: Position, reason: String },
     #[error("no partition {0} in this log")]
     UnknownPartition(u32),
+    /// The broker did not do what was asked (unreachable, timed out, refused).
+    #[error("the Kafka cluster failed while {action}: {reason}")]
+    Broker {
+        action: &'static str,
+        reason: String,
+    },
+    /// A topic the log needs does not exist.
+    #[error("the topic {0:?} does not exist: create the topics with `missive topics create`")]
+    MissingTopic(String),
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

@@ -1,0 +1,633 @@
+//! The production event log: Apache Kafka, through rdkafka.
+//!
+//! One topic per stream (`<prefix>messages`, `<prefix>social`, `<prefix>presence`). A record's
+//! Kafka key is its partition key, so all events of one conversation, user or user pair sit in
+//! one partition, in order; its value is the Avro single-object encoded envelope; the headers
+//! `event_type` and `schema_version` let consumers route without decoding.
+//!
+//! The producer is idempotent with `acks=all`: [`EventLog::append`] resolves only once Kafka
+//! acknowledged every record, and a failure or timeout is an error, never a silent loss.
+//! Consumers join a consumer group with automatic commits and offset stores off; offsets are
+//! committed only through [`LogConsumer::commit`], after the caller made its work durable.
+//!
+//! Positions: Kafka positions are (topic, partition, offset). A [`Position`]'s partition
+//! number packs the stream and the Kafka partition as `stream_index * 65536 + partition`
+//! (stream indexes follow [`Stream::ALL`]), so positions of different topics never collide.
+//!
+//! Unlike the embedded log, an append of several records is not atomic across partitions
+//! (that would take Kafka transactions); every command today appends one event.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use missive_events::Stream;
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{EventLog, LogConsumer, LogError, Position, Record, Result, StoredRecord};
+
+/// Header carrying the event type.
+pub const HEADER_EVENT_TYPE: &str = "event_type";
+/// Header carrying the schema version, as decimal text.
+pub const HEADER_SCHEMA_VERSION: &str = "schema_version";
+/// How [`Position::partition`] packs a stream index and a Kafka partition.
+const PARTITION_STRIDE: u32 = 1 << 16;
+
+/// Where the Kafka log lives and how it talks to it.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Prepended to each stream's name to make its topic (default `missive.`).
+    pub topic_prefix: String,
+    /// How long metadata, watermark and commit requests may take.
+    pub request_timeout: Duration,
+    /// How long the producer keeps retrying one record before the append fails.
+    pub delivery_timeout: Duration,
+    /// How long a consumer may be silent before the group gives its partitions to others; also
+    /// how long partitions of a consumer that vanished without leaving stay unread.
+    pub session_timeout: Duration,
+    /// Extra librdkafka settings, applied last (e.g. security settings).
+    pub client_options: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topic_prefix: "missive.".into(),
+            request_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(10),
+            client_options: Vec::new(),
+        }
+    }
+
+    /// The topic of a stream.
+    pub fn topic(&self, stream: Stream) -> String {
+        format!("{}{}", self.topic_prefix, stream.name())
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.client_options {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+fn stream_index(stream: Stream) -> u32 {
+    Stream::ALL.iter().position(|s| *s == stream).unwrap_or(0) as u32
+}
+
+fn broker(action: &'static str) -> impl FnOnce(KafkaError) -> LogError {
+    move |e| LogError::Broker {
+        action,
+        reason: e.to_string(),
+    }
+}
+
+/// The Kafka [`EventLog`].
+#[derive(Clone)]
+pub struct KafkaLog {
+    config: Arc<KafkaConfig>,
+    producer: FutureProducer,
+    /// Topic names, indexed like [`Stream::ALL`].
+    topics: Arc<Vec<String>>,
+    /// Asks metadata and watermarks; never subscribes.
+    meta: Arc<BaseConsumer>,
+    /// Partition counts per topic index, learned once (they are fixed at topic creation).
+    partitions: Arc<Mutex<HashMap<u32, i32>>>,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("brokers", &self.config.brokers)
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+impl KafkaLog {
+    /// Connects a producer and a metadata client. Topics must exist (`missive topics create`).
+    pub fn connect(config: KafkaConfig) -> Result<Self> {
+        let mut producer = config.client();
+        producer
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .set(
+                "message.timeout.ms",
+                config.delivery_timeout.as_millis().to_string(),
+            );
+        for (k, v) in &config.client_options {
+            producer.set(k, v);
+        }
+        let producer: FutureProducer = producer
+            .create()
+            .map_err(broker("creating the Kafka producer"))?;
+        let mut meta = config.client();
+        meta.set("group.id", "missive-metadata")
+            .set("enable.auto.commit", "false");
+        for (k, v) in &config.client_options {
+            meta.set(k, v);
+        }
+        let meta: BaseConsumer = meta
+            .create()
+            .map_err(broker("creating the Kafka metadata client"))?;
+        let topics = Stream::ALL.iter().map(|s| config.topic(*s)).collect();
+        Ok(KafkaLog {
+            config: Arc::new(config),
+            producer,
+            topics: Arc::new(topics),
+            meta: Arc::new(meta),
+            partitions: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// The topic and Kafka partition a [`Position::partition`] stands for.
+    fn locate(&self, partition: u32) -> Result<(&str, i32)> {
+        let topic = self
+            .topics
+            .get((partition / PARTITION_STRIDE) as usize)
+            .ok_or(LogError::UnknownPartition(partition))?;
+        Ok((topic, (partition % PARTITION_STRIDE) as i32))
+    }
+
+    fn position(&self, topic: &str, partition: i32, offset: i64) -> Option<Position> {
+        let index = self.topics.iter().position(|t| t == topic)? as u32;
+        Some(Position::new(
+            index * PARTITION_STRIDE + partition as u32,
+            offset.max(0) as u64,
+        ))
+    }
+
+    /// Partition counts of every topic; an error names a missing topic.
+    fn partition_counts(&self) -> Result<Vec<(u32, i32)>> {
+        let mut known = self.partitions.lock().clone();
+        for (index, topic) in self.topics.iter().enumerate() {
+            let index = index as u32;
+            if known.contains_key(&index) {
+                continue;
+            }
+            let metadata = self
+                .meta
+                .fetch_metadata(Some(topic), self.config.request_timeout)
+                .map_err(broker("reading topic metadata"))?;
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len() as i32)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| LogError::MissingTopic(topic.clone()))?;
+            known.insert(index, count);
+        }
+        *self.partitions.lock() = known.clone();
+        let mut counts: Vec<(u32, i32)> = known.into_iter().collect();
+        counts.sort();
+        Ok(counts)
+    }
+
+    /// Every (topic, partition) of the log.
+    fn all_partitions(&self) -> Result<Vec<(String, i32)>> {
+        Ok(self
+            .partition_counts()?
+            .into_iter()
+            .flat_map(|(index, count)| {
+                let topic = self.topics[index as usize].clone();
+                (0..count).map(move |p| (topic.clone(), p))
+            })
+            .collect())
+    }
+
+    fn end_positions_blocking(&self) -> Result<Vec<Position>> {
+        let mut out = Vec::new();
+        for (topic, p) in self.all_partitions()? {
+            let (_, high) = self
+                .meta
+                .fetch_watermarks(&topic, p, self.config.request_timeout)
+                .map_err(broker("reading the end of a partition"))?;
+            out.extend(self.position(&topic, p, high));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl EventLog for KafkaLog {
+    async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>> {
+        // Enqueue every record first, in order (send_result does not wait), then wait for all
+        // acknowledgements: records of one key keep their order and share producer batches.
+        let mut pending = Vec::with_capacity(records.len());
+        for record in &records {
+            let topic = &self.topics[stream_index(record.stream) as usize];
+            let version = record.schema_version.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: HEADER_EVENT_TYPE,
+                    value: Some(record.event_type),
+                })
+                .insert(Header {
+                    key: HEADER_SCHEMA_VERSION,
+                    value: Some(&version),
+                });
+            let future = FutureRecord::to(topic)
+                .key(&record.key)
+                .payload(&record.payload)
+                .headers(headers);
+            match self.producer.send_result(future) {
+                Ok(delivery) => pending.push((topic, delivery)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    return Err(LogError::Overloaded {
+                        pending: pending.len(),
+                    });
+                }
+                Err((e, _)) => return Err(broker("enqueueing a record")(e)),
+            }
+        }
+        let mut positions = Vec::with_capacity(pending.len());
+        for (topic, delivery) in pending {
+            match delivery.await {
+                Ok(Ok(d)) => {
+                    positions.extend(self.position(topic, d.partition, d.offset));
+                }
+                Ok(Err((e, _))) => return Err(broker("delivering a record")(e)),
+                Err(_) => return Err(LogError::Closed),
+            }
+        }
+        let m = missive_telemetry::metrics();
+        for record in &records {
+            m.events_appended
+                .with_label_values(&[record.event_type])
+                .inc();
+        }
+        Ok(positions)
+    }
+
+    async fn end_positions(&self) -> Result<Vec<Position>> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || log.end_positions_blocking())
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>> {
+        let log = self.clone();
+        let group = group.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<Box<dyn LogConsumer>> {
+            log.partition_counts()?;
+            let pending = Arc::new(Mutex::new(HashMap::new()));
+            let mut config = log.config.client();
+            config
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.partition.eof", "false")
+                .set(
+                    "session.timeout.ms",
+                    log.config.session_timeout.as_millis().to_string(),
+                )
+                .set(
+                    "heartbeat.interval.ms",
+                    (log.config.session_timeout.as_millis() / 3).to_string(),
+                );
+            for (k, v) in &log.config.client_options {
+                config.set(k, v);
+            }
+            let consumer: StreamConsumer<SeekOnAssign> = config
+                .create_with_context(SeekOnAssign {
+                    pending: pending.clone(),
+                })
+                .map_err(broker("creating a Kafka consumer"))?;
+            let topics: Vec<&str> = log.topics.iter().map(String::as_str).collect();
+            consumer
+                .subscribe(&topics)
+                .map_err(broker("subscribing to the log's topics"))?;
+            Ok(Box::new(KafkaConsumer {
+                log,
+                consumer,
+                pending,
+            }))
+        })
+        .await
+        .map_err(|_| LogError::Closed)?
+    }
+}
+
+/// Seeks waiting for their partition to be assigned to this consumer: (topic, partition) to
+/// the next offset to read.
+type PendingSeeks = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
+/// Applies pending seeks when partitions are assigned, by assigning them again with explicit
+/// offsets (seeking a partition inside the rebalance callback can fail: it is not fetching
+/// yet).
+struct SeekOnAssign {
+    pending: PendingSeeks,
+}
+
+impl ClientContext for SeekOnAssign {}
+
+impl ConsumerContext for SeekOnAssign {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else {
+            return;
+        };
+        let mut pending = self.pending.lock();
+        let mut wanted = TopicPartitionList::new();
+        let mut any = false;
+        for elem in assigned.elements() {
+            let key = (elem.topic().to_owned(), elem.partition());
+            match pending.remove(&key) {
+                Some(next) => {
+                    any = true;
+                    let _ = wanted.add_partition_offset(&key.0, key.1, Offset::Offset(next));
+                }
+                None => {
+                    let _ = wanted.add_partition_offset(&key.0, key.1, elem.offset());
+                }
+            }
+        }
+        if any && let Err(error) = consumer.assign(&wanted) {
+            tracing::error!(%error, "could not apply seeks to newly assigned partitions");
+        }
+    }
+}
+
+struct KafkaConsumer {
+    log: KafkaLog,
+    consumer: StreamConsumer<SeekOnAssign>,
+    pending: PendingSeeks,
+}
+
+impl KafkaConsumer {
+    fn is_assigned(&self, topic: &str, partition: i32) -> bool {
+        self.consumer.assignment().is_ok_and(|tpl| {
+            tpl.elements()
+                .iter()
+                .any(|e| e.topic() == topic && e.partition() == partition)
+        })
+    }
+
+    fn stored(&self, message: &impl Message) -> Option<StoredRecord> {
+        let position = self
+            .log
+            .position(message.topic(), message.partition(), message.offset())?;
+        let stream = Stream::ALL[(position.partition / PARTITION_STRIDE) as usize];
+        let mut event_type = String::new();
+        let mut schema_version = 0;
+        if let Some(headers) = message.headers() {
+            for h in headers.iter() {
+                let value = h.value.and_then(|v| std::str::from_utf8(v).ok());
+                match (h.key, value) {
+                    (HEADER_EVENT_TYPE, Some(v)) => event_type = v.to_owned(),
+                    (HEADER_SCHEMA_VERSION, Some(v)) => schema_version = v.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+        Some(StoredRecord {
+            position,
+            stream,
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
+            event_type,
+            schema_version,
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        })
+    }
+}
+
+#[async_trait]
+impl LogConsumer for KafkaConsumer {
+    fn seek(&mut self, next: Position) -> Result<()> {
+        let (topic, partition) = self.log.locate(next.partition)?;
+        let offset = Offset::Offset(next.offset as i64);
+        if self.is_assigned(topic, partition)
+            && self
+                .consumer
+                .seek(topic, partition, offset, self.log.config.request_timeout)
+                .is_ok()
+        {
+            return Ok(());
+        }
+        // Not (yet) ours: applied when the group assigns it to this consumer.
+        self.pending
+            .lock()
+            .insert((topic.to_owned(), partition), next.offset as i64);
+        Ok(())
+    }
+
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<StoredRecord>> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < max {
+            // Wait for the first record; after that take only what is already buffered.
+            let wait = if out.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_millis(1)
+            };
+            let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error");
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            // Records of a partition still waiting for a seek are from before it: skip.
+            if self
+                .pending
+                .lock()
+                .contains_key(&(message.topic().to_owned(), message.partition()))
+            {
+                continue;
+            }
+            out.extend(self.stored(&message));
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, next: &[Position]) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for p in next {
+            let (topic, partition) = self.log.locate(p.partition)?;
+            tpl.add_partition_offset(topic, partition, Offset::Offset(p.offset as i64))
+                .map_err(broker("preparing a commit"))?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(broker("committing consumer offsets"))
+    }
+
+    async fn committed(&self) -> Result<Vec<Position>> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p) in self.log.all_partitions()? {
+            tpl.add_partition(&topic, p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, self.log.config.request_timeout)
+            .map_err(broker("reading committed offsets"))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => self.log.position(e.topic(), e.partition(), o),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// Creates the log's topics (an existing topic is left as it is) and returns their names.
+///
+/// Every topic keeps its records forever (`retention.ms=-1`, `cleanup.policy=delete`):
+/// projections may be rebuilt from offset 0 at any time, so the log is never compacted or
+/// expired away. The partition count is fixed here: changing it later would move keys to other
+/// partitions and break their order; to grow, create a new topic set and replay into it.
+pub async fn create_topics(
+    config: &KafkaConfig,
+    partitions: i32,
+    replication: i32,
+) -> Result<Vec<String>> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = config
+        .client()
+        .create()
+        .map_err(broker("creating the Kafka admin client"))?;
+    let names: Vec<String> = Stream::ALL.iter().map(|s| config.topic(*s)).collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| {
+            NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
+                .set("cleanup.policy", "delete")
+                .set("retention.ms", "-1")
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(config.request_timeout));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(broker("creating topics"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(LogError::Broker {
+                    action: "creating topics",
+                    reason: format!("{topic}: {code}"),
+                });
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// A Kafka cluster for tests: the one named by `MISSIVE_TEST_KAFKA=host:port`, or else
+/// librdkafka's mock cluster, a real Kafka-protocol broker inside the test process.
+pub mod testing {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+
+    use super::{KafkaConfig, create_topics};
+    use missive_events::Stream;
+
+    /// Partitions per topic in tests: several, so ordering and group splits are exercised.
+    pub const TEST_PARTITIONS: i32 = 4;
+
+    pub enum TestCluster {
+        Mock(MockCluster<'static, DefaultProducerContext>),
+        Real(String),
+    }
+
+    impl std::fmt::Debug for TestCluster {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                TestCluster::Mock(_) => f.write_str("TestCluster::Mock"),
+                TestCluster::Real(b) => write!(f, "TestCluster::Real({b})"),
+            }
+        }
+    }
+
+    impl TestCluster {
+        pub fn start() -> Self {
+            match std::env::var("MISSIVE_TEST_KAFKA") {
+                Ok(brokers) if !brokers.is_empty() => TestCluster::Real(brokers),
+                _ => TestCluster::Mock(MockCluster::new(1).expect("librdkafka mock cluster")),
+            }
+        }
+
+        pub fn brokers(&self) -> String {
+            match self {
+                TestCluster::Mock(m) => m.bootstrap_servers(),
+                TestCluster::Real(b) => b.clone(),
+            }
+        }
+
+        /// A configuration with a fresh topic prefix, its topics created.
+        pub async fn fresh_log_config(&self) -> KafkaConfig {
+            let mut config = KafkaConfig::new(self.brokers());
+            config.topic_prefix = format!("test-{}.", uuid_like());
+            // The smallest session brokers accept by default: a consumer dropped by a test
+            // gives its partitions back quickly even where the broker misses its leaving.
+            config.session_timeout = std::time::Duration::from_secs(6);
+            match self {
+                TestCluster::Mock(m) => {
+                    for s in Stream::ALL {
+                        m.create_topic(&config.topic(s), TEST_PARTITIONS, 1)
+                            .expect("mock topic");
+                    }
+                }
+                TestCluster::Real(_) => {
+                    create_topics(&config, TEST_PARTITIONS, 1)
+                        .await
+                        .expect("create test topics");
+                }
+            }
+            config
+        }
+    }
+
+    /// A unique name part without pulling in a UUID crate.
+    fn uuid_like() -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!(
+            "{}-{nanos:x}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}

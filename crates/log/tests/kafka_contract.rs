@@ -1,0 +1,44 @@
+//! The EventLog contract suite on the Kafka adapter: against librdkafka's mock cluster, or a
+//! real broker when `MISSIVE_TEST_KAFKA=host:port` is set (each test on its own topics and
+//! consumer groups).
+
+#![cfg(feature = "kafka")]
+
+use std::sync::Arc;
+
+use missive_log::kafka::testing::TestCluster;
+use missive_log::kafka::{KafkaConfig, KafkaLog};
+use missive_log::{EventLog, LogError, contract};
+
+async fn fresh(cluster: &TestCluster) -> Arc<dyn EventLog> {
+    let config = cluster.fresh_log_config().await;
+    Arc::new(KafkaLog::connect(config).expect("connect"))
+}
+
+macro_rules! contract_test {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let cluster = TestCluster::start();
+            contract::$name(fresh(&cluster).await).await;
+        }
+    };
+}
+
+contract_test!(append_then_consume_in_order);
+contract_test!(concurrent_appends_keep_per_key_order);
+contract_test!(checkpoints_and_seek);
+contract_test!(poll_times_out_then_delivers);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_named() {
+    let cluster = TestCluster::start();
+    let mut config = KafkaConfig::new(cluster.brokers());
+    config.topic_prefix = "never-created.".into();
+    config.request_timeout = std::time::Duration::from_secs(3);
+    let log = KafkaLog::connect(config).expect("connect");
+    match log.end_positions().await {
+        Err(LogError::MissingTopic(topic)) => assert!(topic.starts_with("never-created.")),
+        other => panic!("expected a missing topic, got {other:?}"),
+    }
+}
