@@ -218,32 +218,42 @@ fn parse_limit(limit: Option<usize>) -> ApiResult<usize> {
     }
 }
 
-/// Honours `min_position`: waits (bounded) until the read models include that position.
+/// Honours `min_position`: waits (bounded) until the read models include every listed
+/// position (comma-separated; positions of different partitions are independent, so a client
+/// that wrote to several conversations passes the last position of each).
 async fn read_after(state: &AppState, min_position: Option<&str>) -> ApiResult<()> {
     let Some(raw) = min_position else {
         return Ok(());
     };
-    let position: Position = raw
-        .parse()
-        .map_err(|rule: &str| ApiError::bad_request(format!("min_position {raw:?}: {rule}")))?;
-    if !state.service.exists_in_log(position).await? {
-        return Err(ApiError::bad_request(format!(
-            "min_position {position} is beyond the end of the event log; pass a position a command returned"
-        )));
+    let mut positions = Vec::new();
+    for part in raw.split(',') {
+        let position: Position = part.trim().parse().map_err(|rule: &str| {
+            ApiError::bad_request(format!("min_position {part:?}: {rule}"))
+        })?;
+        if !state.service.exists_in_log(position).await? {
+            return Err(ApiError::bad_request(format!(
+                "min_position {position} is beyond the end of the event log; pass a position a command returned"
+            )));
+        }
+        positions.push(position);
     }
     let wait = state.config.max_read_wait;
-    if !state.service.wait_for(position, wait).await {
-        return Err(ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_caught_up",
-                format!(
-                    "the read models did not reach position {position} within {} ms; retry shortly",
-                    wait.as_millis()
-                ),
-            )
-        });
+    let deadline = tokio::time::Instant::now() + wait;
+    for position in positions {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !state.service.wait_for(position, left).await {
+            return Err(ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_caught_up",
+                    format!(
+                        "the read models did not reach position {position} within {} ms; retry shortly",
+                        wait.as_millis()
+                    ),
+                )
+            });
+        }
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use missive_cli::server::{ServerConfig, start};
+use missive_cli::server::{LogBackend, ServerConfig, start};
 use missive_log::sqlite::Durability;
 use missive_telemetry::LogFormat;
 use uuid::Uuid;
@@ -48,8 +48,58 @@ enum Sync {
     Normal,
 }
 
+/// Where the event log lives.
+#[derive(Debug, clap::Args)]
+struct LogArgs {
+    /// The event log: `embedded` (SQLite in the data directory) or
+    /// `kafka://host:port[,host:port...]`.
+    #[arg(long = "log", env = "MISSIVE_LOG", default_value = "embedded")]
+    log: String,
+    /// Prefix of the Kafka topic names (`<prefix>messages`, `<prefix>social`,
+    /// `<prefix>presence`).
+    #[arg(long, env = "MISSIVE_KAFKA_TOPIC_PREFIX", default_value = "missive.")]
+    kafka_topic_prefix: String,
+    /// How the embedded log syncs each group commit to disk.
+    #[arg(long, env = "MISSIVE_LOG_SYNC", value_enum, default_value = "full")]
+    log_sync: Sync,
+}
+
+impl LogArgs {
+    fn backend(&self) -> anyhow::Result<LogBackend> {
+        let durability = match self.log_sync {
+            Sync::Full => Durability::Full,
+            Sync::Normal => Durability::Normal,
+        };
+        let mut backend = LogBackend::parse(&self.log, durability).map_err(anyhow::Error::msg)?;
+        if let LogBackend::Kafka(config) = &mut backend {
+            config.topic_prefix = self.kafka_topic_prefix.clone();
+        }
+        Ok(backend)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create the Kafka topics (existing ones are left as they are). The partition count is
+    /// fixed for a topic's life: changing it moves keys between partitions and breaks their
+    /// order; to grow, create a new topic set (another --kafka-topic-prefix) and replay.
+    Create {
+        #[command(flatten)]
+        log: LogArgs,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        /// Replicas per partition (3 in production).
+        #[arg(long, default_value_t = 3)]
+        replication: i32,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Manage the Kafka topics of the event log.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
     /// Run everything in one process: HTTP API, event log, projectors and read models.
     Serve {
         /// Directory holding the event log, the read models and the generated JWT secret.
@@ -68,9 +118,8 @@ enum Command {
         /// Longest message text accepted, in characters.
         #[arg(long, env = "MISSIVE_MAX_TEXT_CHARS", default_value_t = missive_domain::messages::DEFAULT_MAX_TEXT_CHARS)]
         max_text_chars: usize,
-        /// How the embedded log syncs each group commit to disk.
-        #[arg(long, env = "MISSIVE_LOG_SYNC", value_enum, default_value = "full")]
-        log_sync: Sync,
+        #[command(flatten)]
+        log: LogArgs,
         /// Lifetime of tokens issued at registration, in days.
         #[arg(long, env = "MISSIVE_TOKEN_TTL_DAYS", default_value_t = 30)]
         token_ttl_days: u64,
@@ -109,17 +158,14 @@ async fn main() -> anyhow::Result<()> {
             jwt_secret,
             registration,
             max_text_chars,
-            log_sync,
+            log,
             token_ttl_days,
             max_read_wait_ms,
         } => {
             let mut config = ServerConfig::embedded(data_dir);
             config.listen = listen;
             config.jwt_secret = jwt_secret.map(String::into_bytes);
-            config.durability = match log_sync {
-                Sync::Full => Durability::Full,
-                Sync::Normal => Durability::Normal,
-            };
+            config.log = log.backend()?;
             config.service.registration_open = matches!(registration, Registration::Open);
             config.service.max_text_chars = max_text_chars;
             config.token_ttl = Duration::from_secs(token_ttl_days * 24 * 3600);
@@ -132,6 +178,21 @@ async fn main() -> anyhow::Result<()> {
                     running.shutdown().await
                 }
             }
+        }
+        Command::Topics(TopicsCommand::Create {
+            log,
+            partitions,
+            replication,
+        }) => {
+            let LogBackend::Kafka(config) = log.backend()? else {
+                anyhow::bail!("`missive topics create` needs --log kafka://host:port");
+            };
+            let created =
+                missive_log::kafka::create_topics(&config, partitions, replication).await?;
+            for topic in created {
+                println!("{topic}");
+            }
+            Ok(())
         }
         Command::Token {
             user_id,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use missive_api::{ApiConfig, AppState, Secret};
 use missive_log::EventLog;
+use missive_log::kafka::{KafkaConfig, KafkaLog};
 use missive_log::sqlite::{Durability, SqliteLog};
 use missive_projector::{Projector, READ_MODELS};
 use missive_service::{Config, Service};
@@ -17,6 +18,56 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Which event log to use.
+#[derive(Debug, Clone)]
+pub enum LogBackend {
+    /// SQLite in the data directory (`log.db`).
+    Embedded { durability: Durability },
+    /// Apache Kafka.
+    Kafka(KafkaConfig),
+}
+
+impl LogBackend {
+    /// Parses `--log`: `embedded`, or `kafka://host:port[,host:port...]`.
+    pub fn parse(value: &str, durability: Durability) -> Result<Self, String> {
+        if value == "embedded" {
+            return Ok(LogBackend::Embedded { durability });
+        }
+        match value.strip_prefix("kafka://") {
+            Some(brokers) if !brokers.is_empty() && !brokers.contains('/') => {
+                Ok(LogBackend::Kafka(KafkaConfig::new(brokers)))
+            }
+            _ => Err(format!(
+                "--log {value:?}: expected `embedded` or `kafka://host:port[,host:port...]`"
+            )),
+        }
+    }
+
+    /// Opens the log; for Kafka, checks that every topic exists.
+    pub async fn open(&self, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn EventLog>> {
+        Ok(match self {
+            LogBackend::Embedded { durability } => Arc::new(
+                SqliteLog::open(&data_dir.join("log.db"), *durability)
+                    .context("opening the event log")?,
+            ),
+            LogBackend::Kafka(config) => {
+                let log = KafkaLog::connect(config.clone()).context("connecting to Kafka")?;
+                log.end_positions().await.with_context(|| {
+                    format!(
+                        "checking the topics {:?} on {}",
+                        missive_events::Stream::ALL
+                            .iter()
+                            .map(|s| config.topic(*s))
+                            .collect::<Vec<_>>(),
+                        config.brokers
+                    )
+                })?;
+                Arc::new(log)
+            }
+        })
+    }
+}
+
 /// Everything `missive serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -24,7 +75,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// `None`: use the one kept in the data directory, generating it the first time.
     pub jwt_secret: Option<Vec<u8>>,
-    pub durability: Durability,
+    pub log: LogBackend,
     pub service: Config,
     pub token_ttl: Duration,
     pub max_read_wait: Duration,
@@ -37,7 +88,9 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             jwt_secret: None,
-            durability: Durability::Full,
+            log: LogBackend::Embedded {
+                durability: Durability::Full,
+            },
             service: Config::default(),
             token_ttl: Duration::from_secs(30 * 24 * 3600),
             max_read_wait: missive_api::routes::DEFAULT_READ_WAIT,
@@ -74,10 +127,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         None => crate::secret::load_or_generate(&config.data_dir)?,
     };
     let secret = Secret::new(secret);
-    let log: Arc<dyn EventLog> = Arc::new(
-        SqliteLog::open(&config.data_dir.join("log.db"), config.durability)
-            .context("opening the event log")?,
-    );
+    let log = config.log.open(&config.data_dir).await?;
     let store: Arc<dyn ReadStore> = Arc::new(
         SqliteStore::open(&config.data_dir.join("read.db")).context("opening the read store")?,
     );

@@ -4,13 +4,54 @@
 
 use std::time::{Duration, Instant};
 
-use missive_cli::server::{Running, ServerConfig, start};
+use missive_cli::server::{LogBackend, Running, ServerConfig, start};
+use missive_log::kafka::testing::TestCluster;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+/// The event log a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    /// librdkafka's mock cluster, or the broker of `MISSIVE_TEST_KAFKA`.
+    Kafka,
+}
+
+tokio::task_local! {
+    /// Set by the `both_logs!` wrappers; absent means embedded.
+    pub static BACKEND: Backend;
+}
+
+/// Runs each listed `async fn` twice, as `embedded::name` and `kafka::name`.
+#[macro_export]
+macro_rules! both_logs {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name().await
+                }
+            )*
+        }
+        mod kafka {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::common::BACKEND
+                        .scope($crate::common::Backend::Kafka, super::$name())
+                        .await
+                }
+            )*
+        }
+    };
+}
+
 pub struct Harness {
     pub server: Option<Running>,
+    /// Keeps the Kafka cluster of a Kafka test alive as long as the server.
+    pub kafka: Option<TestCluster>,
     pub base: String,
     pub client: reqwest::Client,
     pub config: ServerConfig,
@@ -70,11 +111,18 @@ impl Harness {
         let mut config = ServerConfig::embedded(dir.path().join("data"));
         config.listen = "127.0.0.1:0".parse().expect("addr");
         config.jwt_secret = Some(b"test-secret".to_vec());
+        let mut kafka = None;
+        if BACKEND.try_with(|b| *b) == Ok(Backend::Kafka) {
+            let cluster = TestCluster::start();
+            config.log = LogBackend::Kafka(cluster.fresh_log_config().await);
+            kafka = Some(cluster);
+        }
         tweak(&mut config);
         let server = start(config.clone()).await.expect("server starts");
         let base = format!("http://{}", server.addr);
         Harness {
             server: Some(server),
+            kafka,
             base,
             client: reqwest::Client::new(),
             config,

@@ -1,6 +1,7 @@
 //! End-to-end: registration, authentication, profiles, presence, friends, operations endpoints
 //! and request-shape errors, against a real server on port 0.
 
+#[macro_use]
 mod common;
 
 use common::Harness;
@@ -8,7 +9,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_and_its_errors() {
     let h = Harness::start().await;
     let a = h
@@ -111,7 +111,6 @@ async fn registration_and_its_errors() {
     h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_registration_is_refused() {
     let h = Harness::start_with(|c| c.service.registration_open = false).await;
     let a = h
@@ -127,7 +126,6 @@ async fn closed_registration_is_refused() {
     h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_is_required_and_checked() {
     let h = Harness::start().await;
     let alice = h.register("alice").await;
@@ -172,7 +170,6 @@ async fn authentication_is_required_and_checked() {
     h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_and_presence() {
     let h = Harness::start().await;
     let alice = h.register("alice").await;
@@ -276,7 +273,6 @@ async fn profiles_and_presence() {
     h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn friend_requests_accept_decline_cancel_unfriend() {
     let h = Harness::start().await;
     let alice = h.register("alice").await;
@@ -346,7 +342,6 @@ async fn friend_requests_accept_decline_cancel_unfriend() {
     h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints_and_unknown_routes() {
     let h = Harness::start().await;
     let health = h.call(Method::GET, "/healthz", None, None).await;
@@ -378,3 +373,12 @@ async fn operations_endpoints_and_unknown_routes() {
     assert_eq!(wrong_method.code(), "method_not_allowed");
     h.shutdown().await;
 }
+
+both_logs!(
+    registration_and_its_errors,
+    closed_registration_is_refused,
+    authentication_is_required_and_checked,
+    profiles_and_presence,
+    friend_requests_accept_decline_cancel_unfriend,
+    operations_endpoints_and_unknown_routes,
+);

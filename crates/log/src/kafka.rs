@@ -554,8 +554,9 @@ pub async fn create_topics(
 /// A Kafka cluster for tests: the one named by `MISSIVE_TEST_KAFKA=host:port`, or else
 /// librdkafka's mock cluster, a real Kafka-protocol broker inside the test process.
 pub mod testing {
+    use std::sync::mpsc;
+
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::DefaultProducerContext;
 
     use super::{KafkaConfig, create_topics};
     use missive_events::Stream;
@@ -563,31 +564,85 @@ pub mod testing {
     /// Partitions per topic in tests: several, so ordering and group splits are exercised.
     pub const TEST_PARTITIONS: i32 = 4;
 
-    pub enum TestCluster {
-        Mock(MockCluster<'static, DefaultProducerContext>),
-        Real(String),
+    enum MockOp {
+        CreateTopic(String, i32, mpsc::Sender<Result<(), String>>),
     }
 
-    impl std::fmt::Debug for TestCluster {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            match self {
-                TestCluster::Mock(_) => f.write_str("TestCluster::Mock"),
-                TestCluster::Real(b) => write!(f, "TestCluster::Real({b})"),
+    /// Owns a mock cluster on a thread of its own (the cluster is neither `Send` nor `Sync`),
+    /// so tests can share the handle across tasks. Dropping the handle stops the cluster.
+    #[derive(Debug)]
+    pub struct MockHost {
+        ops: Option<mpsc::Sender<MockOp>>,
+        bootstrap: String,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl MockHost {
+        fn start() -> Self {
+            let (ops, rx) = mpsc::channel::<MockOp>();
+            let (ready, bootstrap) = mpsc::channel();
+            let thread = std::thread::Builder::new()
+                .name("kafka-mock".into())
+                .spawn(move || {
+                    let cluster = MockCluster::new(1).expect("librdkafka mock cluster");
+                    let _ = ready.send(cluster.bootstrap_servers());
+                    // Runs until every handle is gone.
+                    while let Ok(MockOp::CreateTopic(name, partitions, done)) = rx.recv() {
+                        let _ = done.send(
+                            cluster
+                                .create_topic(&name, partitions, 1)
+                                .map_err(|e| e.to_string()),
+                        );
+                    }
+                })
+                .expect("mock cluster thread");
+            MockHost {
+                ops: Some(ops),
+                bootstrap: bootstrap.recv().expect("mock cluster started"),
+                thread: Some(thread),
             }
         }
+
+        fn create_topic(&self, name: &str, partitions: i32) {
+            let (done, result) = mpsc::channel();
+            self.ops
+                .as_ref()
+                .expect("running")
+                .send(MockOp::CreateTopic(name.to_owned(), partitions, done))
+                .expect("mock cluster thread alive");
+            result
+                .recv()
+                .expect("mock cluster answered")
+                .expect("mock topic created");
+        }
+    }
+
+    impl Drop for MockHost {
+        fn drop(&mut self) {
+            self.ops.take();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    pub enum TestCluster {
+        Mock(MockHost),
+        Real(String),
     }
 
     impl TestCluster {
         pub fn start() -> Self {
             match std::env::var("MISSIVE_TEST_KAFKA") {
                 Ok(brokers) if !brokers.is_empty() => TestCluster::Real(brokers),
-                _ => TestCluster::Mock(MockCluster::new(1).expect("librdkafka mock cluster")),
+                _ => TestCluster::Mock(MockHost::start()),
             }
         }
 
         pub fn brokers(&self) -> String {
             match self {
-                TestCluster::Mock(m) => m.bootstrap_servers(),
+                TestCluster::Mock(m) => m.bootstrap.clone(),
                 TestCluster::Real(b) => b.clone(),
             }
         }
@@ -595,15 +650,14 @@ pub mod testing {
         /// A configuration with a fresh topic prefix, its topics created.
         pub async fn fresh_log_config(&self) -> KafkaConfig {
             let mut config = KafkaConfig::new(self.brokers());
-            config.topic_prefix = format!("test-{}.", uuid_like());
+            config.topic_prefix = format!("test-{}.", unique());
             // The smallest session brokers accept by default: a consumer dropped by a test
             // gives its partitions back quickly even where the broker misses its leaving.
             config.session_timeout = std::time::Duration::from_secs(6);
             match self {
                 TestCluster::Mock(m) => {
                     for s in Stream::ALL {
-                        m.create_topic(&config.topic(s), TEST_PARTITIONS, 1)
-                            .expect("mock topic");
+                        m.create_topic(&config.topic(s), TEST_PARTITIONS);
                     }
                 }
                 TestCluster::Real(_) => {
@@ -616,8 +670,8 @@ pub mod testing {
         }
     }
 
-    /// A unique name part without pulling in a UUID crate.
-    fn uuid_like() -> String {
+    /// A name part unique across processes and calls.
+    fn unique() -> String {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()

@@ -219,6 +219,7 @@ impl Projector {
         for (partition, next) in &progress.0 {
             consumer.seek(Position::new(*partition, *next))?;
         }
+        self.observe(&progress, None).await;
         self.progress.send_replace(progress.clone());
         tracing::info!(projection = %self.name, ?checkpoints, "projector started");
         tokio::pin!(shutdown);
@@ -241,18 +242,22 @@ impl Projector {
             for cp in &checkpoint {
                 progress.0.insert(cp.partition, cp.offset);
             }
+            // Metrics first: whoever sees the new progress sees them too.
+            self.observe(&progress, Some(started)).await;
             self.progress.send_replace(progress.clone());
-            self.observe(&progress, started).await;
         }
         tracing::info!(projection = %self.name, "projector stopped");
         Ok(())
     }
 
-    async fn observe(&self, progress: &Progress, started: Instant) {
+    /// Records position and lag per partition, and the batch time when a batch was applied.
+    async fn observe(&self, progress: &Progress, batch_started: Option<Instant>) {
         let m = metrics();
-        m.projector_batch_seconds
-            .with_label_values(&[&self.name])
-            .observe(started.elapsed().as_secs_f64());
+        if let Some(started) = batch_started {
+            m.projector_batch_seconds
+                .with_label_values(&[&self.name])
+                .observe(started.elapsed().as_secs_f64());
+        }
         let ends = self.log.end_positions().await.unwrap_or_default();
         for (partition, next) in &progress.0 {
             let p = partition.to_string();
