@@ -133,7 +133,13 @@ pub struct Projector {
     name: String,
     batch_size: usize,
     progress: watch::Sender<Progress>,
+    /// The log's end as last asked, for the lag gauge; asked at most once per
+    /// [`LAG_REFRESH`] (on Kafka it is a round trip per partition).
+    log_end: std::sync::Mutex<Option<(Instant, Vec<Position>)>>,
 }
+
+/// How often the lag gauge asks the log where it ends.
+const LAG_REFRESH: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Projector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -185,6 +191,7 @@ impl Projector {
             name: name.to_owned(),
             batch_size: 2048,
             progress,
+            log_end: std::sync::Mutex::new(None),
         }
     }
 
@@ -258,7 +265,22 @@ impl Projector {
                 .with_label_values(&[&self.name])
                 .observe(started.elapsed().as_secs_f64());
         }
-        let ends = self.log.end_positions().await.unwrap_or_default();
+        let cached = self
+            .log_end
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .filter(|(at, _)| at.elapsed() < LAG_REFRESH);
+        let ends = match cached {
+            Some((_, ends)) => ends,
+            None => {
+                let ends = self.log.end_positions().await.unwrap_or_default();
+                if let Ok(mut c) = self.log_end.lock() {
+                    *c = Some((Instant::now(), ends.clone()));
+                }
+                ends
+            }
+        };
         for (partition, next) in &progress.0 {
             let p = partition.to_string();
             m.projector_position
