@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`server`]: configuration and start-up of the embedded server.
 //! - [`secret`]: the JWT secret kept in the data directory.
+//! - [`dlq`]: listing and retrying dead letters.
 
+pub mod dlq;
 pub mod secret;
 pub mod server;

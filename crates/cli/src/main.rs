@@ -96,7 +96,31 @@ enum TopicsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Print the unresolved dead letters as JSON lines.
+    List {
+        #[command(flatten)]
+        log: LogArgs,
+        /// The data directory (the embedded log lives there).
+        #[arg(long, env = "MISSIVE_DATA_DIR", default_value = "./missive-data")]
+        data_dir: PathBuf,
+    },
+    /// Re-apply every dead letter to the read models (after a fix); those that apply are marked
+    /// resolved, those that still fail stay, with their new error. Exits 1 if any still fails.
+    Retry {
+        #[command(flatten)]
+        log: LogArgs,
+        /// The data directory (log and read models).
+        #[arg(long, env = "MISSIVE_DATA_DIR", default_value = "./missive-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
+    /// Events the projectors could not apply (dead letters).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Manage the Kafka topics of the event log.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -178,6 +202,36 @@ async fn main() -> anyhow::Result<()> {
                     running.shutdown().await
                 }
             }
+        }
+        Command::Dlq(DlqCommand::List { log, data_dir }) => {
+            let log = log.backend()?.open(&data_dir).await?;
+            for letter in log.dead_letters().await? {
+                println!("{}", missive_cli::dlq::to_json(&letter));
+            }
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::Retry { log, data_dir }) => {
+            let log = log.backend()?.open(&data_dir).await?;
+            let store = missive_cli::dlq::open_store(&data_dir)?;
+            let outcome = missive_cli::dlq::retry(log.as_ref(), &store).await?;
+            for letter in &outcome.resolved {
+                println!("resolved {} ({})", letter.source, letter.event_type);
+            }
+            for (letter, error) in &outcome.failing {
+                println!(
+                    "still failing {} ({}): {error}",
+                    letter.source, letter.event_type
+                );
+            }
+            println!(
+                "{} resolved, {} still failing",
+                outcome.resolved.len(),
+                outcome.failing.len()
+            );
+            if !outcome.failing.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Topics(TopicsCommand::Create {
             log,

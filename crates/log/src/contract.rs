@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use missive_events::Stream;
 
-use crate::{EventLog, LogConsumer, Position, Record, StoredRecord};
+use crate::{DeadLetter, EventLog, LogConsumer, Position, Record, StoredRecord};
 
 /// How long a check waits for records it expects before failing.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -173,6 +173,54 @@ pub async fn poll_times_out_then_delivers(log: Arc<dyn EventLog>) {
     );
 }
 
+/// Dead letters are kept (once per projection and source) until resolved, and come back if
+/// the same event fails again.
+pub async fn dead_letters_are_kept_until_resolved(log: Arc<dyn EventLog>) {
+    assert!(log.dead_letters().await.expect("list").is_empty());
+    let positions = log
+        .append(vec![record("conv-d", 0), record("conv-e", 1)])
+        .await
+        .expect("append");
+    let letter = |n: usize, error: &str| DeadLetter {
+        projection: "read-models".into(),
+        source: positions[n],
+        event_type: "MessageSent".into(),
+        key: format!("conv-{n}"),
+        payload: vec![n as u8, 0xff],
+        error: error.into(),
+    };
+    log.dead_letter(letter(0, "first try"))
+        .await
+        .expect("record");
+    log.dead_letter(letter(0, "second try"))
+        .await
+        .expect("record again");
+    log.dead_letter(letter(1, "bad")).await.expect("record");
+    let sorted = |mut v: Vec<DeadLetter>| {
+        v.sort_by_key(|l| l.source);
+        v
+    };
+    assert_eq!(
+        sorted(log.dead_letters().await.expect("list")),
+        sorted(vec![letter(0, "second try"), letter(1, "bad")])
+    );
+
+    log.resolve_dead_letter("read-models", positions[0])
+        .await
+        .expect("resolve");
+    assert_eq!(
+        log.dead_letters().await.expect("list"),
+        vec![letter(1, "bad")]
+    );
+    log.dead_letter(letter(0, "failed again"))
+        .await
+        .expect("record");
+    assert_eq!(
+        sorted(log.dead_letters().await.expect("list")),
+        sorted(vec![letter(0, "failed again"), letter(1, "bad")])
+    );
+}
+
 /// Runs every check, each on a log made fresh by `make`.
 pub async fn run_all<F, Fut>(make: F)
 where
@@ -183,4 +231,5 @@ where
     concurrent_appends_keep_per_key_order(make().await).await;
     checkpoints_and_seek(make().await).await;
     poll_times_out_then_delivers(make().await).await;
+    dead_letters_are_kept_until_resolved(make().await).await;
 }

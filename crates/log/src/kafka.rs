@@ -34,12 +34,19 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{EventLog, LogConsumer, LogError, Position, Record, Result, StoredRecord};
+use crate::{DeadLetter, EventLog, LogConsumer, LogError, Position, Record, Result, StoredRecord};
 
 /// Header carrying the event type.
 pub const HEADER_EVENT_TYPE: &str = "event_type";
 /// Header carrying the schema version, as decimal text.
 pub const HEADER_SCHEMA_VERSION: &str = "schema_version";
+/// Dead-letter record headers.
+const HEADER_PROJECTION: &str = "projection";
+const HEADER_SOURCE: &str = "source_position";
+const HEADER_KEY: &str = "source_key";
+const HEADER_ERROR: &str = "error";
+/// `dead` for a dead letter, `resolved` for its later resolution.
+const HEADER_STATE: &str = "state";
 /// How [`Position::partition`] packs a stream index and a Kafka partition.
 const PARTITION_STRIDE: u32 = 1 << 16;
 
@@ -76,6 +83,18 @@ impl KafkaConfig {
     /// The topic of a stream.
     pub fn topic(&self, stream: Stream) -> String {
         format!("{}{}", self.topic_prefix, stream.name())
+    }
+
+    /// The topic of events projections could not apply.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}dead-letters", self.topic_prefix)
+    }
+
+    /// Every topic the log uses: the streams', then the dead letters'.
+    pub fn all_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = Stream::ALL.iter().map(|s| self.topic(*s)).collect();
+        topics.push(self.dead_letter_topic());
+        topics
     }
 
     fn client(&self) -> ClientConfig {
@@ -220,6 +239,129 @@ impl KafkaLog {
             .collect())
     }
 
+    /// Dead-letter records are keyed by projection and source, so a letter and its resolution
+    /// share a partition and the later one wins.
+    async fn send_dead_letter_record(
+        &self,
+        projection: &str,
+        source: Position,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<()> {
+        let topic = self.config.dead_letter_topic();
+        let key = format!("{projection}/{source}");
+        let record = FutureRecord::to(&topic)
+            .key(&key)
+            .payload(payload)
+            .headers(headers);
+        match self
+            .producer
+            .send(record, self.config.delivery_timeout)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(broker("recording a dead letter")(e)),
+        }
+    }
+
+    /// Reads the dead-letter topic from its start to its current end and keeps, per key, the
+    /// latest record if it is not a resolution.
+    fn read_dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let topic = self.config.dead_letter_topic();
+        let timeout = self.config.request_timeout;
+        let metadata = self
+            .meta
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(broker("reading dead-letter metadata"))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| LogError::MissingTopic(topic.clone()))?;
+        let mut ends = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            let (low, high) = self
+                .meta
+                .fetch_watermarks(&topic, p, timeout)
+                .map_err(broker("reading the end of the dead letters"))?;
+            if high > low {
+                ends.insert(p, high);
+                assignment
+                    .add_partition_offset(&topic, p, Offset::Offset(low))
+                    .map_err(broker("preparing a dead-letter read"))?;
+            }
+        }
+        let mut order: Vec<String> = Vec::new();
+        let mut latest: HashMap<String, Option<DeadLetter>> = HashMap::new();
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reader: BaseConsumer = self
+            .config
+            .client()
+            .set("group.id", "missive-dead-letter-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(broker("creating a dead-letter reader"))?;
+        reader
+            .assign(&assignment)
+            .map_err(broker("reading the dead letters"))?;
+        let deadline = Instant::now() + timeout;
+        while !ends.is_empty() && Instant::now() < deadline {
+            let Some(message) = reader.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message.map_err(broker("reading the dead letters"))?;
+            if ends
+                .get(&message.partition())
+                .is_some_and(|end| message.offset() + 1 >= *end)
+            {
+                ends.remove(&message.partition());
+            }
+            let key = message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            let mut fields: HashMap<&str, String> = HashMap::new();
+            if let Some(headers) = message.headers() {
+                for h in headers.iter() {
+                    if let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                        fields.insert(h.key, v.to_owned());
+                    }
+                }
+            }
+            let letter = (fields.get(HEADER_STATE).map(String::as_str) == Some("dead"))
+                .then(|| {
+                    Some(DeadLetter {
+                        projection: fields.get(HEADER_PROJECTION)?.clone(),
+                        source: fields.get(HEADER_SOURCE)?.parse().ok()?,
+                        event_type: fields.get(HEADER_EVENT_TYPE).cloned().unwrap_or_default(),
+                        key: fields.get(HEADER_KEY).cloned().unwrap_or_default(),
+                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        error: fields.get(HEADER_ERROR).cloned().unwrap_or_default(),
+                    })
+                })
+                .flatten();
+            if !latest.contains_key(&key) {
+                order.push(key.clone());
+            }
+            latest.insert(key, letter);
+        }
+        if !ends.is_empty() {
+            return Err(LogError::Broker {
+                action: "reading the dead letters",
+                reason: format!("did not reach the end within {} ms", timeout.as_millis()),
+            });
+        }
+        Ok(order
+            .into_iter()
+            .filter_map(|k| latest.remove(&k).flatten())
+            .collect())
+    }
+
     fn end_positions_blocking(&self) -> Result<Vec<Position>> {
         let mut out = Vec::new();
         for (topic, p) in self.all_partitions()? {
@@ -282,6 +424,53 @@ impl EventLog for KafkaLog {
                 .inc();
         }
         Ok(positions)
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        let source = letter.source.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: HEADER_STATE,
+                value: Some("dead"),
+            })
+            .insert(Header {
+                key: HEADER_PROJECTION,
+                value: Some(&letter.projection),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE,
+                value: Some(&source),
+            })
+            .insert(Header {
+                key: HEADER_EVENT_TYPE,
+                value: Some(&letter.event_type),
+            })
+            .insert(Header {
+                key: HEADER_KEY,
+                value: Some(&letter.key),
+            })
+            .insert(Header {
+                key: HEADER_ERROR,
+                value: Some(&letter.error),
+            });
+        self.send_dead_letter_record(&letter.projection, letter.source, &letter.payload, headers)
+            .await
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || log.read_dead_letters())
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    async fn resolve_dead_letter(&self, projection: &str, source: Position) -> Result<()> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: HEADER_STATE,
+            value: Some("resolved"),
+        });
+        self.send_dead_letter_record(projection, source, &[], headers)
+            .await
     }
 
     async fn end_positions(&self) -> Result<Vec<Position>> {
@@ -523,7 +712,7 @@ pub async fn create_topics(
         .client()
         .create()
         .map_err(broker("creating the Kafka admin client"))?;
-    let names: Vec<String> = Stream::ALL.iter().map(|s| config.topic(*s)).collect();
+    let names = config.all_topics();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| {
@@ -559,8 +748,6 @@ pub mod testing {
     use rdkafka::mocking::MockCluster;
 
     use super::{KafkaConfig, create_topics};
-    use missive_events::Stream;
-
     /// Partitions per topic in tests: several, so ordering and group splits are exercised.
     pub const TEST_PARTITIONS: i32 = 4;
 
@@ -656,8 +843,8 @@ pub mod testing {
             config.session_timeout = std::time::Duration::from_secs(6);
             match self {
                 TestCluster::Mock(m) => {
-                    for s in Stream::ALL {
-                        m.create_topic(&config.topic(s), TEST_PARTITIONS);
+                    for topic in config.all_topics() {
+                        m.create_topic(&topic, TEST_PARTITIONS);
                     }
                 }
                 TestCluster::Real(_) => {

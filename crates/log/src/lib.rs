@@ -81,6 +81,22 @@ pub struct StoredRecord {
     pub payload: Vec<u8>,
 }
 
+/// An event a projection could not apply, kept with why and where it came from so that it is
+/// neither lost nor blocking its partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The projection (consumer group) that failed.
+    pub projection: String,
+    /// Where the event sits in the log.
+    pub source: Position,
+    pub event_type: String,
+    pub key: String,
+    /// The record's value, as it was read.
+    pub payload: Vec<u8>,
+    /// What went wrong.
+    pub error: String,
+}
+
 /// What can go wrong with the log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -131,6 +147,16 @@ pub trait EventLog: Send + Sync + 'static {
     /// A consumer in a consumer group. Its read position starts at the group's committed
     /// checkpoint, or at the start of the log when the group has none.
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>>;
+
+    /// Records a dead letter durably (recording the same source and projection twice keeps
+    /// one). Embedded: a table; Kafka: the dead-letter topic.
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()>;
+
+    /// The dead letters not yet resolved (in no particular order across partitions).
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>>;
+
+    /// Marks a dead letter resolved (it was re-applied after a fix).
+    async fn resolve_dead_letter(&self, projection: &str, source: Position) -> Result<()>;
 }
 
 /// Reads the log in order for one consumer group.

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
-use crate::{EventLog, LogConsumer, LogError, Position, Record, Result, StoredRecord};
+use crate::{DeadLetter, EventLog, LogConsumer, LogError, Position, Record, Result, StoredRecord};
 
 /// The embedded log has a single partition.
 const PARTITION: u32 = 0;
@@ -92,6 +92,18 @@ CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    projection       TEXT    NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset    INTEGER NOT NULL,
+    event_type       TEXT    NOT NULL,
+    record_key       TEXT    NOT NULL,
+    payload          BLOB    NOT NULL,
+    error            TEXT    NOT NULL,
+    recorded_at      INTEGER NOT NULL,
+    resolved_at      INTEGER,
+    PRIMARY KEY (projection, source_partition, source_offset)
+);
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     group_id    TEXT    NOT NULL,
     partition   INTEGER NOT NULL,
@@ -165,6 +177,13 @@ fn open_connection(path: &Path) -> Result<Connection> {
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(storage("setting the busy timeout"))?;
     Ok(conn)
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 fn stream_from_name(name: &str) -> Option<Stream> {
@@ -303,6 +322,77 @@ impl EventLog for SqliteLog {
 
     async fn end_positions(&self) -> Result<Vec<Position>> {
         Ok(vec![Position::new(PARTITION, *self.shared.head.borrow())])
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        let now = now_micros();
+        self.with_reader(|conn| {
+            conn.prepare_cached(
+                "INSERT INTO dead_letters (projection, source_partition, source_offset, event_type,
+                                           record_key, payload, error, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT DO UPDATE SET error = excluded.error, resolved_at = NULL",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    letter.projection,
+                    letter.source.partition,
+                    letter.source.offset as i64,
+                    letter.event_type,
+                    letter.key,
+                    letter.payload,
+                    letter.error,
+                    now
+                ])
+            })
+            .map(|_| ())
+            .map_err(storage("recording a dead letter"))
+        })
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.with_reader(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT projection, source_partition, source_offset, event_type, record_key,
+                            payload, error
+                     FROM dead_letters WHERE resolved_at IS NULL ORDER BY recorded_at, source_offset",
+                )
+                .map_err(storage("preparing a dead-letter read"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(DeadLetter {
+                        projection: r.get(0)?,
+                        source: Position::new(r.get(1)?, r.get::<_, i64>(2)? as u64),
+                        event_type: r.get(3)?,
+                        key: r.get(4)?,
+                        payload: r.get(5)?,
+                        error: r.get(6)?,
+                    })
+                })
+                .map_err(storage("reading dead letters"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(storage("reading dead letters"))
+        })
+    }
+
+    async fn resolve_dead_letter(&self, projection: &str, source: Position) -> Result<()> {
+        self.with_reader(|conn| {
+            conn.prepare_cached(
+                "UPDATE dead_letters SET resolved_at = ?4
+                 WHERE projection = ?1 AND source_partition = ?2 AND source_offset = ?3",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    projection,
+                    source.partition,
+                    source.offset as i64,
+                    now_micros()
+                ])
+            })
+            .map(|_| ())
+            .map_err(storage("resolving a dead letter"))
+        })
     }
 
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>> {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use missive_events::{DeleteScope, Envelope, Event, Presence};
-use missive_log::{EventLog, Position, StoredRecord};
+use missive_log::{DeadLetter, EventLog, Position, StoredRecord};
 use missive_store::{Change, ReadStore};
 use missive_telemetry::metrics;
 use tokio::sync::watch;
@@ -149,9 +149,21 @@ impl std::fmt::Debug for Projector {
     }
 }
 
-/// Turns a batch of records into changes and the checkpoint just after it.
-pub fn project_batch(projection: &str, records: &[StoredRecord]) -> (Vec<Change>, Vec<Position>) {
+/// What one batch of records amounts to.
+#[derive(Debug, Default)]
+pub struct ProjectedBatch {
+    pub changes: Vec<Change>,
+    /// Per partition, the next offset after the batch.
+    pub checkpoint: Vec<Position>,
+    /// Records that could not be decoded: recorded as dead letters before the checkpoint
+    /// moves past them.
+    pub dead: Vec<DeadLetter>,
+}
+
+/// Turns a batch of records into changes, the checkpoint just after it, and dead letters.
+pub fn project_batch(projection: &str, records: &[StoredRecord]) -> ProjectedBatch {
     let mut changes = Vec::with_capacity(records.len() * 2);
+    let mut dead = Vec::new();
     let mut next: BTreeMap<u32, u64> = BTreeMap::new();
     for record in records {
         next.insert(record.position.partition, record.position.offset + 1);
@@ -173,13 +185,25 @@ pub fn project_batch(projection: &str, records: &[StoredRecord]) -> (Vec<Change>
                     position = %record.position,
                     event_type = %record.event_type,
                     %error,
-                    "cannot decode event; passed over"
+                    "cannot decode event; recorded as a dead letter"
                 );
+                dead.push(DeadLetter {
+                    projection: projection.to_owned(),
+                    source: record.position,
+                    event_type: record.event_type.clone(),
+                    key: record.key.clone(),
+                    payload: record.payload.clone(),
+                    error: error.to_string(),
+                });
             }
         }
     }
     let checkpoint = next.into_iter().map(|(p, o)| Position::new(p, o)).collect();
-    (changes, checkpoint)
+    ProjectedBatch {
+        changes,
+        checkpoint,
+        dead,
+    }
 }
 
 impl Projector {
@@ -239,7 +263,15 @@ impl Projector {
                 continue;
             }
             let started = Instant::now();
-            let (changes, checkpoint) = project_batch(&self.name, &records);
+            let ProjectedBatch {
+                changes,
+                checkpoint,
+                dead,
+            } = project_batch(&self.name, &records);
+            // A dead letter is durable before the checkpoint passes its event: never lost.
+            for letter in dead {
+                self.log.dead_letter(letter).await?;
+            }
             self.store
                 .apply(&self.name, changes, checkpoint.clone())
                 .await?;

@@ -267,8 +267,8 @@ async fn full_replay_and_duplicate_delivery_leave_read_models_identical() {
     // Duplicate delivery: every record applied again, in batches of another size.
     let all = s.log.read(0, 10_000).expect("read");
     for chunk in all.chunks(4) {
-        let (changes, checkpoint) = project_batch(READ_MODELS, chunk);
-        live.apply(READ_MODELS, changes, checkpoint)
+        let batch = project_batch(READ_MODELS, chunk);
+        live.apply(READ_MODELS, batch.changes, batch.checkpoint)
             .await
             .expect("reapply");
     }
@@ -276,9 +276,9 @@ async fn full_replay_and_duplicate_delivery_leave_read_models_identical() {
 
     // A crash between apply and checkpoint: the changes of the last batches are in the store
     // but the checkpoint is older, so the restarted projector delivers them again.
-    let (changes, _) = project_batch(READ_MODELS, &all[..20]);
+    let batch = project_batch(READ_MODELS, &all[..20]);
     replayed
-        .apply(READ_MODELS, changes, vec![Position::new(0, 10)])
+        .apply(READ_MODELS, batch.changes, vec![Position::new(0, 10)])
         .await
         .expect("rewind checkpoint");
     assert_eq!(
@@ -290,10 +290,11 @@ async fn full_replay_and_duplicate_delivery_leave_read_models_identical() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undecodable_record_is_counted_and_passed_over() {
+async fn an_undecodable_record_becomes_a_dead_letter_and_the_projector_moves_on() {
     let s = setup();
     let w = write_history(s.log.as_ref()).await;
-    s.log
+    let poison = s
+        .log
         .append(vec![Record {
             stream: missive_events::Stream::Messages,
             key: "garbage".into(),
@@ -302,7 +303,7 @@ async fn an_undecodable_record_is_counted_and_passed_over() {
             payload: vec![0xC3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3],
         }])
         .await
-        .expect("append");
+        .expect("append")[0];
     let before = missive_telemetry::metrics()
         .projector_poison
         .with_label_values(&[READ_MODELS])
@@ -314,6 +315,16 @@ async fn an_undecodable_record_is_counted_and_passed_over() {
         .with_label_values(&[READ_MODELS])
         .get();
     assert_eq!(after - before, 1);
+    let letters = s.log.dead_letters().await.expect("dead letters");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].source, poison);
+    assert_eq!(letters[0].projection, READ_MODELS);
+    assert_eq!(letters[0].key, "garbage");
+    assert!(
+        letters[0].error.contains("fingerprint"),
+        "{}",
+        letters[0].error
+    );
     assert_eq!(
         live.conversations(w.alice, None, 10)
             .await

@@ -7,7 +7,7 @@
 //! | `missive_events_appended_total` | counter | `event_type` | events durably appended |
 //! | `missive_log_commit_records` | histogram | | records per group commit (embedded log) |
 //! | `missive_projector_events_total` | counter | `projection`, `event_type` | events applied |
-//! | `missive_projector_poison_events_total` | counter | `projection` | events that could not be decoded |
+//! | `missive_projector_poison_events_total` | counter | `projection` | undecodable events, recorded as dead letters |
 //! | `missive_projector_batch_seconds` | histogram | `projection` | time to apply one batch |
 //! | `missive_projector_position` | gauge | `projection`, `partition` | next offset to apply |
 //! | `missive_projector_lag` | gauge | `projection`, `partition` | events appended but not applied |
@@ -110,7 +110,7 @@ impl Metrics {
             projector_poison: counter(
                 r,
                 "missive_projector_poison_events_total",
-                "Events a projection could not decode or apply and passed over (logged at error).",
+                "Events a projection could not decode; each is recorded as a dead letter (missive dlq list).",
                 &["projection"],
             ),
             projector_batch_seconds: histogram(
