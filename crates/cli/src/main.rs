@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use missive_cli::server::{LogBackend, ServerConfig, start};
+use missive_cli::server::{LogBackend, Role, ServerConfig, start};
 use missive_log::sqlite::Durability;
 use missive_telemetry::LogFormat;
 use uuid::Uuid;
@@ -95,6 +95,50 @@ enum TopicsCommand {
     },
 }
 
+/// Flags of `serve`, `api` and `project`.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Directory holding the event log, the read models and the generated JWT secret.
+    #[arg(long, env = "MISSIVE_DATA_DIR", default_value = "./missive-data")]
+    data_dir: PathBuf,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "MISSIVE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Secret that signs bearer tokens (HS256). Default: generated once and kept in the
+    /// data directory.
+    #[arg(long, env = "MISSIVE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Whether anyone may register with POST /v1/users.
+    #[arg(long, env = "MISSIVE_REGISTRATION", value_enum, default_value = "open")]
+    registration: Registration,
+    /// Longest message text accepted, in characters.
+    #[arg(long, env = "MISSIVE_MAX_TEXT_CHARS", default_value_t = missive_domain::messages::DEFAULT_MAX_TEXT_CHARS)]
+    max_text_chars: usize,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Lifetime of tokens issued at registration, in days.
+    #[arg(long, env = "MISSIVE_TOKEN_TTL_DAYS", default_value_t = 30)]
+    token_ttl_days: u64,
+    /// Longest wait of a query's `min_position`, in milliseconds.
+    #[arg(long, env = "MISSIVE_MAX_READ_WAIT_MS", default_value_t = 2000)]
+    max_read_wait_ms: u64,
+}
+
+impl ServeArgs {
+    fn config(self, role: Role) -> anyhow::Result<ServerConfig> {
+        let mut config = ServerConfig::embedded(self.data_dir);
+        config.role = role;
+        config.listen = self.listen;
+        config.jwt_secret = self.jwt_secret.map(String::into_bytes);
+        config.log = self.log.backend()?;
+        config.service.registration_open = matches!(self.registration, Registration::Open);
+        config.service.max_text_chars = self.max_text_chars;
+        config.token_ttl = Duration::from_secs(self.token_ttl_days * 24 * 3600);
+        config.max_read_wait = Duration::from_millis(self.max_read_wait_ms);
+        Ok(config)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
     /// Print the unresolved dead letters as JSON lines.
@@ -125,32 +169,13 @@ enum Command {
     #[command(subcommand)]
     Topics(TopicsCommand),
     /// Run everything in one process: HTTP API, event log, projectors and read models.
-    Serve {
-        /// Directory holding the event log, the read models and the generated JWT secret.
-        #[arg(long, env = "MISSIVE_DATA_DIR", default_value = "./missive-data")]
-        data_dir: PathBuf,
-        /// Address the HTTP API listens on.
-        #[arg(long, env = "MISSIVE_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Secret that signs bearer tokens (HS256). Default: generated once and kept in the
-        /// data directory.
-        #[arg(long, env = "MISSIVE_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: Option<String>,
-        /// Whether anyone may register with POST /v1/users.
-        #[arg(long, env = "MISSIVE_REGISTRATION", value_enum, default_value = "open")]
-        registration: Registration,
-        /// Longest message text accepted, in characters.
-        #[arg(long, env = "MISSIVE_MAX_TEXT_CHARS", default_value_t = missive_domain::messages::DEFAULT_MAX_TEXT_CHARS)]
-        max_text_chars: usize,
-        #[command(flatten)]
-        log: LogArgs,
-        /// Lifetime of tokens issued at registration, in days.
-        #[arg(long, env = "MISSIVE_TOKEN_TTL_DAYS", default_value_t = 30)]
-        token_ttl_days: u64,
-        /// Longest wait of a query's `min_position`, in milliseconds.
-        #[arg(long, env = "MISSIVE_MAX_READ_WAIT_MS", default_value_t = 2000)]
-        max_read_wait_ms: u64,
-    },
+    Serve(ServeArgs),
+    /// Run the HTTP API only; projectors run elsewhere (`missive project`) and this process
+    /// follows their progress through the read store.
+    Api(ServeArgs),
+    /// Run the projectors only (no HTTP): consume the log and keep the read models current.
+    /// With Kafka, several of these split the partitions in a consumer group.
+    Project(ServeArgs),
     /// Print a bearer token for a user id, signed with the server's secret.
     Token {
         /// The user the token speaks for.
@@ -176,33 +201,9 @@ async fn main() -> anyhow::Result<()> {
         Format::Json => LogFormat::Json,
     });
     match cli.command {
-        Command::Serve {
-            data_dir,
-            listen,
-            jwt_secret,
-            registration,
-            max_text_chars,
-            log,
-            token_ttl_days,
-            max_read_wait_ms,
-        } => {
-            let mut config = ServerConfig::embedded(data_dir);
-            config.listen = listen;
-            config.jwt_secret = jwt_secret.map(String::into_bytes);
-            config.log = log.backend()?;
-            config.service.registration_open = matches!(registration, Registration::Open);
-            config.service.max_text_chars = max_text_chars;
-            config.token_ttl = Duration::from_secs(token_ttl_days * 24 * 3600);
-            config.max_read_wait = Duration::from_millis(max_read_wait_ms);
-            let mut running = start(config).await?;
-            tokio::select! {
-                r = running.wait() => r,
-                _ = shutdown_signal() => {
-                    tracing::info!("shutting down: draining requests");
-                    running.shutdown().await
-                }
-            }
-        }
+        Command::Serve(args) => run(args.config(Role::All)?).await,
+        Command::Api(args) => run(args.config(Role::Api)?).await,
+        Command::Project(args) => run(args.config(Role::Projector)?).await,
         Command::Dlq(DlqCommand::List { log, data_dir }) => {
             let log = log.backend()?.open(&data_dir).await?;
             for letter in log.dead_letters().await? {
@@ -271,6 +272,18 @@ async fn main() -> anyhow::Result<()> {
             );
             println!("{token}");
             Ok(())
+        }
+    }
+}
+
+/// Runs until a task fails or SIGTERM/Ctrl-C, then shuts down gracefully.
+async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let mut running = start(config).await?;
+    tokio::select! {
+        r = running.wait() => r,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: draining requests");
+            running.shutdown().await
         }
     }
 }

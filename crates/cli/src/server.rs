@@ -68,9 +68,23 @@ impl LogBackend {
     }
 }
 
+/// Which parts a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// HTTP API and projectors (`missive serve`).
+    #[default]
+    All,
+    /// HTTP API only (`missive api`); it follows the projectors' progress through the read
+    /// store's checkpoints.
+    Api,
+    /// Projectors only, no HTTP (`missive project`).
+    Projector,
+}
+
 /// Everything `missive serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    pub role: Role,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     /// `None`: use the one kept in the data directory, generating it the first time.
@@ -85,6 +99,7 @@ impl ServerConfig {
     /// The embedded defaults for a data directory.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
+            role: Role::All,
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             jwt_secret: None,
@@ -98,14 +113,15 @@ impl ServerConfig {
     }
 }
 
-/// A running server.
+type Task = (&'static str, JoinHandle<anyhow::Result<()>>);
+
+/// A running process: its HTTP API and/or projector.
 pub struct Running {
-    pub addr: SocketAddr,
+    /// Where the HTTP API listens (`None` for a projector-only process).
+    pub addr: Option<SocketAddr>,
     pub secret: Secret,
-    pub service: Arc<Service>,
     stop: watch::Sender<bool>,
-    http: JoinHandle<std::io::Result<()>>,
-    projector: JoinHandle<Result<(), missive_projector::ProjectorError>>,
+    tasks: Vec<Task>,
 }
 
 impl std::fmt::Debug for Running {
@@ -118,7 +134,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Opens the data directory and starts everything.
+/// Opens the data directory and the log, and starts what `config.role` asks for.
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
@@ -132,38 +148,63 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         SqliteStore::open(&config.data_dir.join("read.db")).context("opening the read store")?,
     );
     let (stop, stop_rx) = watch::channel(false);
-    let projector = Projector::new(log.clone(), store.clone(), READ_MODELS);
-    let progress = projector.progress();
-    let projector_stop = stopped(stop_rx.clone());
-    let projector = tokio::spawn(async move {
-        let outcome = projector.run(projector_stop).await;
-        if let Err(error) = &outcome {
-            tracing::error!(%error, source = ?std::error::Error::source(error), "the projector stopped with an error");
-        }
-        outcome
-    });
-    let service = Arc::new(Service::new(log, store, progress, config.service.clone()).await?);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let state = AppState {
-        service: service.clone(),
-        config: Arc::new(ApiConfig {
-            secret: secret.clone(),
-            token_ttl: config.token_ttl,
-            max_read_wait: config.max_read_wait,
-        }),
+    let mut tasks: Vec<Task> = Vec::new();
+
+    let progress = if config.role == Role::Api {
+        let (progress, follower) = missive_projector::follow_progress(
+            store.clone(),
+            READ_MODELS,
+            stopped(stop_rx.clone()),
+        );
+        tasks.push((
+            "progress follower",
+            tokio::spawn(async move { follower.await.context("progress follower") }),
+        ));
+        progress
+    } else {
+        let projector = Projector::new(log.clone(), store.clone(), READ_MODELS);
+        let progress = projector.progress();
+        let projector_stop = stopped(stop_rx.clone());
+        tasks.push((
+            "projector",
+            tokio::spawn(async move {
+                let outcome = projector.run(projector_stop).await;
+                if let Err(error) = &outcome {
+                    tracing::error!(%error, source = ?std::error::Error::source(error), "the projector stopped with an error");
+                }
+                Ok(outcome?)
+            }),
+        ));
+        progress
     };
-    let http = tokio::spawn(missive_api::run(listener, state, stopped(stop_rx)));
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "missive is serving");
+
+    let mut addr = None;
+    if config.role != Role::Projector {
+        let service = Arc::new(Service::new(log, store, progress, config.service.clone()).await?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        addr = Some(listener.local_addr()?);
+        let state = AppState {
+            service,
+            config: Arc::new(ApiConfig {
+                secret: secret.clone(),
+                token_ttl: config.token_ttl,
+                max_read_wait: config.max_read_wait,
+            }),
+        };
+        let shutdown = stopped(stop_rx);
+        tasks.push((
+            "HTTP server",
+            tokio::spawn(async move { Ok(missive_api::run(listener, state, shutdown).await?) }),
+        ));
+    }
+    tracing::info!(role = ?config.role, ?addr, data_dir = %config.data_dir.display(), "missive is running");
     Ok(Running {
         addr,
         secret,
-        service,
         stop,
-        http,
-        projector,
+        tasks,
     })
 }
 
@@ -171,16 +212,21 @@ impl Running {
     /// Stops accepting requests, drains in-flight ones, stops the projector, and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.http.await.context("HTTP task")??;
-        self.projector.await.context("projector task")??;
+        for (name, task) in self.tasks {
+            task.await.with_context(|| format!("{name} task"))??;
+        }
         Ok(())
     }
 
-    /// Waits until either task ends on its own (an error), or forever.
+    /// Waits until a task ends on its own, which is always an error.
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        tokio::select! {
-            r = &mut self.http => { r.context("HTTP task")??; anyhow::bail!("the HTTP server stopped") }
-            r = &mut self.projector => { r.context("projector task")??; anyhow::bail!("the projector stopped") }
+        if self.tasks.is_empty() {
+            anyhow::bail!("nothing to run");
         }
+        let handles = self.tasks.iter_mut().map(|(_, t)| t);
+        let (outcome, index, _) = futures::future::select_all(handles).await;
+        let name = self.tasks[index].0;
+        outcome.with_context(|| format!("{name} task"))??;
+        anyhow::bail!("the {name} stopped")
     }
 }

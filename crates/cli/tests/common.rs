@@ -119,7 +119,7 @@ impl Harness {
         }
         tweak(&mut config);
         let server = start(config.clone()).await.expect("server starts");
-        let base = format!("http://{}", server.addr);
+        let base = format!("http://{}", server.addr.expect("an API"));
         Harness {
             server: Some(server),
             kafka,
@@ -137,7 +137,7 @@ impl Harness {
         }
         before_start(&self.config.data_dir);
         let server = start(self.config.clone()).await.expect("server restarts");
-        self.base = format!("http://{}", server.addr);
+        self.base = format!("http://{}", server.addr.expect("an API"));
         self.server = Some(server);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -257,6 +257,15 @@ impl Harness {
         let sep = if path.contains('?') { '&' } else { '?' };
         let p = position.as_str().expect("position");
         self.get(&format!("{path}{sep}min_position={p}"), who).await
+    }
+
+    /// Starts another process-like server on the same data directory and log, in `role`
+    /// (e.g. the projector beside an API-only harness).
+    pub async fn start_companion(&self, role: missive_cli::server::Role) -> Running {
+        let mut config = self.config.clone();
+        config.role = role;
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        start(config).await.expect("companion starts")
     }
 
     pub async fn shutdown(mut self) {

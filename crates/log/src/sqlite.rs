@@ -23,6 +23,8 @@ use crate::{DeadLetter, EventLog, LogConsumer, LogError, Position, Record, Resul
 const PARTITION: u32 = 0;
 /// At most this many records go into one group-commit transaction.
 pub const MAX_BATCH_RECORDS: usize = 8192;
+/// How often a consumer reads the file for appends made by another process.
+const CROSS_PROCESS_POLL: Duration = Duration::from_millis(50);
 /// At most this many appends wait for the writer before new ones are refused as overloaded.
 pub const MAX_PENDING_APPENDS: usize = 65_536;
 
@@ -321,7 +323,14 @@ impl EventLog for SqliteLog {
     }
 
     async fn end_positions(&self) -> Result<Vec<Position>> {
-        Ok(vec![Position::new(PARTITION, *self.shared.head.borrow())])
+        // The file, not this process's writer, is the truth: another process may append.
+        let on_disk = self.with_reader(|conn| {
+            conn.prepare_cached("SELECT COALESCE(MAX(log_offset) + 1, 0) FROM events")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map_err(storage("reading the end of the log"))
+        })? as u64;
+        let end = on_disk.max(*self.shared.head.borrow());
+        Ok(vec![Position::new(PARTITION, end)])
     }
 
     async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
@@ -442,22 +451,32 @@ impl LogConsumer for SqliteConsumer {
 
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<StoredRecord>> {
         let next = self.next;
-        let ready = tokio::time::timeout(timeout, self.head.wait_for(|head| *head > next))
-            .await
-            .map(|r| r.is_ok());
-        match ready {
-            Err(_) => return Ok(Vec::new()),
-            Ok(false) => return Err(LogError::Closed),
-            Ok(true) => {}
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Appends by this process wake us at once; appends by another process sharing the
+            // file (`missive api` beside `missive project`) are found by reading every
+            // CROSS_PROCESS_POLL.
+            let slice = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(CROSS_PROCESS_POLL);
+            let woken = tokio::time::timeout(slice, self.head.wait_for(|head| *head > next))
+                .await
+                .map(|r| r.is_ok());
+            if woken == Ok(false) {
+                return Err(LogError::Closed);
+            }
+            let log = self.log.clone();
+            let records = tokio::task::spawn_blocking(move || log.read(next, max))
+                .await
+                .map_err(|_| LogError::Closed)??;
+            if let Some(last) = records.last() {
+                self.next = last.position.offset + 1;
+                return Ok(records);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(records);
+            }
         }
-        let log = self.log.clone();
-        let records = tokio::task::spawn_blocking(move || log.read(next, max))
-            .await
-            .map_err(|_| LogError::Closed)??;
-        if let Some(last) = records.last() {
-            self.next = last.position.offset + 1;
-        }
-        Ok(records)
     }
 
     async fn commit(&mut self, next: &[Position]) -> Result<()> {

@@ -335,3 +335,47 @@ pub enum ProjectorError {
     #[error("the projector could not write the read models")]
     Store(#[from] missive_store::StoreError),
 }
+
+/// How often [`follow_progress`] reads the checkpoints.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Follows a projection that runs in another process (`missive project`) through the
+/// checkpoints it commits with the read models, so an API process without a projector can still
+/// wait for positions (`min_position`, commands that read their own writes). Runs until
+/// `shutdown` resolves.
+pub fn follow_progress(
+    store: Arc<dyn ReadStore>,
+    projection: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (watch::Receiver<Progress>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Progress::default());
+    let projection = projection.to_owned();
+    let task = tokio::spawn(async move {
+        tokio::pin!(shutdown);
+        loop {
+            match store.checkpoints(&projection).await {
+                Ok(checkpoints) => {
+                    let progress = Progress(
+                        checkpoints
+                            .iter()
+                            .map(|p| (p.partition, p.offset))
+                            .collect(),
+                    );
+                    tx.send_if_modified(|current| {
+                        let changed = *current != progress;
+                        *current = progress;
+                        changed
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, projection, "cannot read projection checkpoints")
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            }
+        }
+    });
+    (rx, task)
+}
