@@ -160,6 +160,12 @@ pub struct ProjectedBatch {
     pub dead: Vec<DeadLetter>,
 }
 
+/// Decodes one record and projects it.
+pub fn project_record(record: &StoredRecord) -> Result<Vec<Change>, missive_events::CodecError> {
+    let envelope = missive_events::decode(&record.payload)?;
+    Ok(project(&envelope, record.position))
+}
+
 /// Turns a batch of records into changes, the checkpoint just after it, and dead letters.
 pub fn project_batch(projection: &str, records: &[StoredRecord]) -> ProjectedBatch {
     let mut changes = Vec::with_capacity(records.len() * 2);
@@ -272,9 +278,19 @@ impl Projector {
             for letter in dead {
                 self.log.dead_letter(letter).await?;
             }
-            self.store
-                .apply(&self.name, changes, checkpoint.clone())
-                .await?;
+            match self
+                .apply_with_retry(changes, &records, checkpoint.clone(), &mut shutdown)
+                .await?
+            {
+                Applied::Yes => {}
+                Applied::ShutDown => break,
+                Applied::Refused(error) => {
+                    tracing::warn!(projection = %self.name, %error, "batch refused; applying its events one by one");
+                    if !self.apply_one_by_one(&records, &mut shutdown).await? {
+                        break;
+                    }
+                }
+            }
             if let Err(error) = consumer.commit(&checkpoint).await {
                 tracing::warn!(projection = %self.name, %error, "log checkpoint not committed; the store's checkpoint still holds");
             }
@@ -287,6 +303,98 @@ impl Projector {
         }
         tracing::info!(projection = %self.name, "projector stopped");
         Ok(())
+    }
+
+    /// Applies changes with their checkpoint, retrying transient store errors with backoff
+    /// until they succeed or `shutdown` resolves. A refusal (the store rejects the changes
+    /// themselves) is returned for the caller to isolate.
+    ///
+    /// The first attempt moves `changes`; a retry projects `records` again rather than keep a
+    /// copy of every batch on the hot path.
+    async fn apply_with_retry(
+        &self,
+        changes: Vec<Change>,
+        records: &[StoredRecord],
+        checkpoint: Vec<Position>,
+        shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> Result<Applied, ProjectorError> {
+        let mut backoff = RETRY_FIRST;
+        let mut changes = changes;
+        loop {
+            match self
+                .store
+                .apply(&self.name, changes, checkpoint.clone())
+                .await
+            {
+                Ok(()) => return Ok(Applied::Yes),
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(projection = %self.name, %error, retry_in_ms = backoff.as_millis() as u64, "read store unavailable; retrying");
+                    // Undecodable records are dead letters already; they add nothing.
+                    changes = records
+                        .iter()
+                        .flat_map(|r| project_record(r).unwrap_or_default())
+                        .collect();
+                    tokio::select! {
+                        _ = &mut *shutdown => return Ok(Applied::ShutDown),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                Err(error) => return Ok(Applied::Refused(error)),
+            }
+        }
+    }
+
+    /// Applies a refused batch event by event: each event with its own checkpoint; one the
+    /// store refuses becomes a dead letter and the checkpoint moves past it. Returns false if
+    /// shut down midway.
+    async fn apply_one_by_one(
+        &self,
+        records: &[StoredRecord],
+        shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> Result<bool, ProjectorError> {
+        for record in records {
+            let checkpoint = vec![Position::new(
+                record.position.partition,
+                record.position.offset + 1,
+            )];
+            // Undecodable events were recorded as dead letters already: just pass them.
+            let changes = project_record(record).unwrap_or_default();
+            let one = std::slice::from_ref(record);
+            match self
+                .apply_with_retry(changes, one, checkpoint.clone(), shutdown)
+                .await?
+            {
+                Applied::Yes => {}
+                Applied::ShutDown => return Ok(false),
+                Applied::Refused(error) => {
+                    metrics()
+                        .projector_poison
+                        .with_label_values(&[&self.name])
+                        .inc();
+                    tracing::error!(projection = %self.name, position = %record.position, %error, "event refused by the read store; recorded as a dead letter");
+                    self.log
+                        .dead_letter(DeadLetter {
+                            projection: self.name.clone(),
+                            source: record.position,
+                            event_type: record.event_type.clone(),
+                            key: record.key.clone(),
+                            payload: record.payload.clone(),
+                            error: error.to_string(),
+                        })
+                        .await?;
+                    match self
+                        .apply_with_retry(Vec::new(), &[], checkpoint, shutdown)
+                        .await?
+                    {
+                        Applied::Yes => {}
+                        Applied::ShutDown => return Ok(false),
+                        Applied::Refused(error) => return Err(error.into()),
+                    }
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Records position and lag per partition, and the batch time when a batch was applied.
@@ -325,6 +433,18 @@ impl Projector {
             }
         }
     }
+}
+
+/// First and longest wait between retries of a read store that is unavailable.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What an attempt to apply a batch came to.
+enum Applied {
+    Yes,
+    ShutDown,
+    /// The store refused the changes themselves.
+    Refused(missive_store::StoreError),
 }
 
 /// Why a projector stopped.

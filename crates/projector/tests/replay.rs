@@ -334,3 +334,148 @@ async fn an_undecodable_record_becomes_a_dead_letter_and_the_projector_moves_on(
         10
     );
 }
+
+/// A real SQLite store that is "down" for its first few applies and refuses any batch holding
+/// one given message, as a store whose invariant that message breaks would.
+struct Faulty {
+    inner: Arc<SqliteStore>,
+    refuse: Uuid,
+    down_for: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ReadStore for Faulty {
+    async fn apply(
+        &self,
+        projection: &str,
+        changes: Vec<missive_store::Change>,
+        checkpoint: Vec<Position>,
+    ) -> missive_store::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self
+            .down_for
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(missive_store::StoreError::Unavailable(
+                "test: store down".into(),
+            ));
+        }
+        let refused = changes.iter().any(|c| {
+            matches!(c, missive_store::Change::AddMessage { message_id, .. } if *message_id == self.refuse)
+        });
+        if refused {
+            return Err(missive_store::StoreError::Corrupt("test: refused".into()));
+        }
+        self.inner.apply(projection, changes, checkpoint).await
+    }
+    async fn checkpoints(&self, p: &str) -> missive_store::Result<Vec<Position>> {
+        self.inner.checkpoints(p).await
+    }
+    async fn user(&self, id: Uuid) -> missive_store::Result<Option<missive_store::User>> {
+        self.inner.user(id).await
+    }
+    async fn user_by_username(
+        &self,
+        n: &str,
+    ) -> missive_store::Result<Option<missive_store::User>> {
+        self.inner.user_by_username(n).await
+    }
+    async fn friendship(&self, a: Uuid, b: Uuid) -> missive_store::Result<FriendshipState> {
+        self.inner.friendship(a, b).await
+    }
+    async fn friends(&self, u: Uuid) -> missive_store::Result<Vec<missive_store::FriendEntry>> {
+        self.inner.friends(u).await
+    }
+    async fn conversations(
+        &self,
+        u: Uuid,
+        c: Option<&str>,
+        l: usize,
+    ) -> missive_store::Result<missive_store::Page<missive_store::Conversation>> {
+        self.inner.conversations(u, c, l).await
+    }
+    async fn participants(&self, c: Uuid) -> missive_store::Result<Option<(Uuid, Uuid)>> {
+        self.inner.participants(c).await
+    }
+    async fn history(
+        &self,
+        v: Uuid,
+        c: Uuid,
+        q: missive_store::HistoryQuery,
+    ) -> missive_store::Result<missive_store::Page<missive_store::Message>> {
+        self.inner.history(v, c, q).await
+    }
+    async fn messages_since(
+        &self,
+        u: Uuid,
+        s: chrono::DateTime<Utc>,
+        a: Option<&str>,
+        l: usize,
+    ) -> missive_store::Result<missive_store::FeedPage> {
+        self.inner.messages_since(u, s, a, l).await
+    }
+    async fn message(
+        &self,
+        v: Uuid,
+        m: Uuid,
+    ) -> missive_store::Result<Option<missive_store::Message>> {
+        self.inner.message(v, m).await
+    }
+    async fn message_by_client_id(
+        &self,
+        s: Uuid,
+        c: &str,
+    ) -> missive_store::Result<Option<missive_store::Message>> {
+        self.inner.message_by_client_id(s, c).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_store_errors_are_retried_and_a_refused_event_becomes_a_dead_letter() {
+    let s = setup();
+    let w = write_history(s.log.as_ref()).await;
+    let conv = ids::direct_conversation_id(w.alice, w.bob);
+    let send = |id: Uuid| {
+        let e = Event::MessageSent {
+            message_id: id,
+            conversation_id: conv,
+            sender_id: w.alice,
+            recipient_id: w.bob,
+            text: "late".into(),
+            client_msg_id: None,
+        };
+        record(&Envelope::new(e, w.alice, Uuid::now_v7(), Utc::now()), None)
+    };
+    let (poison, after) = (Uuid::now_v7(), Uuid::now_v7());
+    let positions = s
+        .log
+        .append(vec![send(poison), send(after)])
+        .await
+        .expect("append");
+    let faulty = Arc::new(Faulty {
+        inner: store(&s, "live.db"),
+        refuse: poison,
+        down_for: std::sync::atomic::AtomicUsize::new(3),
+    });
+    run_until_caught_up(s.log.clone(), faulty.clone(), 1000).await;
+
+    assert_eq!(
+        faulty.down_for.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "retried through the outage"
+    );
+    let letters = s.log.dead_letters().await.expect("dead letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].source, positions[0]);
+    assert!(letters[0].error.contains("refused"), "{}", letters[0].error);
+    assert!(faulty.message(w.bob, poison).await.expect("read").is_none());
+    assert!(
+        faulty.message(w.bob, after).await.expect("read").is_some(),
+        "the events around the refused one are applied"
+    );
+    assert_eq!(
+        faulty.checkpoints(READ_MODELS).await.expect("checkpoints"),
+        vec![Position::new(0, positions[1].offset + 1)]
+    );
+}

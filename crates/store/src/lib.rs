@@ -43,6 +43,31 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+impl StoreError {
+    /// Whether trying again later may succeed (busy, locked, I/O, unreachable), as opposed to
+    /// a refusal of the change itself (a constraint it breaks), which will fail every time.
+    pub fn is_transient(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } => matches!(
+                e.code,
+                DatabaseBusy
+                    | DatabaseLocked
+                    | SystemIoFailure
+                    | DiskFull
+                    | CannotOpen
+                    | OutOfMemory
+                    | FileLockingProtocolFailed
+            ),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The read-model port. Implementations: [`sqlite::SqliteStore`] (embedded), Scylla.
