@@ -515,7 +515,7 @@ impl EventLog for KafkaLog {
                 .map_err(broker("subscribing to the log's topics"))?;
             Ok(Box::new(KafkaConsumer {
                 log,
-                consumer,
+                consumer: Arc::new(consumer),
                 pending,
             }))
         })
@@ -565,7 +565,7 @@ impl ConsumerContext for SeekOnAssign {
 
 struct KafkaConsumer {
     log: KafkaLog,
-    consumer: StreamConsumer<SeekOnAssign>,
+    consumer: Arc<StreamConsumer<SeekOnAssign>>,
     pending: PendingSeeks,
 }
 
@@ -670,9 +670,15 @@ impl LogConsumer for KafkaConsumer {
             tpl.add_partition_offset(topic, partition, Offset::Offset(p.offset as i64))
                 .map_err(broker("preparing a commit"))?;
         }
-        self.consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(broker("committing consumer offsets"))
+        // A synchronous commit is a broker round trip: keep it off the async workers.
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(broker("committing consumer offsets"))
+        })
+        .await
+        .map_err(|_| LogError::Closed)?
     }
 
     async fn committed(&self) -> Result<Vec<Position>> {
@@ -680,10 +686,15 @@ impl LogConsumer for KafkaConsumer {
         for (topic, p) in self.log.all_partitions()? {
             tpl.add_partition(&topic, p);
         }
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, self.log.config.request_timeout)
-            .map_err(broker("reading committed offsets"))?;
+        let consumer = self.consumer.clone();
+        let timeout = self.log.config.request_timeout;
+        let committed = tokio::task::spawn_blocking(move || {
+            consumer
+                .committed_offsets(tpl, timeout)
+                .map_err(broker("reading committed offsets"))
+        })
+        .await
+        .map_err(|_| LogError::Closed)??;
         Ok(committed
             .elements()
             .iter()
