@@ -200,6 +200,21 @@ impl KafkaLog {
         ))
     }
 
+    /// How many partitions a topic has; an error names a missing topic.
+    fn partition_count(&self, topic: &str) -> Result<i32> {
+        let metadata = self
+            .meta
+            .fetch_metadata(Some(topic), self.config.request_timeout)
+            .map_err(broker("reading topic metadata"))?;
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| LogError::MissingTopic(topic.to_owned()))
+    }
+
     /// Partition counts of every topic; an error names a missing topic.
     fn partition_counts(&self) -> Result<Vec<(u32, i32)>> {
         let mut known = self.partitions.lock().clone();
@@ -208,18 +223,7 @@ impl KafkaLog {
             if known.contains_key(&index) {
                 continue;
             }
-            let metadata = self
-                .meta
-                .fetch_metadata(Some(topic), self.config.request_timeout)
-                .map_err(broker("reading topic metadata"))?;
-            let count = metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none())
-                .map(|t| t.partitions().len() as i32)
-                .filter(|n| *n > 0)
-                .ok_or_else(|| LogError::MissingTopic(topic.clone()))?;
-            known.insert(index, count);
+            known.insert(index, self.partition_count(topic)?);
         }
         *self.partitions.lock() = known.clone();
         let mut counts: Vec<(u32, i32)> = known.into_iter().collect();
@@ -269,17 +273,7 @@ impl KafkaLog {
     fn read_dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let topic = self.config.dead_letter_topic();
         let timeout = self.config.request_timeout;
-        let metadata = self
-            .meta
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(broker("reading dead-letter metadata"))?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-            .filter(|n| *n > 0)
-            .ok_or_else(|| LogError::MissingTopic(topic.clone()))?;
+        let partitions = self.partition_count(&topic)?;
         let mut ends = HashMap::new();
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions {
