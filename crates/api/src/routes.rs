@@ -230,12 +230,12 @@ async fn read_after(state: &AppState, min_position: Option<&str>) -> ApiResult<(
         let position: Position = part.trim().parse().map_err(|rule: &str| {
             ApiError::bad_request(format!("min_position {part:?}: {rule}"))
         })?;
-        if !state.service.exists_in_log(position).await? {
-            return Err(ApiError::bad_request(format!(
-                "min_position {position} is beyond the end of the event log; pass a position a command returned"
-            )));
-        }
         positions.push(position);
+    }
+    if let Some(position) = state.service.beyond_log_end(&positions).await? {
+        return Err(ApiError::bad_request(format!(
+            "min_position {position} is beyond the end of the event log; pass a position a command returned"
+        )));
     }
     let wait = state.config.max_read_wait;
     let deadline = tokio::time::Instant::now() + wait;
@@ -346,9 +346,7 @@ async fn get_user(
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> ApiResult {
-    read_after(&state, params.min_position.as_deref()).await?;
-    let user = state.service.user(id).await?;
-    Ok(axum::Json(user_json(&user)).into_response())
+    profile(&state, id, params).await
 }
 
 async fn get_me(
@@ -356,8 +354,13 @@ async fn get_me(
     Auth(actor): Auth,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> ApiResult {
-    read_after(&state, params.min_position.as_deref()).await?;
-    let user = state.service.user(actor.user_id).await?;
+    profile(&state, actor.user_id, params).await
+}
+
+/// A user's profile, after waiting for `min_position` if asked.
+async fn profile(state: &AppState, id: Uuid, params: ReadParams) -> ApiResult {
+    read_after(state, params.min_position.as_deref()).await?;
+    let user = state.service.user(id).await?;
     Ok(axum::Json(user_json(&user)).into_response())
 }
 

@@ -118,6 +118,14 @@ fn broker(action: &'static str) -> impl FnOnce(KafkaError) -> LogError {
     }
 }
 
+/// Runs a blocking librdkafka call (a broker round trip) on the blocking pool, off the async
+/// workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| LogError::Closed)?
+}
+
 /// The Kafka [`EventLog`].
 #[derive(Clone)]
 pub struct KafkaLog {
@@ -453,9 +461,7 @@ impl EventLog for KafkaLog {
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let log = self.clone();
-        tokio::task::spawn_blocking(move || log.read_dead_letters())
-            .await
-            .map_err(|_| LogError::Closed)?
+        blocking(move || log.read_dead_letters()).await
     }
 
     async fn resolve_dead_letter(&self, projection: &str, source: Position) -> Result<()> {
@@ -469,15 +475,13 @@ impl EventLog for KafkaLog {
 
     async fn end_positions(&self) -> Result<Vec<Position>> {
         let log = self.clone();
-        tokio::task::spawn_blocking(move || log.end_positions_blocking())
-            .await
-            .map_err(|_| LogError::Closed)?
+        blocking(move || log.end_positions_blocking()).await
     }
 
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>> {
         let log = self.clone();
         let group = group.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<Box<dyn LogConsumer>> {
+        blocking(move || -> Result<Box<dyn LogConsumer>> {
             log.partition_counts()?;
             let pending = Arc::new(Mutex::new(HashMap::new()));
             let mut config = log.config.client();
@@ -514,7 +518,6 @@ impl EventLog for KafkaLog {
             }))
         })
         .await
-        .map_err(|_| LogError::Closed)?
     }
 }
 
@@ -666,13 +669,12 @@ impl LogConsumer for KafkaConsumer {
         }
         // A synchronous commit is a broker round trip: keep it off the async workers.
         let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             consumer
                 .commit(&tpl, CommitMode::Sync)
                 .map_err(broker("committing consumer offsets"))
         })
         .await
-        .map_err(|_| LogError::Closed)?
     }
 
     async fn committed(&self) -> Result<Vec<Position>> {
@@ -682,13 +684,12 @@ impl LogConsumer for KafkaConsumer {
         }
         let consumer = self.consumer.clone();
         let timeout = self.log.config.request_timeout;
-        let committed = tokio::task::spawn_blocking(move || {
+        let committed = blocking(move || {
             consumer
                 .committed_offsets(tpl, timeout)
                 .map_err(broker("reading committed offsets"))
         })
-        .await
-        .map_err(|_| LogError::Closed)??;
+        .await?;
         Ok(committed
             .elements()
             .iter()

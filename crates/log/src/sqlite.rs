@@ -59,7 +59,7 @@ struct Shared {
     path: std::path::PathBuf,
     /// The next offset to be written; advanced after each commit.
     head: watch::Sender<u64>,
-    readers: Mutex<Vec<Connection>>,
+    connections: Mutex<Vec<Connection>>,
 }
 
 /// The embedded [`EventLog`].
@@ -133,7 +133,7 @@ impl SqliteLog {
         let shared = Arc::new(Shared {
             path: path.to_owned(),
             head,
-            readers: Mutex::new(Vec::new()),
+            connections: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::sync_channel(MAX_PENDING_APPENDS);
         let writer_shared = shared.clone();
@@ -149,20 +149,22 @@ impl SqliteLog {
         self.shared.head.subscribe()
     }
 
-    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.shared.readers.lock().pop();
+    /// Runs `f` on a pooled connection: reads, and the small writes outside the append path
+    /// (consumer checkpoints, dead letters). Appends go through the group-commit writer.
+    fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.shared.connections.lock().pop();
         let conn = match conn {
             Some(c) => c,
             None => open_connection(&self.shared.path)?,
         };
         let out = f(&conn);
-        self.shared.readers.lock().push(conn);
+        self.shared.connections.lock().push(conn);
         out
     }
 
     /// Reads up to `max` records starting at offset `from`.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
-        self.with_reader(|conn| read_records(conn, from, max))
+        self.with_connection(|conn| read_records(conn, from, max))
     }
 }
 
@@ -324,7 +326,7 @@ impl EventLog for SqliteLog {
 
     async fn end_positions(&self) -> Result<Vec<Position>> {
         // The file, not this process's writer, is the truth: another process may append.
-        let on_disk = self.with_reader(|conn| {
+        let on_disk = self.with_connection(|conn| {
             conn.prepare_cached("SELECT COALESCE(MAX(log_offset) + 1, 0) FROM events")
                 .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
                 .map_err(storage("reading the end of the log"))
@@ -335,7 +337,7 @@ impl EventLog for SqliteLog {
 
     async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
         let now = now_micros();
-        self.with_reader(|conn| {
+        self.with_connection(|conn| {
             conn.prepare_cached(
                 "INSERT INTO dead_letters (projection, source_partition, source_offset, event_type,
                                            record_key, payload, error, recorded_at)
@@ -360,7 +362,7 @@ impl EventLog for SqliteLog {
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        self.with_reader(|conn| {
+        self.with_connection(|conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT projection, source_partition, source_offset, event_type, record_key,
@@ -386,7 +388,7 @@ impl EventLog for SqliteLog {
     }
 
     async fn resolve_dead_letter(&self, projection: &str, source: Position) -> Result<()> {
-        self.with_reader(|conn| {
+        self.with_connection(|conn| {
             conn.prepare_cached(
                 "UPDATE dead_letters SET resolved_at = ?4
                  WHERE projection = ?1 AND source_partition = ?2 AND source_offset = ?3",
@@ -426,7 +428,7 @@ struct SqliteConsumer {
 
 impl SqliteConsumer {
     fn committed_offset(&self) -> Result<Option<u64>> {
-        self.log.with_reader(|conn| {
+        self.log.with_connection(|conn| {
             conn.query_row(
                 "SELECT next_offset FROM consumer_offsets WHERE group_id = ?1 AND partition = ?2",
                 params![self.group, PARTITION],
@@ -487,7 +489,7 @@ impl LogConsumer for SqliteConsumer {
         }
         let group = self.group.clone();
         let next = next.to_vec();
-        self.log.with_reader(|conn| {
+        self.log.with_connection(|conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "INSERT INTO consumer_offsets (group_id, partition, next_offset)

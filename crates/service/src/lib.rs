@@ -236,15 +236,16 @@ impl Service {
         true
     }
 
-    /// Whether `position` names an event the log holds (it is before the end of its
-    /// partition). A position beyond the end can never be reached by the read models.
-    pub async fn exists_in_log(&self, position: Position) -> Result<bool> {
-        Ok(self
-            .log
-            .end_positions()
-            .await?
-            .iter()
-            .any(|end| end.partition == position.partition && position.offset < end.offset))
+    /// The first of `positions` that names no event the log holds (it is at or beyond the end
+    /// of its partition, or in no partition): the read models can never reach it. Asks the
+    /// log for its end once.
+    pub async fn beyond_log_end(&self, positions: &[Position]) -> Result<Option<Position>> {
+        let ends = self.log.end_positions().await?;
+        Ok(positions.iter().copied().find(|p| {
+            !ends
+                .iter()
+                .any(|end| end.partition == p.partition && p.offset < end.offset)
+        }))
     }
 
     /// Whether the read models hold everything the log held at startup, waiting up to `wait`.
