@@ -132,6 +132,7 @@ impl From<ServiceError> for ApiError {
                 ref l @ (LogError::Closed
                 | LogError::CommitFailed(_)
                 | LogError::Broker { .. }
+                | LogError::SchemaRegistry { .. }
                 | LogError::MissingTopic(_)),
             ) => {
                 tracing::error!(error = %l, "append failed");

@@ -59,6 +59,11 @@ struct LogArgs {
     /// `<prefix>presence`).
     #[arg(long, env = "MISSIVE_KAFKA_TOPIC_PREFIX", default_value = "missive.")]
     kafka_topic_prefix: String,
+    /// Confluent Schema Registry URL (`https://key:secret@host` for basic auth). When set, the
+    /// Kafka log writes records in the registry's wire format (`00` + 4-byte schema id) and
+    /// registers its schemas there; by default records are Avro single-object encoded.
+    #[arg(long, env = "MISSIVE_SCHEMA_REGISTRY")]
+    schema_registry: Option<String>,
     /// How the embedded log syncs each group commit to disk.
     #[arg(long, env = "MISSIVE_LOG_SYNC", value_enum, default_value = "full")]
     log_sync: Sync,
@@ -71,8 +76,18 @@ impl LogArgs {
             Sync::Normal => Durability::Normal,
         };
         let mut backend = LogBackend::parse(&self.log, durability).map_err(anyhow::Error::msg)?;
-        if let LogBackend::Kafka(config) = &mut backend {
-            config.topic_prefix = self.kafka_topic_prefix.clone();
+        match &mut backend {
+            LogBackend::Kafka(config) => {
+                config.topic_prefix = self.kafka_topic_prefix.clone();
+                config.schema_registry = self.schema_registry.clone();
+            }
+            LogBackend::Embedded { .. } if self.schema_registry.is_some() => {
+                anyhow::bail!(
+                    "--schema-registry applies to the Kafka log only (--log kafka://host:port); \
+                     the embedded log stores records single-object encoded"
+                );
+            }
+            LogBackend::Embedded { .. } => {}
         }
         Ok(backend)
     }

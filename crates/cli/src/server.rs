@@ -51,7 +51,9 @@ impl LogBackend {
                     .context("opening the event log")?,
             ),
             LogBackend::Kafka(config) => {
-                let log = KafkaLog::connect(config.clone()).context("connecting to Kafka")?;
+                let log = KafkaLog::open(config.clone())
+                    .await
+                    .context("connecting to Kafka")?;
                 log.end_positions().await.with_context(|| {
                     format!(
                         "checking the topics {:?} on {}",

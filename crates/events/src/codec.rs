@@ -54,6 +54,14 @@ pub enum CodecError {
     )]
     BadMarker { found: [u8; 2] },
 
+    /// The input is framed for a Confluent Schema Registry (`00` + 4-byte schema id).
+    #[error(
+        "record is in the Confluent Schema Registry wire format (byte 00, then schema id \
+         {schema_id}), not Avro single-object encoding: only a log configured with the schema \
+         registry that issued the id can read it (--schema-registry)"
+    )]
+    ConfluentFramed { schema_id: u32 },
+
     /// The writer schema's fingerprint is not one this build keeps.
     #[error(
         "unknown writer schema fingerprint {} (header bytes 2..10, hex): the record was written \
@@ -183,6 +191,11 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         return Err(too_short);
     };
     if *marker != MARKER {
+        if let [0, a, b, c, d, ..] = *bytes {
+            return Err(CodecError::ConfluentFramed {
+                schema_id: u32::from_be_bytes([a, b, c, d]),
+            });
+        }
         return Err(CodecError::BadMarker { found: *marker });
     }
     let Some((fingerprint, body)) = rest.split_first_chunk::<8>() else {
@@ -237,6 +250,30 @@ pub fn fingerprint(event_type: &str, version: u32) -> Option<[u8; 8]> {
     REGISTRY
         .get(event_type, version)
         .map(|kept| kept.fingerprint)
+}
+
+/// The `.avsc` text of a kept schema, as compiled in.
+pub fn schema_json(event_type: &str, version: u32) -> Option<&'static str> {
+    REGISTRY.get(event_type, version).map(|kept| kept.json)
+}
+
+/// The full Avro name of an event type's record (`missive.events.<type>`).
+pub fn record_name(event_type: &str) -> String {
+    format!("{NAMESPACE}.{event_type}")
+}
+
+/// The single-object fingerprint of any Avro schema text: CRC-64-AVRO of its Parsing
+/// Canonical Form, little-endian. Two texts of the same schema (whitespace, key order, `doc`
+/// strings) have the same fingerprint.
+pub fn fingerprint_of(schema_json: &str) -> Result<[u8; 8], String> {
+    let schema = Schema::parse_str(schema_json).map_err(|e| e.to_string())?;
+    schema_fingerprint(&schema)
+}
+
+fn schema_fingerprint(schema: &Schema) -> Result<[u8; 8], String> {
+    let mut canonical = String::new();
+    parsing_canonical_form(schema, &None, &mut canonical)?;
+    Ok(rabin(canonical.as_bytes()).to_le_bytes())
 }
 
 /// Every kept schema as (event type, version, fingerprint), sorted by type then version.
@@ -295,6 +332,8 @@ struct Kept {
     version_int: i32,
     fingerprint: [u8; 8],
     schema: Schema,
+    /// The `.avsc` text.
+    json: &'static str,
     /// The payload record's field names, in schema order.
     payload_fields: Vec<String>,
     /// Index in [`Registry::kept`] of the current version of this event type.
@@ -320,16 +359,16 @@ impl Registry {
             let schema = Schema::parse_str(source.json).map_err(|e| format!("{file}: {e}"))?;
             let payload_fields = check_layout(&schema, source.event_type)
                 .map_err(|problem| format!("{file}: {problem}"))?;
-            let mut canonical = String::with_capacity(source.json.len() / 2);
-            parsing_canonical_form(&schema, &None, &mut canonical)
-                .map_err(|problem| format!("{file}: {problem}"))?;
+            let fingerprint =
+                schema_fingerprint(&schema).map_err(|problem| format!("{file}: {problem}"))?;
             kept.push(Kept {
                 event_type: source.event_type,
                 version: source.version,
                 version_int: i32::try_from(source.version)
                     .map_err(|_| format!("{file}: version {} is not an int", source.version))?,
-                fingerprint: rabin(canonical.as_bytes()).to_le_bytes(),
+                fingerprint,
                 schema,
+                json: source.json,
                 payload_fields,
                 current: 0,
             });

@@ -675,13 +675,7 @@ fn too_short_input_is_an_error() {
 
 #[test]
 fn a_wrong_marker_is_an_error() {
-    for marker in [
-        [0xC3, 0x00],
-        [0xC3, 0x02],
-        [0x00, 0x01],
-        [0x01, 0xC3],
-        [0x4f, 0x62],
-    ] {
+    for marker in [[0xC3, 0x00], [0xC3, 0x02], [0x01, 0xC3], [0x4f, 0x62]] {
         let mut bytes = valid();
         bytes[..2].copy_from_slice(&marker);
         match decode(&bytes) {
@@ -691,6 +685,56 @@ fn a_wrong_marker_is_an_error() {
             }
             other => panic!("expected BadMarker, got {other:?}"),
         }
+    }
+}
+
+#[test]
+fn a_confluent_framed_record_is_named_as_such() {
+    let mut bytes = vec![0x00, 0x00, 0x00, 0x01, 0x2c];
+    bytes.extend_from_slice(&valid()[10..]);
+    match decode(&bytes) {
+        Err(err @ CodecError::ConfluentFramed { schema_id: 300 }) => {
+            assert!(err.to_string().contains("--schema-registry"), "{err}");
+        }
+        other => panic!("expected ConfluentFramed, got {other:?}"),
+    }
+}
+
+#[test]
+fn fingerprint_of_any_text_of_a_schema_matches_the_kept_one() {
+    for (event_type, version, expected) in known_schemas() {
+        let json = codec::schema_json(event_type, version).expect("kept schema has its text");
+        assert_eq!(
+            codec::fingerprint_of(json),
+            Ok(expected),
+            "{event_type} v{version}"
+        );
+        // Re-serialised without whitespace and docs, as a schema registry may return it.
+        let mut value: serde_json::Value = serde_json::from_str(json).expect("schema is JSON");
+        strip_docs(&mut value);
+        let compact = value.to_string();
+        assert_ne!(compact, json);
+        assert_eq!(
+            codec::fingerprint_of(&compact),
+            Ok(expected),
+            "{event_type} v{version}"
+        );
+    }
+    assert!(codec::fingerprint_of("{not json").is_err());
+    assert_eq!(
+        codec::record_name("MessageSent"),
+        "missive.events.MessageSent"
+    );
+}
+
+fn strip_docs(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.remove("doc");
+            map.values_mut().for_each(strip_docs);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_docs),
+        _ => {}
     }
 }
 

@@ -34,6 +34,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::schema_registry::SchemaRegistry;
 use crate::{DeadLetter, EventLog, LogConsumer, LogError, Position, Record, Result, StoredRecord};
 
 /// Header carrying the event type.
@@ -66,6 +67,10 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     /// Extra librdkafka settings, applied last (e.g. security settings).
     pub client_options: Vec<(String, String)>,
+    /// A Confluent Schema Registry URL: when set, records are written in the registry's wire
+    /// format (`00` + 4-byte schema id) instead of single-object encoding (see
+    /// [`crate::schema_registry`]). Records in either framing are read either way.
+    pub schema_registry: Option<String>,
 }
 
 impl KafkaConfig {
@@ -77,6 +82,7 @@ impl KafkaConfig {
             delivery_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
             client_options: Vec::new(),
+            schema_registry: None,
         }
     }
 
@@ -137,6 +143,8 @@ pub struct KafkaLog {
     meta: Arc<BaseConsumer>,
     /// Partition counts per topic index, learned once (they are fixed at topic creation).
     partitions: Arc<Mutex<HashMap<u32, i32>>>,
+    /// Set when records are written in the Confluent Schema Registry's framing.
+    registry: Option<Arc<SchemaRegistry>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -184,6 +192,22 @@ impl KafkaLog {
             topics: Arc::new(topics),
             meta: Arc::new(meta),
             partitions: Arc::new(Mutex::new(HashMap::new())),
+            registry: None,
+        })
+    }
+
+    /// [`KafkaLog::connect`], then, when the configuration names a schema registry, registers
+    /// the schemas this build writes there and writes records in the registry's framing.
+    pub async fn open(config: KafkaConfig) -> Result<Self> {
+        let registry = match &config.schema_registry {
+            Some(url) => Some(Arc::new(
+                SchemaRegistry::connect(url, config.request_timeout).await?,
+            )),
+            None => None,
+        };
+        Ok(KafkaLog {
+            registry,
+            ..KafkaLog::connect(config)?
         })
     }
 
@@ -380,10 +404,16 @@ impl KafkaLog {
 #[async_trait]
 impl EventLog for KafkaLog {
     async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>> {
+        let mut framed = Vec::new();
+        if let Some(registry) = &self.registry {
+            for record in &records {
+                framed.push(registry.to_registry_framing(&record.payload).await?);
+            }
+        }
         // Enqueue every record first, in order (send_result does not wait), then wait for all
         // acknowledgements: records of one key keep their order and share producer batches.
         let mut pending = Vec::with_capacity(records.len());
-        for record in &records {
+        for (i, record) in records.iter().enumerate() {
             let topic = &self.topics[stream_index(record.stream) as usize];
             let version = record.schema_version.to_string();
             let headers = OwnedHeaders::new()
@@ -397,7 +427,7 @@ impl EventLog for KafkaLog {
                 });
             let future = FutureRecord::to(topic)
                 .key(&record.key)
-                .payload(&record.payload)
+                .payload(framed.get(i).unwrap_or(&record.payload))
                 .headers(headers);
             match self.producer.send_result(future) {
                 Ok(delivery) => pending.push((topic, delivery)),
@@ -484,6 +514,7 @@ impl EventLog for KafkaLog {
         blocking(move || -> Result<Box<dyn LogConsumer>> {
             log.partition_counts()?;
             let pending = Arc::new(Mutex::new(HashMap::new()));
+            let assigned = Arc::new(Mutex::new(Vec::new()));
             let mut config = log.config.client();
             config
                 .set("group.id", &group)
@@ -505,6 +536,7 @@ impl EventLog for KafkaLog {
             let consumer: StreamConsumer<SeekOnAssign> = config
                 .create_with_context(SeekOnAssign {
                     pending: pending.clone(),
+                    assigned: assigned.clone(),
                 })
                 .map_err(broker("creating a Kafka consumer"))?;
             let topics: Vec<&str> = log.topics.iter().map(String::as_str).collect();
@@ -515,6 +547,7 @@ impl EventLog for KafkaLog {
                 log,
                 consumer: Arc::new(consumer),
                 pending,
+                assigned,
             }))
         })
         .await
@@ -530,6 +563,8 @@ type PendingSeeks = Arc<Mutex<HashMap<(String, i32), i64>>>;
 /// yet).
 struct SeekOnAssign {
     pending: PendingSeeks,
+    /// Every partition assigned since [`LogConsumer::take_assigned`] last took them.
+    assigned: Arc<Mutex<Vec<(String, i32)>>>,
 }
 
 impl ClientContext for SeekOnAssign {}
@@ -542,8 +577,10 @@ impl ConsumerContext for SeekOnAssign {
         let mut pending = self.pending.lock();
         let mut wanted = TopicPartitionList::new();
         let mut any = false;
+        let mut newly = self.assigned.lock();
         for elem in assigned.elements() {
             let key = (elem.topic().to_owned(), elem.partition());
+            newly.push(key.clone());
             match pending.remove(&key) {
                 Some(next) => {
                     any = true;
@@ -564,6 +601,7 @@ struct KafkaConsumer {
     log: KafkaLog,
     consumer: Arc<StreamConsumer<SeekOnAssign>>,
     pending: PendingSeeks,
+    assigned: Arc<Mutex<Vec<(String, i32)>>>,
 }
 
 impl KafkaConsumer {
@@ -657,6 +695,12 @@ impl LogConsumer for KafkaConsumer {
             }
             out.extend(self.stored(&message));
         }
+        if let Some(registry) = &self.log.registry {
+            for record in &mut out {
+                let payload = std::mem::take(&mut record.payload);
+                record.payload = registry.to_single_object(payload).await;
+            }
+        }
         Ok(out)
     }
 
@@ -675,6 +719,14 @@ impl LogConsumer for KafkaConsumer {
                 .map_err(broker("committing consumer offsets"))
         })
         .await
+    }
+
+    fn take_assigned(&mut self) -> Vec<u32> {
+        std::mem::take(&mut *self.assigned.lock())
+            .into_iter()
+            .filter_map(|(topic, p)| self.log.position(&topic, p, 0))
+            .map(|p| p.partition)
+            .collect()
     }
 
     async fn committed(&self) -> Result<Vec<Position>> {

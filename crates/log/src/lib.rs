@@ -10,12 +10,15 @@
 //!
 //! # Layout
 //! - [`sqlite`]: the embedded adapter (SQLite in WAL mode, group commit).
-//! - `kafka` (feature `kafka`, on by default): the production adapter on rdkafka.
+//! - `kafka` (feature `kafka`, on by default): the production adapter on rdkafka, and
+//!   `schema_registry`, its optional Confluent Schema Registry wire format.
 //! - [`contract`]: the port contract suite, generic over any [`EventLog`].
 
 pub mod contract;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+pub mod schema_registry;
 pub mod sqlite;
 
 use std::fmt;
@@ -125,6 +128,12 @@ pub enum LogError {
         action: &'static str,
         reason: String,
     },
+    /// The Confluent Schema Registry did not answer as needed (unreachable, refused a schema).
+    #[error("the schema registry failed while {action}: {reason}")]
+    SchemaRegistry {
+        action: &'static str,
+        reason: String,
+    },
     /// A topic the log needs does not exist.
     #[error("the topic {0:?} does not exist: create the topics with `missive topics create`")]
     MissingTopic(String),
@@ -174,4 +183,13 @@ pub trait LogConsumer: Send {
 
     /// The group's committed checkpoints.
     async fn committed(&self) -> Result<Vec<Position>>;
+
+    /// The partitions ([`Position::partition`]) the group assigned to this consumer since the
+    /// last call. A caller that keeps its checkpoints elsewhere (a projector keeps them in its
+    /// read store) repositions them from there: the group's committed offset can trail its own
+    /// (a consumer that died between its apply and its commit) or be stale (a seek made
+    /// before the partition was assigned). Adapters without consumer groups never reassign.
+    fn take_assigned(&mut self) -> Vec<u32> {
+        Vec::new()
+    }
 }

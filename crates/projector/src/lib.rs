@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use missive_events::{DeleteScope, Envelope, Event, Presence};
-use missive_log::{DeadLetter, EventLog, Position, StoredRecord};
+use missive_log::{DeadLetter, EventLog, LogConsumer, Position, StoredRecord};
 use missive_store::{Change, ReadStore};
 use missive_telemetry::metrics;
 use tokio::sync::watch;
@@ -261,10 +261,15 @@ impl Projector {
         tracing::info!(projection = %self.name, ?checkpoints, "projector started");
         tokio::pin!(shutdown);
         loop {
-            let records = tokio::select! {
+            let mut records = tokio::select! {
                 _ = &mut shutdown => break,
                 polled = consumer.poll(self.batch_size, Duration::from_millis(500)) => polled?,
             };
+            let assigned = consumer.take_assigned();
+            if !assigned.is_empty() {
+                self.resume_assigned(&assigned, consumer.as_mut(), &mut records, &mut progress)
+                    .await?;
+            }
             if records.is_empty() {
                 continue;
             }
@@ -302,6 +307,43 @@ impl Projector {
             self.progress.send_replace(progress.clone());
         }
         tracing::info!(projection = %self.name, "projector stopped");
+        Ok(())
+    }
+
+    /// Positions partitions the consumer group just assigned at the store's checkpoint, the
+    /// truth, rather than where the group's commit or an earlier seek left them: records below
+    /// it were applied already (by this process before a rebalance, or by another one that
+    /// died before committing) and are dropped; if the consumer would start anywhere else, it
+    /// is sought there and this batch's records of the partition are dropped.
+    async fn resume_assigned(
+        &self,
+        assigned: &[u32],
+        consumer: &mut dyn LogConsumer,
+        records: &mut Vec<StoredRecord>,
+        progress: &mut Progress,
+    ) -> Result<(), ProjectorError> {
+        let checkpoints = self.store.checkpoints(&self.name).await?;
+        for &partition in assigned {
+            let next = checkpoints
+                .iter()
+                .find(|cp| cp.partition == partition)
+                .map_or(0, |cp| cp.offset);
+            let before = records.len();
+            records.retain(|r| r.position.partition != partition || r.position.offset >= next);
+            let first = records
+                .iter()
+                .find(|r| r.position.partition == partition)
+                .map(|r| r.position.offset);
+            if first != Some(next) {
+                records.retain(|r| r.position.partition != partition);
+                consumer.seek(Position::new(partition, next))?;
+            }
+            let skipped = before - records.len();
+            if skipped > 0 {
+                tracing::info!(projection = %self.name, partition, next, skipped, "assigned partition resumes at the store's checkpoint");
+            }
+            progress.0.insert(partition, next);
+        }
         Ok(())
     }
 
