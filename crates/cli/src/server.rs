@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use missive_api::{ApiConfig, AppState, Secret};
 use missive_log::EventLog;
-use missive_log::kafka::{KafkaConfig, KafkaLog};
+use missive_log::kafka::{KafkaConfig, KafkaLog, TopicSettings, check_topic_settings};
 use missive_log::sqlite::{Durability, SqliteLog};
 use missive_projector::{Projector, READ_MODELS};
 use missive_service::{Config, Service};
@@ -64,6 +64,22 @@ impl LogBackend {
                         config.brokers
                     )
                 })?;
+                if config.check_topic_settings {
+                    match check_topic_settings(config)
+                        .await
+                        .context("checking the Kafka topics' settings")?
+                    {
+                        TopicSettings::Fine => {}
+                        TopicSettings::Unknown(why) => {
+                            tracing::warn!(%why, "could not check the Kafka topics' settings")
+                        }
+                        TopicSettings::Warnings(warnings) => {
+                            for warning in warnings {
+                                tracing::warn!("{warning}");
+                            }
+                        }
+                    }
+                }
                 Arc::new(log)
             }
         })

@@ -71,6 +71,9 @@ pub struct KafkaConfig {
     /// format (`00` + 4-byte schema id) instead of single-object encoding (see
     /// [`crate::schema_registry`]). Records in either framing are read either way.
     pub schema_registry: Option<String>,
+    /// Whether opening the log checks topic settings ([`check_topic_settings`]); off only for
+    /// librdkafka's mock cluster, which cannot describe them.
+    pub check_topic_settings: bool,
 }
 
 impl KafkaConfig {
@@ -83,6 +86,7 @@ impl KafkaConfig {
             session_timeout: Duration::from_secs(10),
             client_options: Vec::new(),
             schema_registry: None,
+            check_topic_settings: true,
         }
     }
 
@@ -753,6 +757,73 @@ impl LogConsumer for KafkaConsumer {
     }
 }
 
+/// What [`check_topic_settings`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicSettings {
+    /// Every topic keeps its records as the log needs.
+    Fine,
+    /// The broker cannot describe topic configurations (librdkafka's mock cluster, or an ACL
+    /// that forbids it); the settings are unchecked.
+    Unknown(String),
+    /// Settings that are allowed but worth knowing, one line each (e.g. a finite retention).
+    Warnings(Vec<String>),
+}
+
+/// Checks the settings of the log's topics: compaction is refused (it deletes older events
+/// of a key, which projections need to rebuild), a finite retention is reported (read models
+/// can then only be rebuilt from what is left).
+pub async fn check_topic_settings(config: &KafkaConfig) -> Result<TopicSettings> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = config
+        .client()
+        .create()
+        .map_err(broker("creating the Kafka admin client"))?;
+    let names = config.all_topics();
+    let specifiers: Vec<ResourceSpecifier<'_>> = names
+        .iter()
+        .map(|name| ResourceSpecifier::Topic(name))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(config.request_timeout));
+    let results = match admin.describe_configs(&specifiers, &options).await {
+        Ok(results) => results,
+        Err(e) => return Ok(TopicSettings::Unknown(e.to_string())),
+    };
+    let mut warnings = Vec::new();
+    let mut compacted = Vec::new();
+    for (name, result) in names.iter().zip(results) {
+        let resource = match result {
+            Ok(resource) => resource,
+            Err(code) => return Ok(TopicSettings::Unknown(format!("{name}: {code}"))),
+        };
+        let value = |key: &str| resource.get(key).and_then(|e| e.value.clone());
+        if value("cleanup.policy").is_some_and(|p| p.contains("compact")) {
+            compacted.push(name.clone());
+        }
+        match value("retention.ms").as_deref() {
+            None | Some("-1") => {}
+            Some(ms) => warnings.push(format!(
+                "topic {name} keeps records for retention.ms={ms}: read models can only be \
+                 rebuilt from what is left (`missive topics create` sets -1, keep forever)"
+            )),
+        }
+    }
+    if !compacted.is_empty() {
+        return Err(LogError::Broker {
+            action: "checking topic settings",
+            reason: format!(
+                "{compacted:?} have cleanup.policy=compact, which deletes older events of a key \
+                 that projections need; set cleanup.policy=delete"
+            ),
+        });
+    }
+    Ok(if warnings.is_empty() {
+        TopicSettings::Fine
+    } else {
+        TopicSettings::Warnings(warnings)
+    })
+}
+
 /// Creates the log's topics (an existing topic is left as it is) and returns their names.
 ///
 /// Every topic keeps its records forever (`retention.ms=-1`, `cleanup.policy=delete`):
@@ -901,6 +972,7 @@ pub mod testing {
             config.session_timeout = std::time::Duration::from_secs(6);
             match self {
                 TestCluster::Mock(m) => {
+                    config.check_topic_settings = false;
                     for topic in config.all_topics() {
                         m.create_topic(&topic, TEST_PARTITIONS);
                     }

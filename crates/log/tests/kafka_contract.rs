@@ -43,3 +43,20 @@ async fn a_missing_topic_is_named() {
         other => panic!("expected a missing topic, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_settings_are_checked_where_the_broker_can_describe_them() {
+    use missive_log::kafka::{TopicSettings, check_topic_settings};
+    let cluster = TestCluster::start();
+    let mut config = cluster.fresh_log_config().await;
+    config.request_timeout = std::time::Duration::from_secs(2);
+    match check_topic_settings(&config).await.expect("check") {
+        // Created by `create_topics` on a real broker: kept forever, not compacted.
+        TopicSettings::Fine => assert!(matches!(cluster, TestCluster::Real(_))),
+        TopicSettings::Unknown(why) => {
+            assert!(matches!(cluster, TestCluster::Mock(_)), "{why}");
+            eprintln!("note: the mock cluster cannot describe topic configs ({why})");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
