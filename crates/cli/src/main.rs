@@ -175,8 +175,59 @@ enum DlqCommand {
     },
 }
 
+/// Where the Scylla read store lives and how to reach it.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// The read store: `scylla://host:port[,host:port...]/keyspace`.
+    #[arg(long = "store", env = "MISSIVE_STORE")]
+    store: String,
+    /// Consistency level of reads and writes.
+    #[arg(
+        long,
+        env = "MISSIVE_STORE_CONSISTENCY",
+        default_value = "LOCAL_QUORUM"
+    )]
+    store_consistency: String,
+    /// Keep to this datacenter's replicas (token-aware within it).
+    #[arg(long, env = "MISSIVE_STORE_LOCAL_DC")]
+    store_local_dc: Option<String>,
+}
+
+impl StoreArgs {
+    fn config(&self) -> anyhow::Result<missive_store::scylla::ScyllaConfig> {
+        let mut config =
+            missive_store::scylla::ScyllaConfig::parse(&self.store).map_err(anyhow::Error::msg)?;
+        config.consistency = missive_store::scylla::parse_consistency(&self.store_consistency)
+            .map_err(anyhow::Error::msg)?;
+        config.local_dc = self.store_local_dc.clone();
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Create the keyspace if needed and apply the schema versions of projections/ not yet
+    /// applied (each once; recorded in the keyspace's schema_migrations table). Safe to run
+    /// again; a released schema file that was edited is refused.
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Keyspace replication when it is created: `<datacenter>:<replicas>[,...]`
+        /// (NetworkTopologyStrategy) or `simple:<replicas>` (single-datacenter tests).
+        #[arg(
+            long,
+            env = "MISSIVE_STORE_REPLICATION",
+            default_value = "datacenter1:3"
+        )]
+        replication: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Manage the Scylla read store's schema.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Events the projectors could not apply (dead letters).
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -247,6 +298,23 @@ async fn main() -> anyhow::Result<()> {
             if !outcome.failing.is_empty() {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Store(StoreCommand::Migrate { store, replication }) => {
+            let mut config = store.config()?;
+            config.replication = missive_store::scylla::Replication::parse(&replication)
+                .map_err(anyhow::Error::msg)?;
+            let session = missive_store::scylla::connect(&config).await?;
+            let migrated = missive_store::scylla::migrate(&session, &config).await?;
+            for version in &migrated.applied {
+                println!("applied schema version {version}");
+            }
+            println!(
+                "keyspace {}: {} version(s) applied now, {} already applied",
+                config.keyspace,
+                migrated.applied.len(),
+                migrated.already.len()
+            );
             Ok(())
         }
         Command::Topics(TopicsCommand::Create {

@@ -9,10 +9,14 @@
 //! # Layout
 //! - [`model`]: read-model types and the [`Change`] vocabulary.
 //! - [`sqlite`]: the embedded adapter.
+//! - `scylla` (feature `scylla`, on by default): the production store's connection, URL and
+//!   schema migrations (`projections/*.cql`).
 //! - [`contract`]: the port contract suite, generic over any [`ReadStore`].
 
 pub mod contract;
 pub mod model;
+#[cfg(feature = "scylla")]
+pub mod scylla;
 pub mod sqlite;
 
 use async_trait::async_trait;
