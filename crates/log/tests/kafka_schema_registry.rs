@@ -14,9 +14,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use chrono::Utc;
 use missive_events::{Envelope, Event, Stream, codec};
+use missive_log::contract::drain;
 use missive_log::kafka::testing::TestCluster;
 use missive_log::kafka::{KafkaConfig, KafkaLog};
-use missive_log::{EventLog, LogConsumer, LogError, Record, StoredRecord};
+use missive_log::{EventLog, LogError, Record};
 use parking_lot::Mutex;
 use rdkafka::Message;
 use rdkafka::config::ClientConfig;
@@ -166,20 +167,6 @@ fn record(envelope: &Envelope) -> Record {
     }
 }
 
-async fn drain(consumer: &mut dyn LogConsumer, want: usize) -> Vec<StoredRecord> {
-    let started = Instant::now();
-    let mut out = Vec::new();
-    while out.len() < want && started.elapsed() < Duration::from_secs(30) {
-        out.extend(
-            consumer
-                .poll(want - out.len(), Duration::from_millis(200))
-                .await
-                .expect("poll"),
-        );
-    }
-    out
-}
-
 /// Every value in the messages topic, as Kafka holds it.
 fn raw_values(config: &KafkaConfig, want: usize) -> Vec<Vec<u8>> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -218,6 +205,16 @@ async fn produce_raw(config: &KafkaConfig, key: &str, value: &[u8]) {
         .expect("raw record delivered");
 }
 
+/// A Kafka log (fresh topics) configured with a fake registry.
+async fn registry_log() -> (TestCluster, Shared, KafkaConfig, KafkaLog) {
+    let cluster = TestCluster::start();
+    let (registry, url) = fake_registry().await;
+    let mut config = cluster.fresh_log_config().await;
+    config.schema_registry = Some(url);
+    let log = KafkaLog::open(config.clone()).await.expect("open");
+    (cluster, registry, config, log)
+}
+
 fn registry_framed(id: u32, single_object: &[u8]) -> Vec<u8> {
     let mut out = vec![0];
     out.extend_from_slice(&id.to_be_bytes());
@@ -227,11 +224,7 @@ fn registry_framed(id: u32, single_object: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_written_in_registry_framing_and_read_back_as_single_object() {
-    let cluster = TestCluster::start();
-    let (registry, url) = fake_registry().await;
-    let mut config = cluster.fresh_log_config().await;
-    config.schema_registry = Some(url);
-    let log = KafkaLog::open(config.clone()).await.expect("open");
+    let (_cluster, registry, config, log) = registry_log().await;
 
     // Start-up registered the current schema of every event type under its record name.
     let subjects: Vec<String> = registry.lock().subjects.keys().cloned().collect();
@@ -261,11 +254,7 @@ async fn records_are_written_in_registry_framing_and_read_back_as_single_object(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_of_other_producers_are_resolved_by_id_and_both_framings_are_read() {
-    let cluster = TestCluster::start();
-    let (registry, url) = fake_registry().await;
-    let mut config = cluster.fresh_log_config().await;
-    config.schema_registry = Some(url);
-    let log = KafkaLog::open(config.clone()).await.expect("open");
+    let (_cluster, registry, config, log) = registry_log().await;
 
     // Another producer registered MessageSent v2 as a different text (compact, no docs), so
     // the registry gave it an id this process never registered.
@@ -321,11 +310,7 @@ async fn records_of_other_producers_are_resolved_by_id_and_both_framings_are_rea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_registry_delays_reading_but_loses_nothing() {
-    let cluster = TestCluster::start();
-    let (registry, url) = fake_registry().await;
-    let mut config = cluster.fresh_log_config().await;
-    config.schema_registry = Some(url);
-    let log = KafkaLog::open(config.clone()).await.expect("open");
+    let (_cluster, registry, config, log) = registry_log().await;
 
     let json = codec::schema_json("MessageSent", 2).expect("kept");
     let foreign_id = {
