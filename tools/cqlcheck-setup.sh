@@ -61,6 +61,7 @@ fi
 
 # cassandra-driver ships wheels; should pip build it from source, skip its optional C extensions.
 export CASS_DRIVER_NO_EXTENSIONS=1 CASS_DRIVER_NO_CYTHON=1
+export PIP_NO_CACHE_DIR=1 # nothing written outside the repository
 export PIP_ROOT_USER_ACTION=ignore # CI containers run as root; the install is private anyway
 pip_flags=(--quiet --disable-pip-version-check --no-input)
 start=$SECONDS
@@ -119,7 +120,7 @@ EOF
     "${pip[@]}" install "${pip_flags[@]}" --no-warn-script-location --upgrade --target "$site" "cqlsh==$CQLSH_VERSION"
     rm -f "$venv"/pip-*.whl
     {
-        echo '#!/bin/sh'
+        echo '#!/usr/bin/env bash' # %q below quotes for bash
         echo '# Written by tools/cqlcheck-setup.sh: a python that has cqlsh (installed with pip --target).'
         printf 'PYTHONPATH=%q${PYTHONPATH:+:$PYTHONPATH}\nexport PYTHONPATH\nexec %q "$@"\n' "$site" "$py"
     } >"$venv/bin/python3"

@@ -34,7 +34,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::schema_registry::SchemaRegistry;
+use crate::schema_registry::{SchemaRegistry, redacted};
 use crate::{DeadLetter, EventLog, LogConsumer, LogError, Position, Record, Result, StoredRecord};
 
 /// Header carrying the event type.
@@ -52,7 +52,7 @@ const HEADER_STATE: &str = "state";
 const PARTITION_STRIDE: u32 = 1 << 16;
 
 /// Where the Kafka log lives and how it talks to it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`.
     pub brokers: String,
@@ -69,11 +69,38 @@ pub struct KafkaConfig {
     pub client_options: Vec<(String, String)>,
     /// A Confluent Schema Registry URL: when set, records are written in the registry's wire
     /// format (`00` + 4-byte schema id) instead of single-object encoding (see
-    /// [`crate::schema_registry`]). Records in either framing are read either way.
+    /// [`crate::schema_registry`]). With it, records in either framing are read; without
+    /// it, a registry-framed record cannot be read and becomes a dead letter that says so.
     pub schema_registry: Option<String>,
     /// Whether opening the log checks topic settings ([`check_topic_settings`]); off only for
     /// librdkafka's mock cluster, which cannot describe them.
     pub check_topic_settings: bool,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Client options may hold SASL secrets and the registry URL credentials: never shown.
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("request_timeout", &self.request_timeout)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("session_timeout", &self.session_timeout)
+            .field(
+                "client_options",
+                &self
+                    .client_options
+                    .iter()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "schema_registry",
+                &self.schema_registry.as_deref().map(redacted),
+            )
+            .field("check_topic_settings", &self.check_topic_settings)
+            .finish()
+    }
 }
 
 impl KafkaConfig {
@@ -519,6 +546,7 @@ impl EventLog for KafkaLog {
             log.partition_counts()?;
             let pending = Arc::new(Mutex::new(HashMap::new()));
             let assigned = Arc::new(Mutex::new(Vec::new()));
+            let revoked = Arc::new(Mutex::new(Vec::new()));
             let mut config = log.config.client();
             config
                 .set("group.id", &group)
@@ -541,6 +569,7 @@ impl EventLog for KafkaLog {
                 .create_with_context(SeekOnAssign {
                     pending: pending.clone(),
                     assigned: assigned.clone(),
+                    revoked: revoked.clone(),
                 })
                 .map_err(broker("creating a Kafka consumer"))?;
             let topics: Vec<&str> = log.topics.iter().map(String::as_str).collect();
@@ -552,6 +581,7 @@ impl EventLog for KafkaLog {
                 consumer: Arc::new(consumer),
                 pending,
                 assigned,
+                revoked,
             }))
         })
         .await
@@ -569,11 +599,25 @@ struct SeekOnAssign {
     pending: PendingSeeks,
     /// Every partition assigned since [`LogConsumer::take_assigned`] last took them.
     assigned: Arc<Mutex<Vec<(String, i32)>>>,
+    /// Partitions revoked during the current poll: records of them it already holds are
+    /// dropped, since the partition's next owner reads them again.
+    revoked: Arc<Mutex<Vec<(String, i32)>>>,
 }
 
 impl ClientContext for SeekOnAssign {}
 
 impl ConsumerContext for SeekOnAssign {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            self.revoked.lock().extend(
+                revoked
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition())),
+            );
+        }
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(assigned) = rebalance else {
             return;
@@ -606,9 +650,36 @@ struct KafkaConsumer {
     consumer: Arc<StreamConsumer<SeekOnAssign>>,
     pending: PendingSeeks,
     assigned: Arc<Mutex<Vec<(String, i32)>>>,
+    revoked: Arc<Mutex<Vec<(String, i32)>>>,
 }
 
 impl KafkaConsumer {
+    /// Retries seeks that failed on an assigned partition (librdkafka refuses a seek until the
+    /// partition is fetching); until then [`LogConsumer::poll`] skips that partition.
+    fn retry_pending_seeks(&self) {
+        let waiting: Vec<((String, i32), i64)> = self
+            .pending
+            .lock()
+            .iter()
+            .filter(|((topic, p), _)| self.is_assigned(topic, *p))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for ((topic, partition), next) in waiting {
+            let done = self
+                .consumer
+                .seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(next),
+                    Duration::from_millis(100),
+                )
+                .is_ok();
+            if done {
+                self.pending.lock().remove(&(topic, partition));
+            }
+        }
+    }
+
     fn is_assigned(&self, topic: &str, partition: i32) -> bool {
         self.consumer.assignment().is_ok_and(|tpl| {
             tpl.elements()
@@ -669,8 +740,10 @@ impl LogConsumer for KafkaConsumer {
     }
 
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<StoredRecord>> {
+        self.retry_pending_seeks();
+        self.revoked.lock().clear();
         let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
+        let mut out: Vec<StoredRecord> = Vec::new();
         while out.len() < max {
             // Wait for the first record; after that take only what is already buffered.
             let wait = if out.is_empty() {
@@ -698,6 +771,19 @@ impl LogConsumer for KafkaConsumer {
                 continue;
             }
             out.extend(self.stored(&message));
+        }
+        // Records of a partition revoked meanwhile belong to its next owner, which reads them
+        // from where the store (or the group) says: applying them here too could race it. If
+        // the partition came straight back, the caller learns it from take_assigned and
+        // positions it afresh, so its records of this poll are dropped all the same.
+        let revoked = std::mem::take(&mut *self.revoked.lock());
+        if !revoked.is_empty() {
+            let gone: Vec<u32> = revoked
+                .iter()
+                .filter_map(|(topic, p)| self.log.position(topic, *p, 0))
+                .map(|p| p.partition)
+                .collect();
+            out.retain(|r| !gone.contains(&r.position.partition));
         }
         if let Some(registry) = &self.log.registry {
             for record in &mut out {
@@ -791,21 +877,26 @@ pub async fn check_topic_settings(config: &KafkaConfig) -> Result<TopicSettings>
     };
     let mut warnings = Vec::new();
     let mut compacted = Vec::new();
-    for (name, result) in names.iter().zip(results) {
+    for result in results {
         let resource = match result {
             Ok(resource) => resource,
-            Err(code) => return Ok(TopicSettings::Unknown(format!("{name}: {code}"))),
+            Err(code) => return Ok(TopicSettings::Unknown(code.to_string())),
+        };
+        let rdkafka::admin::OwnedResourceSpecifier::Topic(name) = &resource.specifier else {
+            continue;
         };
         let value = |key: &str| resource.get(key).and_then(|e| e.value.clone());
         if value("cleanup.policy").is_some_and(|p| p.contains("compact")) {
             compacted.push(name.clone());
         }
-        match value("retention.ms").as_deref() {
-            None | Some("-1") => {}
-            Some(ms) => warnings.push(format!(
-                "topic {name} keeps records for retention.ms={ms}: read models can only be \
-                 rebuilt from what is left (`missive topics create` sets -1, keep forever)"
-            )),
+        for key in ["retention.ms", "retention.bytes"] {
+            match value(key).as_deref() {
+                None | Some("-1") => {}
+                Some(limit) => warnings.push(format!(
+                    "topic {name} deletes records past {key}={limit}: read models can only be \
+                     rebuilt from what is left (`missive topics create` sets -1, keep forever)"
+                )),
+            }
         }
     }
     if !compacted.is_empty() {

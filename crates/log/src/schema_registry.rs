@@ -25,6 +25,8 @@ use crate::{LogError, Result};
 
 /// The registry's media type.
 const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+/// The registry's `error_code` for an unknown schema id.
+const SCHEMA_NOT_FOUND: i64 = 40403;
 /// The first byte of a record in the registry's framing.
 const MAGIC: u8 = 0;
 /// Magic byte plus schema id.
@@ -85,10 +87,11 @@ impl SchemaRegistry {
             action: "reading its URL",
             reason,
         };
-        let mut base = reqwest::Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        let shown = redacted(url);
+        let mut base = reqwest::Url::parse(url).map_err(|e| invalid(format!("{shown}: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(invalid(format!(
-                "{url:?} is not an http:// or https:// URL"
+                "{shown} is not an http:// or https:// URL"
             )));
         }
         let credentials = (!base.username().is_empty()).then(|| {
@@ -202,11 +205,15 @@ impl SchemaRegistry {
             .await
             .map_err(|e| unavailable(action, e))?;
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(Resolved::Never(format!("the registry has no schema {id}")));
-        }
         if !status.is_success() {
-            return Err(refused(action, response).await);
+            // Only the registry's own "schema not found" (40403) is final; any other answer
+            // (a wrong path, a proxy, a follower not caught up) is retried.
+            return match refused(action, response).await {
+                (Some(SCHEMA_NOT_FOUND), _) => {
+                    Ok(Resolved::Never(format!("the registry has no schema {id}")))
+                }
+                (_, error) => Err(error),
+            };
         }
         let fetched: Fetched = response.json().await.map_err(|e| unavailable(action, e))?;
         if let Some(kind) = fetched.schema_type.filter(|t| t != "AVRO") {
@@ -245,7 +252,7 @@ impl SchemaRegistry {
             .await
             .map_err(|e| unavailable(action, e))?;
         if !response.status().is_success() {
-            return Err(refused(action, response).await);
+            return Err(refused(action, response).await.1);
         }
         let Registered { id } = response.json().await.map_err(|e| unavailable(action, e))?;
         self.learn(id, fp);
@@ -276,6 +283,16 @@ impl SchemaRegistry {
     }
 }
 
+/// A registry URL fit for logs and errors: any credentials (`user:secret@`) replaced by `***@`.
+pub fn redacted(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
+    }
+}
+
 fn unavailable(action: &'static str, error: reqwest::Error) -> LogError {
     LogError::SchemaRegistry {
         action,
@@ -284,17 +301,21 @@ fn unavailable(action: &'static str, error: reqwest::Error) -> LogError {
 }
 
 /// The registry's own explanation of a refusal, e.g. an incompatible schema (409).
-async fn refused(action: &'static str, response: reqwest::Response) -> LogError {
+/// Also returns the registry's `error_code`, when it gave one.
+async fn refused(action: &'static str, response: reqwest::Response) -> (Option<i64>, LogError) {
     let status = response.status();
-    let reason = match response.json::<Refusal>().await {
+    let (code, reason) = match response.json::<Refusal>().await {
         Ok(Refusal {
             error_code,
             message: Some(message),
-        }) => format!(
-            "HTTP {status}, error {}: {message}",
-            error_code.unwrap_or_default()
+        }) => (
+            error_code,
+            format!(
+                "HTTP {status}, error {}: {message}",
+                error_code.unwrap_or_default()
+            ),
         ),
-        _ => format!("HTTP {status}"),
+        _ => (None, format!("HTTP {status}")),
     };
-    LogError::SchemaRegistry { action, reason }
+    (code, LogError::SchemaRegistry { action, reason })
 }

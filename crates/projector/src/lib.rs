@@ -322,7 +322,19 @@ impl Projector {
         records: &mut Vec<StoredRecord>,
         progress: &mut Progress,
     ) -> Result<(), ProjectorError> {
-        let checkpoints = self.store.checkpoints(&self.name).await?;
+        // A transient store error is retried (as applies are): the records in hand wait.
+        let mut backoff = RETRY_FIRST;
+        let checkpoints = loop {
+            match self.store.checkpoints(&self.name).await {
+                Ok(checkpoints) => break checkpoints,
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(projection = %self.name, %error, ?backoff, "read store unavailable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
         for &partition in assigned {
             let next = checkpoints
                 .iter()

@@ -218,6 +218,15 @@ pub async fn users_profiles_and_presence(store: Arc<dyn ReadStore>) {
         store.checkpoints(P).await.expect("checkpoints"),
         vec![pos(22)]
     );
+    // A slower projector finishing an older batch (a rebalance) never moves it back.
+    store
+        .apply(P, Vec::new(), vec![pos(20)])
+        .await
+        .expect("apply");
+    assert_eq!(
+        store.checkpoints(P).await.expect("checkpoints"),
+        vec![pos(22)]
+    );
     assert!(
         store
             .checkpoints("other")

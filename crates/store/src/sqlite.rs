@@ -259,7 +259,8 @@ impl SqliteStore {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT INTO checkpoints (projection, partition, next_offset) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (projection, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                     ON CONFLICT (projection, partition) DO UPDATE SET next_offset = excluded.next_offset
+                     WHERE excluded.next_offset > checkpoints.next_offset",
                 )
                 .map_err(sql("preparing a checkpoint"))?;
             for p in checkpoint {
