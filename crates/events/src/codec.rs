@@ -30,9 +30,9 @@ use uuid::Uuid;
 use crate::{DeleteScope, Envelope, Event, Presence, RemovalReason};
 
 /// The two bytes that open every single-object encoded record.
-const MARKER: [u8; 2] = [0xC3, 0x01];
+pub const MARKER: [u8; 2] = [0xC3, 0x01];
 /// Marker plus fingerprint.
-const HEADER_LEN: usize = 10;
+pub const HEADER_LEN: usize = 10;
 /// Namespace of every event record.
 const NAMESPACE: &str = "missive.events";
 
@@ -250,6 +250,13 @@ pub fn fingerprint(event_type: &str, version: u32) -> Option<[u8; 8]> {
     REGISTRY
         .get(event_type, version)
         .map(|kept| kept.fingerprint)
+}
+
+/// The kept schema (event type, version) a single-object fingerprint names.
+pub fn schema_of_fingerprint(fingerprint: &[u8; 8]) -> Option<(&'static str, u32)> {
+    REGISTRY
+        .by_fingerprint(fingerprint)
+        .map(|kept| (kept.event_type, kept.version))
 }
 
 /// The `.avsc` text of a kept schema, as compiled in.

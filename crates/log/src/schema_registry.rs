@@ -31,9 +31,6 @@ const SCHEMA_NOT_FOUND: i64 = 40403;
 const MAGIC: u8 = 0;
 /// Magic byte plus schema id.
 const HEADER_LEN: usize = 5;
-/// The single-object header: marker plus fingerprint.
-const SINGLE_OBJECT_HEADER_LEN: usize = 10;
-const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 
 /// A Confluent Schema Registry client with the id <-> fingerprint mapping it learned.
 pub struct SchemaRegistry {
@@ -136,10 +133,10 @@ impl SchemaRegistry {
             action: "framing a record",
             reason,
         };
-        let Some((header, body)) = record.split_first_chunk::<SINGLE_OBJECT_HEADER_LEN>() else {
+        let Some((header, body)) = record.split_first_chunk::<{ codec::HEADER_LEN }>() else {
             return Err(refuse("the record is not single-object encoded".into()));
         };
-        if header[..2] != SINGLE_OBJECT_MARKER {
+        if header[..2] != codec::MARKER {
             return Err(refuse("the record is not single-object encoded".into()));
         }
         let fingerprint: [u8; 8] = header[2..].try_into().unwrap_or_default();
@@ -147,8 +144,7 @@ impl SchemaRegistry {
         let id = match known {
             Some(id) => id,
             None => {
-                let (event_type, version, _) = codec::known_schemas()
-                    .find(|(_, _, fp)| *fp == fingerprint)
+                let (event_type, version) = codec::schema_of_fingerprint(&fingerprint)
                     .ok_or_else(|| refuse("its writer schema is not compiled in".into()))?;
                 self.register(event_type, version).await?
             }
@@ -186,8 +182,8 @@ impl SchemaRegistry {
                 }
             }
         };
-        let mut out = Vec::with_capacity(SINGLE_OBJECT_HEADER_LEN + body.len());
-        out.extend_from_slice(&SINGLE_OBJECT_MARKER);
+        let mut out = Vec::with_capacity(codec::HEADER_LEN + body.len());
+        out.extend_from_slice(&codec::MARKER);
         out.extend_from_slice(&fingerprint);
         out.extend_from_slice(body);
         out
