@@ -191,10 +191,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         return Err(too_short);
     };
     if *marker != MARKER {
-        if let [0, a, b, c, d, ..] = *bytes {
-            return Err(CodecError::ConfluentFramed {
-                schema_id: u32::from_be_bytes([a, b, c, d]),
-            });
+        if let Some((schema_id, _)) = confluent_framing(bytes) {
+            return Err(CodecError::ConfluentFramed { schema_id });
         }
         return Err(CodecError::BadMarker { found: *marker });
     }
@@ -250,6 +248,16 @@ pub fn fingerprint(event_type: &str, version: u32) -> Option<[u8; 8]> {
     REGISTRY
         .get(event_type, version)
         .map(|kept| kept.fingerprint)
+}
+
+/// Splits a record in the Confluent Schema Registry's wire format (byte `00`, the schema id
+/// as 4 bytes big-endian, the Avro body) into its schema id and body; `None` for any other
+/// framing.
+pub fn confluent_framing(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    match bytes.split_first_chunk::<5>() {
+        Some((&[0, a, b, c, d], body)) => Some((u32::from_be_bytes([a, b, c, d]), body)),
+        _ => None,
+    }
 }
 
 /// The kept schema (event type, version) a single-object fingerprint names.
@@ -446,10 +454,9 @@ fn check_layout(schema: &Schema, event_type: &str) -> Result<Vec<String>, String
         return Err("the top-level schema is not a record".into());
     };
     let fullname = record.name.fullname(None);
-    if fullname != format!("{NAMESPACE}.{event_type}") {
-        return Err(format!(
-            "record is named {fullname}, expected {NAMESPACE}.{event_type}"
-        ));
+    let expected = record_name(event_type);
+    if fullname != expected {
+        return Err(format!("record is named {fullname}, expected {expected}"));
     }
     let names: Vec<&str> = record.fields.iter().map(|f| f.name.as_str()).collect();
     let expected: Vec<&str> = ENVELOPE_FIELDS.iter().copied().chain(["payload"]).collect();

@@ -657,11 +657,23 @@ impl KafkaConsumer {
     /// Retries seeks that failed on an assigned partition (librdkafka refuses a seek until the
     /// partition is fetching); until then [`LogConsumer::poll`] skips that partition.
     fn retry_pending_seeks(&self) {
+        if self.pending.lock().is_empty() {
+            return;
+        }
+        // One assignment read per poll: seeks of partitions other consumers own wait here too.
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
         let waiting: Vec<((String, i32), i64)> = self
             .pending
             .lock()
             .iter()
-            .filter(|((topic, p), _)| self.is_assigned(topic, *p))
+            .filter(|((topic, p), _)| {
+                assignment
+                    .elements()
+                    .iter()
+                    .any(|e| e.topic() == topic && e.partition() == *p)
+            })
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         for ((topic, partition), next) in waiting {
@@ -678,6 +690,15 @@ impl KafkaConsumer {
                 self.pending.lock().remove(&(topic, partition));
             }
         }
+    }
+
+    /// The [`Position::partition`] numbers of Kafka (topic, partition) pairs.
+    fn packed(&self, partitions: Vec<(String, i32)>) -> Vec<u32> {
+        partitions
+            .into_iter()
+            .filter_map(|(topic, p)| self.log.position(&topic, p, 0))
+            .map(|p| p.partition)
+            .collect()
     }
 
     fn is_assigned(&self, topic: &str, partition: i32) -> bool {
@@ -778,11 +799,7 @@ impl LogConsumer for KafkaConsumer {
         // positions it afresh, so its records of this poll are dropped all the same.
         let revoked = std::mem::take(&mut *self.revoked.lock());
         if !revoked.is_empty() {
-            let gone: Vec<u32> = revoked
-                .iter()
-                .filter_map(|(topic, p)| self.log.position(topic, *p, 0))
-                .map(|p| p.partition)
-                .collect();
+            let gone = self.packed(revoked);
             out.retain(|r| !gone.contains(&r.position.partition));
         }
         if let Some(registry) = &self.log.registry {
@@ -812,11 +829,8 @@ impl LogConsumer for KafkaConsumer {
     }
 
     fn take_assigned(&mut self) -> Vec<u32> {
-        std::mem::take(&mut *self.assigned.lock())
-            .into_iter()
-            .filter_map(|(topic, p)| self.log.position(&topic, p, 0))
-            .map(|p| p.partition)
-            .collect()
+        let assigned = std::mem::take(&mut *self.assigned.lock());
+        self.packed(assigned)
     }
 
     async fn committed(&self) -> Result<Vec<Position>> {

@@ -163,10 +163,9 @@ impl SchemaRegistry {
     /// record as it is: decoding it then fails with an error that says so, and the projector
     /// dead-letters it. An unreachable registry is retried with backoff until it answers.
     pub async fn to_single_object(&self, record: Vec<u8>) -> Vec<u8> {
-        let Some((&[MAGIC, a, b, c, d], body)) = record.split_first_chunk::<HEADER_LEN>() else {
+        let Some((id, body)) = codec::confluent_framing(&record) else {
             return record;
         };
-        let id = u32::from_be_bytes([a, b, c, d]);
         let mut backoff = Duration::from_millis(100);
         let fingerprint = loop {
             match self.fingerprint_of_id(id).await {
