@@ -145,7 +145,8 @@ impl From<ServiceError> for ApiError {
                     )
                 }
             }
-            ServiceError::Store(ref s @ StoreError::Unavailable(_)) => {
+            // Busy, timed out, unreachable: the same request may well succeed shortly.
+            ServiceError::Store(ref s) if s.is_transient() => {
                 tracing::error!(error = %s, "read store unavailable");
                 ApiError {
                     retry_after: Some(1),

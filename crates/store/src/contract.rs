@@ -650,7 +650,34 @@ pub async fn late_projected_messages_are_not_skipped(store: Arc<dyn ReadStore>) 
         .await
         .expect("feed");
     assert!(empty.items.is_empty());
-    assert_eq!(empty.resume, "0");
+    assert_eq!(empty.next, None);
+    let first_for_carol = Change::AddMessage {
+        message_id: Uuid::now_v7(),
+        conversation_id: Uuid::now_v7(),
+        sender_id: s.alice,
+        recipient_id: s.carol,
+        text: "hello carol".into(),
+        client_msg_id: None,
+        sent_at: t(20),
+        position: Position::new(1, 3),
+    };
+    store
+        .apply(P, vec![first_for_carol], vec![])
+        .await
+        .expect("apply");
+    let arrived = store
+        .messages_since(s.carol, t(0), Some(&empty.resume), 10)
+        .await
+        .expect("feed");
+    assert_eq!(
+        arrived
+            .items
+            .iter()
+            .map(|m| m.text.as_deref())
+            .collect::<Vec<_>>(),
+        vec![Some("hello carol")],
+        "a message after the empty feed's cursor, in another log partition"
+    );
 }
 
 /// Applying any prefix again, or everything twice, changes nothing.

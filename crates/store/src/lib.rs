@@ -45,6 +45,17 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the read store is unavailable: {0}")]
     Unavailable(String),
+    /// A request to the Scylla store failed (after the driver's own retries).
+    #[error("read store failed while {action}: {reason}")]
+    Scylla {
+        action: &'static str,
+        /// Timeouts, unavailable replicas, overload, lost connections.
+        transient: bool,
+        reason: String,
+    },
+    /// The store's schema is missing or older than this build needs.
+    #[error("the read store's schema is not ready: {0}")]
+    Schema(String),
 }
 
 impl StoreError {
@@ -54,6 +65,7 @@ impl StoreError {
         use rusqlite::ErrorCode::*;
         match self {
             StoreError::Unavailable(_) => true,
+            StoreError::Scylla { transient, .. } => *transient,
             StoreError::Sqlite {
                 source: rusqlite::Error::SqliteFailure(e, _),
                 ..

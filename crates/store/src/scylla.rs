@@ -21,6 +21,10 @@ use sha2::{Digest, Sha256};
 
 use crate::{Result, StoreError};
 
+mod store;
+
+pub use store::{ScyllaStore, cql};
+
 /// One schema version: a file of `projections/`, compiled in.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {

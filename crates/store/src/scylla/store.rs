@@ -1,0 +1,2041 @@
+//! The production [`ReadStore`]: the tables of `projections/*.cql` on ScyllaDB or Cassandra.
+//!
+//! # Writes
+//! Every write is a prepared statement with `USING TIMESTAMP` taken from the event (see
+//! `projections/README.md`), so writes commute: applying them again, in any order, or after
+//! newer ones, leaves the same cells. That lets [`ScyllaStore::apply`] read what it needs first
+//! (where the messages it touches are, each conversation's tail), work out every write in
+//! memory, send them concurrently, and only then record the checkpoint. A crash in between
+//! re-applies the batch: harmless. A new message's rows go in one logged batch, so a
+//! redelivered message is either fully there (and skipped) or not at all (and written with
+//! the same sequence number).
+//!
+//! One projector owns a log partition at a time, and every row that is read before a write is
+//! written only from events of one partition (a conversation's, a user's), so the reads see
+//! every earlier write. During a rebalance two owners may apply the same batch: both write
+//! the same cells with the same timestamps.
+//!
+//! # Reads
+//! Each query reads one partition or a few, by key; nothing uses `ALLOW FILTERING` or a
+//! secondary index. Unread counts are derived (`peer_sent - read_peer_count - uncounted after
+//! the marker`), never counted in place.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ::scylla::client::session::Session;
+use ::scylla::errors::{ExecutionError, NextRowError, PagerExecutionError, PrepareError};
+use ::scylla::serialize::row::SerializeRow;
+use ::scylla::statement::batch::{Batch, BatchType};
+use ::scylla::statement::prepared::PreparedStatement;
+use ::scylla::value::MaybeUnset;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use missive_log::Position;
+use uuid::Uuid;
+
+use super::{MIGRATIONS, ScyllaConfig};
+use crate::{
+    Change, Conversation, FeedPage, FriendEntry, FriendshipState, HistoryQuery, Message,
+    MessageStatus, Page, ReadStore, Relation, Result, StoreError, User,
+};
+
+/// History buckets: 10 days of send time, in microseconds.
+const BUCKET_MICROS: i64 = 864_000_000_000;
+/// Feed buckets: 2^20 log offsets.
+const FEED_BUCKET_BITS: u32 = 20;
+/// Write timestamp of a registration's cells: below every profile change's (`offset + 2`).
+const REGISTRATION_TS: i64 = 1;
+/// Write timestamp of rows that only ever appear (hidden and uncounted messages).
+const MEMBERSHIP_TS: i64 = 1;
+/// Write timestamp of a deletion for everyone: a one-way change no message write can undo.
+const FOREVER_TS: i64 = 1 << 62;
+/// First-writer-wins rows are written at `FIRST_WINS_TS - event time`.
+const FIRST_WINS_TS: i64 = 1 << 62;
+/// How many writes of one batch of changes are in flight at once.
+const WRITES_IN_FLIGHT: usize = 64;
+/// How many reads one query or batch runs at once.
+const READS_IN_FLIGHT: usize = 32;
+/// Rows fetched per page when a query walks a partition.
+const CHUNK: usize = 200;
+/// Bucket rows fetched per page when history walks a conversation's buckets.
+const BUCKET_CHUNK: i32 = 32;
+
+/// The write timestamp of a cell set by the event at `offset` (0 and 1 are taken).
+fn at_offset(offset: u64) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX).saturating_add(2)
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(v: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(v)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {v} µs is out of range")))
+}
+
+fn history_bucket(sent_at_us: i64) -> i64 {
+    sent_at_us.div_euclid(BUCKET_MICROS)
+}
+
+fn feed_bucket(offset: i64) -> i64 {
+    offset >> FEED_BUCKET_BITS
+}
+
+fn ordered(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+fn partition_of(p: u32) -> Result<i32> {
+    i32::try_from(p).map_err(|_| StoreError::Corrupt(format!("log partition {p} exceeds int")))
+}
+
+macro_rules! statements {
+    ($($(#[$doc:meta])* $name:ident = $cql:expr;)*) => {
+        /// The CQL of every statement the adapter prepares (tables unqualified: the session
+        /// uses the store's keyspace). CI checks each parses and names only schema columns.
+        pub mod cql {
+            $($(#[$doc])* pub const $name: &str = $cql;)*
+            /// Which schema versions are applied: read by `open` before anything else.
+            pub const MIGRATIONS_GET: &str = "SELECT version FROM schema_migrations";
+            /// Every statement the adapter prepares.
+            pub const ALL: &[&str] = &[MIGRATIONS_GET, $($name),*];
+        }
+
+        #[allow(non_snake_case)]
+        struct Prepared {
+            $($name: PreparedStatement,)*
+        }
+
+        impl Prepared {
+            async fn prepare(session: &Session) -> Result<Self> {
+                Ok(Prepared {
+                    $($name: prepare(session, cql::$name).await?,)*
+                })
+            }
+        }
+    };
+}
+
+/// Columns of a history row, in the order [`MessageRow`] reads them.
+macro_rules! message_columns {
+    () => {
+        "seq, message_id, sender_id, recipient_id, text, client_msg_id, sent_at_us, deleted, \
+         log_partition, log_offset"
+    };
+}
+
+macro_rules! entry_columns {
+    () => {
+        "conversation_id, peer_id, last_message_id, last_seq, last_bucket, last_activity_us, \
+         peer_sent, read_seq, read_peer_count"
+    };
+}
+
+statements! {
+    CHECKPOINT_SET = "INSERT INTO checkpoints (projection, log_partition, next_offset) \
+        VALUES (?, ?, ?) USING TIMESTAMP ?";
+    CHECKPOINTS_GET = "SELECT log_partition, next_offset FROM checkpoints WHERE projection = ?";
+
+    USER_GET = "SELECT username, display_name, registered_at_us, online, last_seen_us \
+        FROM users WHERE user_id = ?";
+    USER_ADD = "INSERT INTO users (user_id, username, display_name, registered_at_us) \
+        VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+    USER_NAME_SET = "UPDATE users USING TIMESTAMP ? SET display_name = ? WHERE user_id = ?";
+    USER_ONLINE_SET = "UPDATE users USING TIMESTAMP ? SET online = ? WHERE user_id = ?";
+    USER_LAST_SEEN_SET = "UPDATE users USING TIMESTAMP ? SET last_seen_us = ? WHERE user_id = ?";
+    USERNAME_CLAIM = "INSERT INTO users_by_username (username_key, user_id) VALUES (?, ?) \
+        USING TIMESTAMP ?";
+    USERNAME_GET = "SELECT user_id FROM users_by_username WHERE username_key = ?";
+
+    FRIENDSHIP_SET = "INSERT INTO friendships (user_lo, user_hi, state, requester, since_us) \
+        VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    FRIENDSHIP_GET = "SELECT state, requester FROM friendships WHERE user_lo = ? AND user_hi = ?";
+    FRIEND_SET = "INSERT INTO friends_by_user (user_id, other_id, state, requester, since_us) \
+        VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    FRIENDS_GET = "SELECT other_id, state, requester, since_us FROM friends_by_user \
+        WHERE user_id = ?";
+
+    TAIL_GET = "SELECT user_lo, user_hi, last_seq, last_sent_at_us, sent_by_lo, sent_by_hi \
+        FROM conversations WHERE conversation_id = ?";
+    TAIL_SET = "INSERT INTO conversations (conversation_id, user_lo, user_hi, last_seq, \
+        last_sent_at_us, sent_by_lo, sent_by_hi) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    BUCKET_ADD = "INSERT INTO conversation_buckets (conversation_id, bucket) VALUES (?, ?) \
+        USING TIMESTAMP ?";
+    /// Buckets at or before one, newest first (the clustering order).
+    BUCKETS_DOWN = "SELECT bucket FROM conversation_buckets WHERE conversation_id = ? \
+        AND bucket <= ? LIMIT ?";
+    /// Buckets at or after one, oldest first.
+    BUCKETS_UP = "SELECT bucket FROM conversation_buckets WHERE conversation_id = ? \
+        AND bucket >= ? ORDER BY bucket ASC LIMIT ?";
+
+    MESSAGE_ADD = "INSERT INTO messages (conversation_id, bucket, seq, message_id, sender_id, \
+        recipient_id, text, client_msg_id, sent_at_us, deleted, sender_count, peer_count, \
+        log_partition, log_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+        USING TIMESTAMP ?";
+    MESSAGE_GET = concat!("SELECT ", message_columns!(), " FROM messages \
+        WHERE conversation_id = ? AND bucket = ? AND seq = ?");
+    /// A bucket's messages between two seqs (exclusive), newest first.
+    MESSAGES_DOWN = concat!("SELECT ", message_columns!(), " FROM messages \
+        WHERE conversation_id = ? AND bucket = ? AND seq < ? AND seq > ? LIMIT ?");
+    /// A bucket's messages between two seqs (exclusive), oldest first.
+    MESSAGES_UP = concat!("SELECT ", message_columns!(), " FROM messages \
+        WHERE conversation_id = ? AND bucket = ? AND seq < ? AND seq > ? \
+        ORDER BY seq ASC LIMIT ?");
+    MESSAGE_DELETE = "UPDATE messages USING TIMESTAMP ? SET deleted = ?, text = ? \
+        WHERE conversation_id = ? AND bucket = ? AND seq = ?";
+    LOCATION_ADD = "INSERT INTO messages_by_id (message_id, conversation_id, bucket, seq, \
+        sender_id, recipient_id, sender_count, peer_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+        USING TIMESTAMP ?";
+    LOCATION_GET = "SELECT conversation_id, bucket, seq, sender_id, recipient_id, \
+        sender_count, peer_count FROM messages_by_id WHERE message_id = ?";
+    CLIENT_ID_ADD = "INSERT INTO messages_by_client_id (sender_id, client_msg_id, message_id) \
+        VALUES (?, ?, ?) USING TIMESTAMP ?";
+    CLIENT_ID_GET = "SELECT message_id FROM messages_by_client_id \
+        WHERE sender_id = ? AND client_msg_id = ?";
+
+    ENTRY_MESSAGE_SET = "UPDATE user_conversations USING TIMESTAMP ? SET peer_id = ?, \
+        last_message_id = ?, last_seq = ?, last_bucket = ?, last_activity_us = ?, peer_sent = ? \
+        WHERE user_id = ? AND conversation_id = ?";
+    ENTRY_READ_SET = "UPDATE user_conversations USING TIMESTAMP ? SET read_seq = ?, \
+        read_peer_count = ? WHERE user_id = ? AND conversation_id = ?";
+    ENTRIES_GET = concat!("SELECT ", entry_columns!(), " FROM user_conversations \
+        WHERE user_id = ?");
+    ENTRY_GET = concat!("SELECT ", entry_columns!(), " FROM user_conversations \
+        WHERE user_id = ? AND conversation_id = ?");
+
+    HIDDEN_ADD = "INSERT INTO hidden_messages (user_id, conversation_id, seq, message_id) \
+        VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+    HIDDEN_BETWEEN = "SELECT seq FROM hidden_messages WHERE user_id = ? \
+        AND conversation_id = ? AND seq >= ? AND seq <= ?";
+    UNCOUNTED_ADD = "INSERT INTO uncounted_messages (user_id, conversation_id, seq) \
+        VALUES (?, ?, ?) USING TIMESTAMP ?";
+    UNCOUNTED_AFTER = "SELECT COUNT(*) FROM uncounted_messages WHERE user_id = ? \
+        AND conversation_id = ? AND seq > ?";
+
+    FEED_ADD = "INSERT INTO user_feed (user_id, log_partition, offset_bucket, log_offset, \
+        message_id, conversation_id, bucket, seq, sent_at_us) \
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    FEED_AFTER = "SELECT log_offset, conversation_id, bucket, seq, sent_at_us FROM user_feed \
+        WHERE user_id = ? AND log_partition = ? AND offset_bucket = ? AND log_offset > ? LIMIT ?";
+    FEED_LAST = "SELECT log_offset FROM user_feed WHERE user_id = ? AND log_partition = ? \
+        AND offset_bucket = ? ORDER BY log_offset DESC LIMIT 1";
+    /// Written with `max_sent_at_us` as its timestamp, so the cell keeps the maximum.
+    FEED_BUCKET_ADD = "INSERT INTO user_feed_buckets (user_id, log_partition, offset_bucket, \
+        max_sent_at_us) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+    FEED_BUCKETS_GET = "SELECT log_partition, offset_bucket, max_sent_at_us \
+        FROM user_feed_buckets WHERE user_id = ?";
+}
+
+// ----- errors -----
+
+fn exec_transient(e: &ExecutionError) -> bool {
+    use ::scylla::errors::{DbError, RequestAttemptError};
+    match e {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => matches!(
+            db,
+            DbError::Unavailable { .. }
+                | DbError::ReadTimeout { .. }
+                | DbError::WriteTimeout { .. }
+                | DbError::ReadFailure { .. }
+                | DbError::WriteFailure { .. }
+                | DbError::Overloaded
+                | DbError::IsBootstrapping
+                | DbError::RateLimitReached { .. }
+                | DbError::TruncateError
+                | DbError::ServerError
+        ),
+        ExecutionError::LastAttemptError(
+            RequestAttemptError::BrokenConnectionError(_)
+            | RequestAttemptError::UnableToAllocStreamId,
+        ) => true,
+        ExecutionError::RequestTimeout(_)
+        | ExecutionError::ConnectionPoolError(_)
+        | ExecutionError::EmptyPlan
+        | ExecutionError::SchemaAgreementError(_)
+        | ExecutionError::MetadataError(_) => true,
+        ExecutionError::PrepareError(p) => prepare_transient(p),
+        _ => false,
+    }
+}
+
+fn prepare_transient(e: &PrepareError) -> bool {
+    match e {
+        PrepareError::ConnectionPoolError(_) | PrepareError::PreparedStatementIdsMismatch => true,
+        PrepareError::AllAttemptsFailed { first_attempt } => {
+            exec_transient(&ExecutionError::LastAttemptError(first_attempt.clone()))
+        }
+        _ => false,
+    }
+}
+
+fn failed(action: &'static str, transient: bool, reason: impl ToString) -> StoreError {
+    StoreError::Scylla {
+        action,
+        transient,
+        reason: reason.to_string(),
+    }
+}
+
+fn exec_err(action: &'static str) -> impl FnOnce(ExecutionError) -> StoreError {
+    move |e| failed(action, exec_transient(&e), e)
+}
+
+fn pager_err(action: &'static str) -> impl FnOnce(PagerExecutionError) -> StoreError {
+    move |e| {
+        let transient = match &e {
+            PagerExecutionError::PrepareError(p) => prepare_transient(p),
+            PagerExecutionError::NextPageError(_) => true,
+            _ => false,
+        };
+        failed(action, transient, e)
+    }
+}
+
+fn row_err(action: &'static str) -> impl Fn(NextRowError) -> StoreError {
+    move |e| {
+        let transient = matches!(e, NextRowError::NextPageError(_));
+        failed(action, transient, e)
+    }
+}
+
+fn shape_err(action: &'static str) -> impl FnOnce(String) -> StoreError {
+    move |reason| StoreError::Corrupt(format!("{action}: {reason}"))
+}
+
+async fn prepare(session: &Session, cql: &'static str) -> Result<PreparedStatement> {
+    let mut statement = session.prepare(cql).await.map_err(|e| {
+        failed(
+            "preparing a statement",
+            prepare_transient(&e),
+            format!("{e} ({cql})"),
+        )
+    })?;
+    // Every write carries its own timestamp and every read is a read: all are safe to retry.
+    statement.set_is_idempotent(true);
+    Ok(statement)
+}
+
+// ----- rows -----
+
+type LocationRow = (
+    Option<Uuid>,
+    Option<i64>,
+    Option<i64>,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// Where a message is and the counts a read marker on it needs.
+#[derive(Debug, Clone, Copy)]
+struct Location {
+    conversation_id: Uuid,
+    bucket: i64,
+    seq: i64,
+    sender_id: Uuid,
+    recipient_id: Uuid,
+    /// Messages its sender had sent in the conversation, this one included.
+    sender_count: i64,
+    /// Messages its recipient had sent before it.
+    peer_count: i64,
+}
+
+impl Location {
+    fn from_row(row: LocationRow) -> Option<Self> {
+        let (conversation_id, bucket, seq, sender_id, recipient_id, sender_count, peer_count) = row;
+        Some(Location {
+            conversation_id: conversation_id?,
+            bucket: bucket?,
+            seq: seq?,
+            sender_id: sender_id?,
+            recipient_id: recipient_id?,
+            sender_count: sender_count.unwrap_or(0),
+            peer_count: peer_count.unwrap_or(0),
+        })
+    }
+}
+
+type TailRow = (
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// A conversation's tail while a batch is applied.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    user_lo: Uuid,
+    user_hi: Uuid,
+    last_seq: i64,
+    last_sent_at_us: i64,
+    sent_by_lo: i64,
+    sent_by_hi: i64,
+}
+
+impl Tail {
+    fn from_row(row: TailRow) -> Option<Self> {
+        let (user_lo, user_hi, last_seq, last_sent_at_us, sent_by_lo, sent_by_hi) = row;
+        Some(Tail {
+            user_lo: user_lo?,
+            user_hi: user_hi?,
+            last_seq: last_seq.unwrap_or(0),
+            last_sent_at_us: last_sent_at_us.unwrap_or(i64::MIN),
+            sent_by_lo: sent_by_lo.unwrap_or(0),
+            sent_by_hi: sent_by_hi.unwrap_or(0),
+        })
+    }
+
+    fn sent_by(&mut self, user: Uuid) -> &mut i64 {
+        if user == self.user_lo {
+            &mut self.sent_by_lo
+        } else {
+            &mut self.sent_by_hi
+        }
+    }
+}
+
+type MessageRow = (
+    i64,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<bool>,
+    Option<i32>,
+    Option<i64>,
+);
+
+/// A history row before the recipient's read marker turns it into a [`Message`].
+#[derive(Debug, Clone)]
+struct StoredMessage {
+    seq: i64,
+    message_id: Uuid,
+    sender_id: Uuid,
+    recipient_id: Uuid,
+    text: Option<String>,
+    client_msg_id: Option<String>,
+    sent_at_us: i64,
+    deleted: bool,
+    position: Position,
+}
+
+impl StoredMessage {
+    /// `None` for a row that holds no message (only a stray deletion).
+    fn from_row(row: MessageRow) -> Option<Self> {
+        let (seq, id, sender, recipient, text, client_msg_id, sent_at, deleted, part, offset) = row;
+        Some(StoredMessage {
+            seq,
+            message_id: id?,
+            sender_id: sender?,
+            recipient_id: recipient?,
+            text,
+            client_msg_id,
+            sent_at_us: sent_at?,
+            deleted: deleted.unwrap_or(false),
+            position: Position::new(part? as u32, offset? as u64),
+        })
+    }
+
+    fn into_message(self, conversation_id: Uuid, recipient_read_seq: i64) -> Result<Message> {
+        Ok(Message {
+            message_id: self.message_id,
+            conversation_id,
+            seq: self.seq as u64,
+            sender_id: self.sender_id,
+            recipient_id: self.recipient_id,
+            text: if self.deleted { None } else { self.text },
+            client_msg_id: self.client_msg_id,
+            sent_at: from_micros(self.sent_at_us)?,
+            deleted_for_everyone: self.deleted,
+            status: if recipient_read_seq >= self.seq {
+                MessageStatus::Read
+            } else {
+                MessageStatus::Pending
+            },
+            position: self.position,
+        })
+    }
+}
+
+type EntryRow = (
+    Uuid,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// One user's view of one conversation.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    conversation_id: Uuid,
+    peer_id: Option<Uuid>,
+    last_message_id: Option<Uuid>,
+    last_seq: Option<i64>,
+    last_bucket: Option<i64>,
+    last_activity_us: Option<i64>,
+    peer_sent: i64,
+    read_seq: i64,
+    read_peer_count: i64,
+}
+
+impl Entry {
+    fn from_row(row: EntryRow) -> Self {
+        let (conversation_id, peer_id, last_message_id, last_seq, last_bucket, last_activity) =
+            (row.0, row.1, row.2, row.3, row.4, row.5);
+        Entry {
+            conversation_id,
+            peer_id,
+            last_message_id,
+            last_seq,
+            last_bucket,
+            last_activity_us: last_activity,
+            peer_sent: row.6.unwrap_or(0),
+            read_seq: row.7.unwrap_or(0),
+            read_peer_count: row.8.unwrap_or(0),
+        }
+    }
+}
+
+type FeedRow = (i64, Option<Uuid>, Option<i64>, Option<i64>, Option<i64>);
+
+/// One entry of a user's catch-up feed.
+#[derive(Debug, Clone, Copy)]
+struct FeedEntry {
+    partition: u32,
+    offset: i64,
+    conversation_id: Uuid,
+    bucket: i64,
+    seq: i64,
+    sent_at_us: i64,
+}
+
+// ----- the store -----
+
+/// A boxed write, run later with the others of its batch.
+type PendingWrite<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+struct Inner {
+    session: Arc<Session>,
+    keyspace: String,
+    st: Prepared,
+}
+
+/// The production [`ReadStore`] on ScyllaDB or Cassandra.
+#[derive(Clone)]
+pub struct ScyllaStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaStore")
+            .field("keyspace", &self.inner.keyspace)
+            .finish()
+    }
+}
+
+impl ScyllaStore {
+    /// Connects, uses the configured keyspace, checks that every schema version is applied
+    /// (`missive store migrate`), and prepares every statement.
+    pub async fn open(config: &ScyllaConfig) -> Result<Self> {
+        let session = super::connect(config).await?;
+        let ks = &config.keyspace;
+        let not_ready = |why: String| {
+            StoreError::Schema(format!(
+                "keyspace {ks}: {why}; run `missive store migrate --store scylla://.../{ks}` first"
+            ))
+        };
+        session
+            .use_keyspace(ks.as_str(), false)
+            .await
+            .map_err(|e| not_ready(format!("cannot use it ({e})")))?;
+        let applied_query = session
+            .prepare(cql::MIGRATIONS_GET)
+            .await
+            .map_err(|e| not_ready(format!("no schema_migrations table ({e})")))?;
+        let applied: HashSet<i32> = session
+            .execute_unpaged(&applied_query, ())
+            .await
+            .map_err(exec_err("reading the applied schema versions"))?
+            .into_rows_result()
+            .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?
+            .rows::<(i32,)>()
+            .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?
+            .map(|r| r.map(|(v,)| v))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?;
+        let missing: Vec<String> = MIGRATIONS
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| format!("{} ({})", m.version, m.file))
+            .collect();
+        if !missing.is_empty() {
+            return Err(not_ready(format!(
+                "schema versions not applied: {}",
+                missing.join(", ")
+            )));
+        }
+        let st = Prepared::prepare(&session).await?;
+        Ok(ScyllaStore {
+            inner: Arc::new(Inner {
+                session,
+                keyspace: ks.clone(),
+                st,
+            }),
+        })
+    }
+
+    fn st(&self) -> &Prepared {
+        &self.inner.st
+    }
+
+    async fn write(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        action: &'static str,
+    ) -> Result<()> {
+        self.inner
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(exec_err(action))?;
+        Ok(())
+    }
+
+    /// Every row of a single-page query (one with a LIMIT, or a point read).
+    async fn rows<T>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        action: &'static str,
+    ) -> Result<Vec<T>>
+    where
+        T: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let result = self
+            .inner
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(exec_err(action))?
+            .into_rows_result()
+            .map_err(|e| e.to_string())
+            .map_err(shape_err(action))?;
+        let rows = result
+            .rows::<T>()
+            .map_err(|e| e.to_string())
+            .map_err(shape_err(action))?;
+        rows.map(|r| r.map_err(|e| e.to_string()).map_err(shape_err(action)))
+            .collect()
+    }
+
+    async fn first<T>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        action: &'static str,
+    ) -> Result<Option<T>>
+    where
+        T: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        Ok(self
+            .rows(statement, values, action)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Every row of a whole partition, fetched page by page.
+    async fn all<T>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        action: &'static str,
+    ) -> Result<Vec<T>>
+    where
+        T: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        self.inner
+            .session
+            .execute_iter(statement.clone(), values)
+            .await
+            .map_err(pager_err(action))?
+            .rows_stream::<T>()
+            .map_err(|e| e.to_string())
+            .map_err(shape_err(action))?
+            .map_err(row_err(action))
+            .try_collect()
+            .await
+    }
+
+    async fn location(&self, message_id: Uuid) -> Result<Option<Location>> {
+        Ok(self
+            .first::<LocationRow>(&self.st().LOCATION_GET, (message_id,), "locating a message")
+            .await?
+            .and_then(Location::from_row))
+    }
+
+    async fn tail(&self, conversation: Uuid) -> Result<Option<Tail>> {
+        Ok(self
+            .first::<TailRow>(
+                &self.st().TAIL_GET,
+                (conversation,),
+                "reading a conversation",
+            )
+            .await?
+            .and_then(Tail::from_row))
+    }
+
+    async fn entry(&self, user: Uuid, conversation: Uuid) -> Result<Option<Entry>> {
+        Ok(self
+            .first::<EntryRow>(
+                &self.st().ENTRY_GET,
+                (user, conversation),
+                "reading a conversation entry",
+            )
+            .await?
+            .map(Entry::from_row))
+    }
+
+    async fn read_seq(&self, user: Uuid, conversation: Uuid) -> Result<i64> {
+        Ok(self
+            .entry(user, conversation)
+            .await?
+            .map_or(0, |e| e.read_seq))
+    }
+
+    /// The seqs in `[from, to]` of a conversation that `user` hid.
+    async fn hidden_between(
+        &self,
+        user: Uuid,
+        conversation: Uuid,
+        from: i64,
+        to: i64,
+    ) -> Result<HashSet<i64>> {
+        Ok(self
+            .all::<(i64,)>(
+                &self.st().HIDDEN_BETWEEN,
+                (user, conversation, from, to),
+                "reading hidden messages",
+            )
+            .await?
+            .into_iter()
+            .map(|(seq,)| seq)
+            .collect())
+    }
+
+    async fn stored_message(
+        &self,
+        conversation: Uuid,
+        bucket: i64,
+        seq: i64,
+    ) -> Result<Option<StoredMessage>> {
+        Ok(self
+            .first::<MessageRow>(
+                &self.st().MESSAGE_GET,
+                (conversation, bucket, seq),
+                "reading a message",
+            )
+            .await?
+            .and_then(StoredMessage::from_row))
+    }
+
+    /// A message as `viewer` sees it (`None` if hidden from them); `viewer` `None` reads it
+    /// as stored.
+    async fn message_at(&self, viewer: Option<Uuid>, loc: Location) -> Result<Option<Message>> {
+        if let Some(viewer) = viewer {
+            let hidden = self
+                .hidden_between(viewer, loc.conversation_id, loc.seq, loc.seq)
+                .await?;
+            if !hidden.is_empty() {
+                return Ok(None);
+            }
+        }
+        let Some(stored) = self
+            .stored_message(loc.conversation_id, loc.bucket, loc.seq)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let read_seq = self
+            .read_seq(stored.recipient_id, loc.conversation_id)
+            .await?;
+        stored.into_message(loc.conversation_id, read_seq).map(Some)
+    }
+}
+
+// ----- applying changes -----
+
+/// One batch of changes being applied: what was read, and the writes worked out so far.
+struct Applying<'a> {
+    store: &'a ScyllaStore,
+    locations: HashMap<Uuid, Location>,
+    tails: HashMap<Uuid, Tail>,
+    writes: Vec<PendingWrite<'a>>,
+}
+
+impl<'a> Applying<'a> {
+    fn push(
+        &mut self,
+        statement: &'a PreparedStatement,
+        values: impl SerializeRow + Send + 'a,
+        action: &'static str,
+    ) {
+        let store = self.store;
+        self.writes
+            .push(Box::pin(store.write(statement, values, action)));
+    }
+
+    /// Reads, all at once, where every message the batch names is and every tail of a
+    /// conversation it adds to.
+    async fn prefetch(&mut self, changes: &[Change]) -> Result<()> {
+        let mut ids = HashSet::new();
+        let mut conversations = HashSet::new();
+        for change in changes {
+            match change {
+                Change::AddMessage {
+                    message_id,
+                    conversation_id,
+                    ..
+                } => {
+                    ids.insert(*message_id);
+                    conversations.insert(*conversation_id);
+                }
+                Change::MarkRead { up_to, .. } => {
+                    ids.insert(*up_to);
+                }
+                Change::HideMessage { message_id, .. }
+                | Change::TombstoneMessage { message_id } => {
+                    ids.insert(*message_id);
+                }
+                _ => {}
+            }
+        }
+        let store = self.store;
+        let locations: Vec<(Uuid, Option<Location>)> = futures::stream::iter(ids)
+            .map(|id| async move { Ok::<_, StoreError>((id, store.location(id).await?)) })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        self.locations
+            .extend(locations.into_iter().filter_map(|(id, l)| Some((id, l?))));
+        let tails: Vec<(Uuid, Option<Tail>)> = futures::stream::iter(conversations)
+            .map(|c| async move { Ok::<_, StoreError>((c, store.tail(c).await?)) })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        self.tails
+            .extend(tails.into_iter().filter_map(|(c, t)| Some((c, t?))));
+        Ok(())
+    }
+
+    async fn apply(&mut self, change: &Change) -> Result<()> {
+        let st = &self.store.inner.st;
+        match change {
+            Change::AddUser {
+                user_id,
+                username,
+                display_name,
+                registered_at,
+            } => {
+                let key = username.to_lowercase();
+                let registered_us = micros(*registered_at);
+                // The earliest registration keeps the name, however often later ones replay.
+                let claim_ts = FIRST_WINS_TS.saturating_sub(registered_us).max(1);
+                self.store
+                    .write(
+                        &st.USERNAME_CLAIM,
+                        (&key, *user_id, claim_ts),
+                        "claiming a username",
+                    )
+                    .await?;
+                let owner = self
+                    .store
+                    .first::<(Option<Uuid>,)>(&st.USERNAME_GET, (&key,), "checking a username")
+                    .await?
+                    .and_then(|(id,)| id);
+                if owner != Some(*user_id) {
+                    tracing::error!(%user_id, %username, "username already belongs to another user; registration not projected");
+                    return Ok(());
+                }
+                self.push(
+                    &st.USER_ADD,
+                    (
+                        *user_id,
+                        username.clone(),
+                        display_name.clone(),
+                        registered_us,
+                        REGISTRATION_TS,
+                    ),
+                    "adding a user",
+                );
+            }
+            Change::SetDisplayName {
+                user_id,
+                display_name,
+                version,
+            } => self.push(
+                &st.USER_NAME_SET,
+                (at_offset(*version), display_name.clone(), *user_id),
+                "updating a display name",
+            ),
+            Change::SetPresence {
+                user_id,
+                online,
+                at,
+                version,
+            } => {
+                self.push(
+                    &st.USER_ONLINE_SET,
+                    (at_offset(*version), *online, *user_id),
+                    "updating presence",
+                );
+                // Its own time as timestamp: last seen only moves forward.
+                let at = micros(*at);
+                self.push(
+                    &st.USER_LAST_SEEN_SET,
+                    (at, at, *user_id),
+                    "updating last seen",
+                );
+            }
+            Change::SetFriendship {
+                a,
+                b,
+                state,
+                at,
+                version,
+            } => {
+                let (lo, hi) = ordered(*a, *b);
+                let (code, requester): (i32, Option<Uuid>) = match state {
+                    FriendshipState::None => (0, None),
+                    FriendshipState::Pending { requester } => (1, Some(*requester)),
+                    FriendshipState::Friends => (2, None),
+                };
+                let (since, ts) = (micros(*at), at_offset(*version));
+                self.push(
+                    &st.FRIENDSHIP_SET,
+                    (lo, hi, code, requester, since, ts),
+                    "updating a friendship",
+                );
+                for (user, other) in [(lo, hi), (hi, lo)] {
+                    self.push(
+                        &st.FRIEND_SET,
+                        (user, other, code, requester, since, ts),
+                        "updating a friend list",
+                    );
+                }
+            }
+            Change::AddMessage { .. } => self.add_message(change)?,
+            Change::MarkRead {
+                conversation_id,
+                reader_id,
+                up_to,
+            } => {
+                let Some(loc) = self
+                    .locations
+                    .get(up_to)
+                    .filter(|l| l.conversation_id == *conversation_id)
+                    .copied()
+                else {
+                    tracing::warn!(%conversation_id, %up_to, "read marker names an unknown message; ignored");
+                    return Ok(());
+                };
+                // How many of the peer's messages are at or before the marker.
+                let read_peer_count = if loc.sender_id == *reader_id {
+                    loc.peer_count
+                } else {
+                    loc.sender_count
+                };
+                // The marked seq as timestamp: a marker only moves forward.
+                self.push(
+                    &st.ENTRY_READ_SET,
+                    (
+                        loc.seq,
+                        loc.seq,
+                        read_peer_count,
+                        *reader_id,
+                        *conversation_id,
+                    ),
+                    "moving a read marker",
+                );
+            }
+            Change::HideMessage {
+                user_id,
+                message_id,
+            } => {
+                let Some(loc) = self.locations.get(message_id).copied() else {
+                    tracing::warn!(%message_id, "hiding an unknown message; ignored");
+                    return Ok(());
+                };
+                if *user_id != loc.sender_id && *user_id != loc.recipient_id {
+                    return Ok(());
+                }
+                self.push(
+                    &st.HIDDEN_ADD,
+                    (
+                        *user_id,
+                        loc.conversation_id,
+                        loc.seq,
+                        *message_id,
+                        MEMBERSHIP_TS,
+                    ),
+                    "hiding a message",
+                );
+                if *user_id != loc.sender_id {
+                    self.push(
+                        &st.UNCOUNTED_ADD,
+                        (*user_id, loc.conversation_id, loc.seq, MEMBERSHIP_TS),
+                        "uncounting a message",
+                    );
+                }
+            }
+            Change::TombstoneMessage { message_id } => {
+                let Some(loc) = self.locations.get(message_id).copied() else {
+                    tracing::warn!(%message_id, "deleting an unknown message; ignored");
+                    return Ok(());
+                };
+                self.push(
+                    &st.MESSAGE_DELETE,
+                    (
+                        FOREVER_TS,
+                        true,
+                        None::<String>,
+                        loc.conversation_id,
+                        loc.bucket,
+                        loc.seq,
+                    ),
+                    "deleting a message",
+                );
+                self.push(
+                    &st.UNCOUNTED_ADD,
+                    (
+                        loc.recipient_id,
+                        loc.conversation_id,
+                        loc.seq,
+                        MEMBERSHIP_TS,
+                    ),
+                    "uncounting a message",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Numbers a message unknown so far and writes all its rows in one logged batch.
+    fn add_message(&mut self, change: &Change) -> Result<()> {
+        let Change::AddMessage {
+            message_id,
+            conversation_id,
+            sender_id,
+            recipient_id,
+            text,
+            client_msg_id,
+            sent_at,
+            position,
+        } = change
+        else {
+            return Ok(());
+        };
+        if self.locations.contains_key(message_id) {
+            return Ok(()); // redelivered
+        }
+        let tail = self.tails.entry(*conversation_id).or_insert_with(|| {
+            let (user_lo, user_hi) = ordered(*sender_id, *recipient_id);
+            Tail {
+                user_lo,
+                user_hi,
+                last_seq: 0,
+                last_sent_at_us: i64::MIN,
+                sent_by_lo: 0,
+                sent_by_hi: 0,
+            }
+        });
+        let seq = tail.last_seq + 1;
+        // Times are kept monotonic in seq (see the SQLite store): `since` bounds seq exactly,
+        // and the history bucket never decreases along a conversation.
+        let sent_at_us = micros(*sent_at).max(tail.last_sent_at_us);
+        let bucket = history_bucket(sent_at_us);
+        let peer_count = *tail.sent_by(*recipient_id);
+        let sender_count = *tail.sent_by(*sender_id) + 1;
+        *tail.sent_by(*sender_id) = sender_count;
+        tail.last_seq = seq;
+        tail.last_sent_at_us = sent_at_us;
+        let tail = *tail;
+        self.locations.insert(
+            *message_id,
+            Location {
+                conversation_id: *conversation_id,
+                bucket,
+                seq,
+                sender_id: *sender_id,
+                recipient_id: *recipient_id,
+                sender_count,
+                peer_count,
+            },
+        );
+
+        let ts = at_offset(position.offset);
+        let partition = partition_of(position.partition)?;
+        let offset = position.offset as i64;
+        let feed_bucket = feed_bucket(offset);
+        let (conv, id, sender, recipient) =
+            (*conversation_id, *message_id, *sender_id, *recipient_id);
+        let st = &self.store.inner.st;
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_is_idempotent(true);
+        for statement in [
+            &st.MESSAGE_ADD,
+            &st.LOCATION_ADD,
+            &st.TAIL_SET,
+            &st.BUCKET_ADD,
+            &st.ENTRY_MESSAGE_SET,
+            &st.ENTRY_MESSAGE_SET,
+            &st.FEED_ADD,
+            &st.FEED_ADD,
+            &st.FEED_BUCKET_ADD,
+            &st.FEED_BUCKET_ADD,
+        ] {
+            batch.append_statement(statement.clone());
+        }
+        let message_row = (
+            conv,
+            bucket,
+            seq,
+            id,
+            sender,
+            recipient,
+            text.clone(),
+            match client_msg_id {
+                Some(c) => MaybeUnset::Set(c.clone()),
+                None => MaybeUnset::Unset,
+            },
+            sent_at_us,
+            false,
+            sender_count,
+            peer_count,
+            partition,
+            offset,
+            ts,
+        );
+        let location_row = (
+            id,
+            conv,
+            bucket,
+            seq,
+            sender,
+            recipient,
+            sender_count,
+            peer_count,
+            ts,
+        );
+        let tail_row = (
+            conv,
+            tail.user_lo,
+            tail.user_hi,
+            tail.last_seq,
+            tail.last_sent_at_us,
+            tail.sent_by_lo,
+            tail.sent_by_hi,
+            ts,
+        );
+        let bucket_row = (conv, bucket, ts);
+        // Each side's entry: the peer, the latest message, and how many the peer has sent.
+        let sender_entry = (
+            ts, recipient, id, seq, bucket, sent_at_us, peer_count, sender, conv,
+        );
+        let recipient_entry = (
+            ts,
+            sender,
+            id,
+            seq,
+            bucket,
+            sent_at_us,
+            sender_count,
+            recipient,
+            conv,
+        );
+        let feed = |user: Uuid| {
+            (
+                user,
+                partition,
+                feed_bucket,
+                offset,
+                id,
+                conv,
+                bucket,
+                seq,
+                sent_at_us,
+                ts,
+            )
+        };
+        let feed_bucket_row = |user: Uuid| (user, partition, feed_bucket, sent_at_us, sent_at_us);
+        let store = self.store;
+        let rows = (
+            message_row,
+            location_row,
+            tail_row,
+            bucket_row,
+            sender_entry,
+            recipient_entry,
+            feed(sender),
+            feed(recipient),
+            feed_bucket_row(sender),
+            feed_bucket_row(recipient),
+        );
+        self.writes.push(Box::pin(async move {
+            store
+                .inner
+                .session
+                .batch(&batch, rows)
+                .await
+                .map_err(exec_err("storing a message"))?;
+            Ok(())
+        }));
+        if let Some(client_msg_id) = client_msg_id {
+            // The first send of a key keeps it (events of one sender can sit in different log
+            // partitions, whose offsets do not compare).
+            let claim_ts = FIRST_WINS_TS.saturating_sub(micros(*sent_at)).max(1);
+            self.push(
+                &st.CLIENT_ID_ADD,
+                (sender, client_msg_id.clone(), id, claim_ts),
+                "recording a client message id",
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs every pending write, at most [`WRITES_IN_FLIGHT`] at once.
+    async fn flush(&mut self) -> Result<()> {
+        let writes = std::mem::take(&mut self.writes);
+        futures::stream::iter(writes)
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+    }
+}
+
+// ----- cursors -----
+
+/// A conversation-list cursor: `<micros>.<uuid>` (the same form as the embedded store's).
+fn parse_list_cursor(cursor: &str) -> Option<(i64, Uuid)> {
+    let (t, id) = cursor.split_once('.')?;
+    Some((t.parse().ok()?, Uuid::parse_str(id).ok()?))
+}
+
+/// A feed cursor: the last offset read in each log partition, as `f<p>.<offset>_<p>.<offset>`
+/// (`f` alone before anything was read).
+fn parse_feed_cursor(cursor: &str) -> Option<BTreeMap<u32, i64>> {
+    let rest = cursor.strip_prefix('f')?;
+    let mut out = BTreeMap::new();
+    if rest.is_empty() {
+        return Some(out);
+    }
+    for part in rest.split('_') {
+        let (p, o) = part.split_once('.')?;
+        let offset: i64 = o.parse().ok().filter(|o| *o >= 0)?;
+        if out.insert(p.parse::<u32>().ok()?, offset).is_some() {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+fn feed_cursor(positions: &BTreeMap<u32, i64>) -> String {
+    let parts: Vec<String> = positions.iter().map(|(p, o)| format!("{p}.{o}")).collect();
+    format!("f{}", parts.join("_"))
+}
+
+fn page<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().map(cursor) } else { None };
+    Page { items, next }
+}
+
+/// What a feed read found in one log partition.
+#[derive(Debug, Default)]
+struct PartitionScan {
+    /// Visible entries at or after `since`, in offset order.
+    entries: VecDeque<FeedEntry>,
+    /// Whether the partition holds nothing more after them.
+    exhausted: bool,
+    /// The last offset of the partition's last bucket, when the scan reached it.
+    end: Option<i64>,
+}
+
+impl ScyllaStore {
+    fn user_from(&self, id: Uuid, row: UserRow) -> Result<Option<User>> {
+        let (username, display_name, registered_at, online, last_seen) = row;
+        let (Some(username), Some(registered_at)) = (username, registered_at) else {
+            return Ok(None); // a profile or presence change of a user never registered here
+        };
+        Ok(Some(User {
+            id,
+            username,
+            display_name: display_name.unwrap_or_default(),
+            registered_at: from_micros(registered_at)?,
+            online: online.unwrap_or(false),
+            last_seen: last_seen.map(from_micros).transpose()?,
+        }))
+    }
+
+    /// Reads one log partition of `user`'s feed after `after` (or, without a cursor, from the
+    /// first bucket that can hold messages at or after `since`), until `want` visible
+    /// entries at or after `since` are found or the partition ends.
+    async fn scan_feed_partition(
+        &self,
+        user: Uuid,
+        partition: u32,
+        buckets: &[(i64, Option<i64>)],
+        after: Option<i64>,
+        since_us: i64,
+        want: usize,
+    ) -> Result<PartitionScan> {
+        let part = partition_of(partition)?;
+        let mut scan = PartitionScan::default();
+        let last_bucket = buckets.last().map(|(b, _)| *b);
+        let candidates = buckets.iter().filter(|(bucket, max_sent)| match after {
+            Some(c) => *bucket >= feed_bucket(c),
+            // Every message of a bucket whose latest is before `since` is left out anyway.
+            None => max_sent.is_none_or(|m| m >= since_us),
+        });
+        let mut cursor = after.unwrap_or(-1);
+        for (bucket, _) in candidates {
+            loop {
+                let rows: Vec<FeedRow> = self
+                    .rows(
+                        &self.st().FEED_AFTER,
+                        (user, part, *bucket, cursor, CHUNK as i32),
+                        "reading a feed",
+                    )
+                    .await?;
+                let entries: Vec<FeedEntry> = rows
+                    .iter()
+                    .filter_map(|&(offset, conv, b, seq, sent)| {
+                        Some(FeedEntry {
+                            partition,
+                            offset,
+                            conversation_id: conv?,
+                            bucket: b?,
+                            seq: seq?,
+                            sent_at_us: sent?,
+                        })
+                    })
+                    .collect();
+                let hidden = self.hidden_among(user, &entries).await?;
+                for e in &entries {
+                    cursor = cursor.max(e.offset);
+                    if e.sent_at_us >= since_us && !hidden.contains(&(e.conversation_id, e.seq)) {
+                        scan.entries.push_back(*e);
+                    }
+                }
+                if let Some((offset, ..)) = rows.last() {
+                    cursor = cursor.max(*offset);
+                }
+                if scan.entries.len() >= want {
+                    return Ok(scan);
+                }
+                if rows.len() < CHUNK {
+                    break;
+                }
+            }
+            if Some(*bucket) == last_bucket {
+                scan.end = Some(cursor);
+            }
+        }
+        scan.exhausted = true;
+        Ok(scan)
+    }
+
+    /// Which of `entries` `user` hid, as (conversation, seq): one read per conversation.
+    async fn hidden_among(
+        &self,
+        user: Uuid,
+        entries: &[FeedEntry],
+    ) -> Result<HashSet<(Uuid, i64)>> {
+        let mut ranges: HashMap<Uuid, (i64, i64)> = HashMap::new();
+        for e in entries {
+            let r = ranges.entry(e.conversation_id).or_insert((e.seq, e.seq));
+            r.0 = r.0.min(e.seq);
+            r.1 = r.1.max(e.seq);
+        }
+        let found: Vec<Vec<(Uuid, i64)>> = futures::stream::iter(ranges)
+            .map(|(conv, (from, to))| async move {
+                let seqs = self.hidden_between(user, conv, from, to).await?;
+                Ok::<_, StoreError>(seqs.into_iter().map(|s| (conv, s)).collect())
+            })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Builds one entry of `user`'s conversation list (`None` if the peer is unknown).
+    async fn conversation(&self, user: Uuid, entry: Entry) -> Result<Option<Conversation>> {
+        let (Some(peer_id), Some(activity)) = (entry.peer_id, entry.last_activity_us) else {
+            return Ok(None);
+        };
+        let conv = entry.conversation_id;
+        let (peer, uncounted, last) = futures::try_join!(
+            self.user(peer_id),
+            async {
+                Ok::<_, StoreError>(
+                    self.first::<(i64,)>(
+                        &self.st().UNCOUNTED_AFTER,
+                        (user, conv, entry.read_seq),
+                        "counting unread messages",
+                    )
+                    .await?
+                    .map_or(0, |(n,)| n),
+                )
+            },
+            self.preview(user, peer_id, entry),
+        )?;
+        let Some(peer) = peer else {
+            return Ok(None);
+        };
+        Ok(Some(Conversation {
+            conversation_id: conv,
+            peer,
+            last_message: last,
+            unread_count: (entry.peer_sent - entry.read_peer_count - uncounted).max(0) as u64,
+            last_activity_at: from_micros(activity)?,
+        }))
+    }
+
+    /// The latest message of a conversation that `user` can see.
+    async fn preview(&self, user: Uuid, peer: Uuid, entry: Entry) -> Result<Option<Message>> {
+        let conv = entry.conversation_id;
+        let (Some(_), Some(seq), Some(bucket)) =
+            (entry.last_message_id, entry.last_seq, entry.last_bucket)
+        else {
+            return Ok(None);
+        };
+        let hidden = !self.hidden_between(user, conv, seq, seq).await?.is_empty();
+        let stored = if hidden {
+            None
+        } else {
+            self.stored_message(conv, bucket, seq).await?
+        };
+        let Some(stored) = stored else {
+            // Hidden from this user: the one before it they can see.
+            let page = self
+                .history(
+                    user,
+                    conv,
+                    HistoryQuery {
+                        limit: 1,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            return Ok(page.items.into_iter().next());
+        };
+        let read_seq = if stored.recipient_id == user {
+            entry.read_seq
+        } else {
+            self.read_seq(peer, conv).await?
+        };
+        stored.into_message(conv, read_seq).map(Some)
+    }
+
+    /// Appends to `out` the visible messages of one history bucket between `lower` and `upper`
+    /// (exclusive) in the given direction, until `out` holds `want`. Returns false when the
+    /// walk must stop (enough found, or older than `since` while descending).
+    #[allow(clippy::too_many_arguments)]
+    async fn history_bucket(
+        &self,
+        viewer: Uuid,
+        conv: Uuid,
+        bucket: i64,
+        (lower, upper): (i64, i64),
+        since_us: Option<i64>,
+        ascending: bool,
+        want: usize,
+        out: &mut Vec<StoredMessage>,
+    ) -> Result<bool> {
+        let (mut lower, mut upper) = (lower, upper);
+        loop {
+            let fetch = (want - out.len()).clamp(16, CHUNK);
+            let statement = if ascending {
+                &self.st().MESSAGES_UP
+            } else {
+                &self.st().MESSAGES_DOWN
+            };
+            let rows: Vec<MessageRow> = self
+                .rows(
+                    statement,
+                    (conv, bucket, upper, lower, fetch as i32),
+                    "reading history",
+                )
+                .await?;
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+                return Ok(true);
+            };
+            let hidden = self
+                .hidden_between(viewer, conv, first.0.min(last.0), first.0.max(last.0))
+                .await?;
+            let fetched = rows.len();
+            for row in rows {
+                let seq = row.0;
+                if ascending {
+                    lower = seq;
+                } else {
+                    upper = seq;
+                }
+                let Some(m) = StoredMessage::from_row(row) else {
+                    continue;
+                };
+                if let Some(since) = since_us
+                    && m.sent_at_us < since
+                {
+                    if ascending {
+                        continue;
+                    }
+                    // Times are monotonic in seq: everything further back is older still.
+                    return Ok(false);
+                }
+                if hidden.contains(&seq) {
+                    continue;
+                }
+                out.push(m);
+                if out.len() >= want {
+                    return Ok(false);
+                }
+            }
+            if fetched < fetch {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+type UserRow = (
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<bool>,
+    Option<i64>,
+);
+
+#[async_trait]
+impl ReadStore for ScyllaStore {
+    async fn apply(
+        &self,
+        projection: &str,
+        changes: Vec<Change>,
+        checkpoint: Vec<Position>,
+    ) -> Result<()> {
+        let mut applying = Applying {
+            store: self,
+            locations: HashMap::new(),
+            tails: HashMap::new(),
+            writes: Vec::new(),
+        };
+        applying.prefetch(&changes).await?;
+        for change in &changes {
+            applying.apply(change).await?;
+        }
+        applying.flush().await?;
+        // Only once every change is stored: a crash before this re-applies the batch.
+        for p in &checkpoint {
+            let offset = p.offset as i64;
+            applying.push(
+                &self.st().CHECKPOINT_SET,
+                (
+                    projection.to_owned(),
+                    partition_of(p.partition)?,
+                    offset,
+                    offset.saturating_add(1),
+                ),
+                "writing a checkpoint",
+            );
+        }
+        applying.flush().await
+    }
+
+    async fn checkpoints(&self, projection: &str) -> Result<Vec<Position>> {
+        let rows: Vec<(i32, Option<i64>)> = self
+            .all(
+                &self.st().CHECKPOINTS_GET,
+                (projection,),
+                "reading checkpoints",
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(p, o)| Some(Position::new(p as u32, o? as u64)))
+            .collect())
+    }
+
+    async fn user(&self, id: Uuid) -> Result<Option<User>> {
+        match self
+            .first::<UserRow>(&self.st().USER_GET, (id,), "reading a user")
+            .await?
+        {
+            Some(row) => self.user_from(id, row),
+            None => Ok(None),
+        }
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
+        let owner = self
+            .first::<(Option<Uuid>,)>(
+                &self.st().USERNAME_GET,
+                (username.to_lowercase(),),
+                "looking up a username",
+            )
+            .await?
+            .and_then(|(id,)| id);
+        match owner {
+            Some(id) => self.user(id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn friendship(&self, a: Uuid, b: Uuid) -> Result<FriendshipState> {
+        let (lo, hi) = ordered(a, b);
+        let row = self
+            .first::<(Option<i32>, Option<Uuid>)>(
+                &self.st().FRIENDSHIP_GET,
+                (lo, hi),
+                "reading a friendship",
+            )
+            .await?;
+        Ok(match row {
+            Some((Some(1), Some(requester))) => FriendshipState::Pending { requester },
+            Some((Some(2), _)) => FriendshipState::Friends,
+            _ => FriendshipState::None,
+        })
+    }
+
+    async fn friends(&self, user: Uuid) -> Result<Vec<FriendEntry>> {
+        let rows: Vec<(Uuid, Option<i32>, Option<Uuid>, Option<i64>)> = self
+            .all(&self.st().FRIENDS_GET, (user,), "reading a friend list")
+            .await?;
+        let relations = rows
+            .into_iter()
+            .filter_map(|(other, state, requester, since)| {
+                let relation = match (state?, requester) {
+                    (0, _) => return None,
+                    (2, _) => Relation::Friend,
+                    (_, Some(r)) if r == user => Relation::OutgoingRequest,
+                    _ => Relation::IncomingRequest,
+                };
+                Some((other, relation, since.unwrap_or(0)))
+            });
+        let mut entries: Vec<FriendEntry> = futures::stream::iter(relations)
+            .map(|(other, relation, since)| async move {
+                let Some(user) = self.user(other).await? else {
+                    return Ok(None);
+                };
+                Ok::<_, StoreError>(Some(FriendEntry {
+                    user,
+                    relation,
+                    since: from_micros(since)?,
+                }))
+            })
+            .buffered(READS_IN_FLIGHT)
+            .try_filter_map(|e| async move { Ok(e) })
+            .try_collect()
+            .await?;
+        entries.sort_by(|a, b| b.since.cmp(&a.since).then(a.user.id.cmp(&b.user.id)));
+        Ok(entries)
+    }
+
+    async fn conversations(
+        &self,
+        user: Uuid,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Conversation>> {
+        let (before_at, before_id) = match cursor {
+            Some(c) => {
+                parse_list_cursor(c).ok_or_else(|| StoreError::InvalidCursor(c.to_owned()))?
+            }
+            None => (i64::MAX, Uuid::max()),
+        };
+        // One partition per user: every conversation they have, ordered here by activity.
+        let rows: Vec<EntryRow> = self
+            .all(
+                &self.st().ENTRIES_GET,
+                (user,),
+                "reading a conversation list",
+            )
+            .await?;
+        let mut entries: Vec<Entry> = rows
+            .into_iter()
+            .map(Entry::from_row)
+            .filter(|e| e.peer_id.is_some())
+            .filter(|e| {
+                let at = e.last_activity_us.unwrap_or(i64::MIN);
+                (at, e.conversation_id) < (before_at, before_id)
+            })
+            .collect();
+        entries.sort_by(|a, b| {
+            (b.last_activity_us, b.conversation_id).cmp(&(a.last_activity_us, a.conversation_id))
+        });
+        let want = limit + 1;
+        let mut items = Vec::new();
+        let mut rest = entries.as_slice();
+        while items.len() < want && !rest.is_empty() {
+            let take = (want - items.len()).min(rest.len());
+            let (chunk, tail) = rest.split_at(take);
+            rest = tail;
+            let built: Vec<Option<Conversation>> = futures::stream::iter(chunk.iter().copied())
+                .map(|e| self.conversation(user, e))
+                .buffered(READS_IN_FLIGHT)
+                .try_collect()
+                .await?;
+            items.extend(built.into_iter().flatten());
+        }
+        Ok(page(items, limit, |c: &Conversation| {
+            format!("{}.{}", micros(c.last_activity_at), c.conversation_id)
+        }))
+    }
+
+    async fn participants(&self, conversation: Uuid) -> Result<Option<(Uuid, Uuid)>> {
+        Ok(self
+            .tail(conversation)
+            .await?
+            .map(|t| (t.user_lo, t.user_hi)))
+    }
+
+    async fn history(
+        &self,
+        viewer: Uuid,
+        conversation: Uuid,
+        query: HistoryQuery,
+    ) -> Result<Page<Message>> {
+        let conv = conversation;
+        let cursor = |id: Uuid| async move {
+            self.location(id)
+                .await?
+                .filter(|l| l.conversation_id == conv)
+                .ok_or(StoreError::UnknownCursor(id))
+        };
+        let before = match query.before {
+            Some(id) => Some(cursor(id).await?),
+            None => None,
+        };
+        let after = match query.after {
+            Some(id) => Some(cursor(id).await?),
+            None => None,
+        };
+        let Some(tail) = self.tail(conv).await? else {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        };
+        let upper = before.map_or(i64::MAX, |l| l.seq);
+        let lower = after.map_or(0, |l| l.seq);
+        let since_us = query.since.map(micros);
+        let want = query.limit + 1;
+        let ascending = query.ascending();
+        let mut found: Vec<StoredMessage> = Vec::new();
+        if ascending {
+            let mut from = after.map_or(i64::MIN, |l| l.bucket);
+            if let Some(since) = since_us {
+                from = from.max(history_bucket(since));
+            }
+            'walk: loop {
+                let buckets: Vec<(i64,)> = self
+                    .rows(
+                        &self.st().BUCKETS_UP,
+                        (conv, from, BUCKET_CHUNK),
+                        "reading history buckets",
+                    )
+                    .await?;
+                for &(bucket,) in &buckets {
+                    let go_on = self
+                        .history_bucket(
+                            viewer,
+                            conv,
+                            bucket,
+                            (lower, upper),
+                            since_us,
+                            true,
+                            want,
+                            &mut found,
+                        )
+                        .await?;
+                    if !go_on {
+                        break 'walk;
+                    }
+                }
+                match buckets.last() {
+                    Some(&(last,)) if buckets.len() == BUCKET_CHUNK as usize => from = last + 1,
+                    _ => break,
+                }
+            }
+        } else {
+            let mut from = before.map_or(i64::MAX, |l| l.bucket);
+            let floor = after.map_or(i64::MIN, |l| l.bucket);
+            'walk: loop {
+                let buckets: Vec<(i64,)> = self
+                    .rows(
+                        &self.st().BUCKETS_DOWN,
+                        (conv, from, BUCKET_CHUNK),
+                        "reading history buckets",
+                    )
+                    .await?;
+                for &(bucket,) in &buckets {
+                    if bucket < floor {
+                        break 'walk;
+                    }
+                    let go_on = self
+                        .history_bucket(
+                            viewer,
+                            conv,
+                            bucket,
+                            (lower, upper),
+                            since_us,
+                            false,
+                            want,
+                            &mut found,
+                        )
+                        .await?;
+                    if !go_on {
+                        break 'walk;
+                    }
+                }
+                match buckets.last() {
+                    Some(&(last,)) if buckets.len() == BUCKET_CHUNK as usize => from = last - 1,
+                    _ => break,
+                }
+            }
+        }
+        let (lo_read, hi_read) = futures::try_join!(
+            self.read_seq(tail.user_lo, conv),
+            self.read_seq(tail.user_hi, conv)
+        )?;
+        let items = found
+            .into_iter()
+            .map(|m| {
+                let read_seq = if m.recipient_id == tail.user_lo {
+                    lo_read
+                } else {
+                    hi_read
+                };
+                m.into_message(conv, read_seq)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page(items, query.limit, |m: &Message| {
+            m.message_id.to_string()
+        }))
+    }
+
+    async fn messages_since(
+        &self,
+        user: Uuid,
+        since: DateTime<Utc>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<FeedPage> {
+        let mut cursor = match after {
+            Some(c) => {
+                parse_feed_cursor(c).ok_or_else(|| StoreError::InvalidCursor(c.to_owned()))?
+            }
+            None => BTreeMap::new(),
+        };
+        let since_us = micros(since);
+        let rows: Vec<(i32, i64, Option<i64>)> = self
+            .all(
+                &self.st().FEED_BUCKETS_GET,
+                (user,),
+                "reading a feed's buckets",
+            )
+            .await?;
+        let mut buckets: BTreeMap<u32, Vec<(i64, Option<i64>)>> = BTreeMap::new();
+        for (p, bucket, max_sent) in rows {
+            buckets
+                .entry(p as u32)
+                .or_default()
+                .push((bucket, max_sent));
+        }
+        let want = limit + 1;
+        let work: Vec<(u32, Vec<(i64, Option<i64>)>, Option<i64>)> = buckets
+            .iter()
+            .map(|(p, list)| (*p, list.clone(), cursor.get(p).copied()))
+            .collect();
+        let scans: Vec<(u32, PartitionScan)> = futures::stream::iter(work)
+            .map(|(p, list, from)| async move {
+                let scan = self
+                    .scan_feed_partition(user, p, &list, from, since_us, want)
+                    .await?;
+                Ok::<_, StoreError>((p, scan))
+            })
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut scans: BTreeMap<u32, PartitionScan> = scans.into_iter().collect();
+        // Merge the partitions by send time, taking each in offset order: every partition's
+        // taken entries are a prefix of it, so its cursor is the last one taken.
+        let mut taken: Vec<FeedEntry> = Vec::new();
+        while taken.len() < limit {
+            let next = scans
+                .iter()
+                .filter_map(|(p, s)| {
+                    s.entries
+                        .front()
+                        .map(|e| ((e.sent_at_us, *p, e.offset), *p))
+                })
+                .min();
+            let Some((_, p)) = next else { break };
+            let Some(entry) = scans.get_mut(&p).and_then(|s| s.entries.pop_front()) else {
+                break;
+            };
+            taken.push(entry);
+        }
+        for e in &taken {
+            let c = cursor.entry(e.partition).or_insert(e.offset);
+            *c = (*c).max(e.offset);
+        }
+        let more = scans.values().any(|s| !s.entries.is_empty());
+        if !more {
+            // Everything up to each partition's end was read or left out for good: resume
+            // after it, so a later poll sees only what reaches the read models from now on.
+            for (p, scan) in &scans {
+                let end = match scan.end {
+                    Some(end) => Some(end),
+                    None => match buckets.get(p).and_then(|b| b.last()) {
+                        Some(&(last_bucket, _)) => self
+                            .first::<(i64,)>(
+                                &self.st().FEED_LAST,
+                                (user, partition_of(*p)?, last_bucket),
+                                "reading a feed's end",
+                            )
+                            .await?
+                            .map(|(o,)| o),
+                        None => None,
+                    },
+                };
+                if let Some(end) = end.filter(|e| *e >= 0) {
+                    let c = cursor.entry(*p).or_insert(end);
+                    *c = (*c).max(end);
+                }
+            }
+        }
+        let messages: Vec<Option<StoredMessage>> = futures::stream::iter(taken.iter().copied())
+            .map(|e| self.stored_message(e.conversation_id, e.bucket, e.seq))
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let pairs: HashSet<(Uuid, Uuid)> = taken
+            .iter()
+            .zip(&messages)
+            .filter_map(|(e, m)| m.as_ref().map(|m| (m.recipient_id, e.conversation_id)))
+            .collect();
+        let read_seqs: HashMap<(Uuid, Uuid), i64> = futures::stream::iter(pairs)
+            .map(|(recipient, conv)| async move {
+                Ok::<_, StoreError>(((recipient, conv), self.read_seq(recipient, conv).await?))
+            })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut items = Vec::with_capacity(taken.len());
+        for (e, m) in taken.iter().zip(messages) {
+            let Some(m) = m else { continue };
+            let read_seq = read_seqs
+                .get(&(m.recipient_id, e.conversation_id))
+                .copied()
+                .unwrap_or(0);
+            items.push(m.into_message(e.conversation_id, read_seq)?);
+        }
+        let resume = feed_cursor(&cursor);
+        Ok(FeedPage {
+            next: more.then(|| resume.clone()),
+            resume,
+            items,
+        })
+    }
+
+    async fn message(&self, viewer: Uuid, message_id: Uuid) -> Result<Option<Message>> {
+        let Some(loc) = self.location(message_id).await? else {
+            return Ok(None);
+        };
+        if viewer != loc.sender_id && viewer != loc.recipient_id {
+            return Ok(None);
+        }
+        self.message_at(Some(viewer), loc).await
+    }
+
+    async fn message_by_client_id(
+        &self,
+        sender: Uuid,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>> {
+        let id = self
+            .first::<(Option<Uuid>,)>(
+                &self.st().CLIENT_ID_GET,
+                (sender, client_msg_id),
+                "looking up a client message id",
+            )
+            .await?
+            .and_then(|(id,)| id);
+        let Some(id) = id else { return Ok(None) };
+        match self.location(id).await? {
+            Some(loc) => self.message_at(None, loc).await,
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_cursors_round_trip_and_reject_garbage() {
+        let mut positions = BTreeMap::new();
+        assert_eq!(feed_cursor(&positions), "f");
+        assert_eq!(parse_feed_cursor("f"), Some(BTreeMap::new()));
+        positions.insert(3, 99);
+        positions.insert(0, 17);
+        let text = feed_cursor(&positions);
+        assert_eq!(text, "f0.17_3.99");
+        assert_eq!(parse_feed_cursor(&text), Some(positions));
+        for bad in [
+            "", "garbage", "f0", "f0.x", "f-1.2", "f0.-2", "f0.1_0.2", "0.1", "f0.1_",
+        ] {
+            assert_eq!(parse_feed_cursor(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn buckets_split_time_and_offsets() {
+        assert_eq!(history_bucket(0), 0);
+        assert_eq!(history_bucket(BUCKET_MICROS - 1), 0);
+        assert_eq!(history_bucket(BUCKET_MICROS), 1);
+        assert_eq!(
+            history_bucket(-1),
+            -1,
+            "times before 1970 get their own buckets"
+        );
+        assert_eq!(feed_bucket((1 << 20) - 1), 0);
+        assert_eq!(feed_bucket(1 << 20), 1);
+        assert!(at_offset(0) > REGISTRATION_TS && at_offset(0) > MEMBERSHIP_TS);
+        assert!(
+            at_offset(u64::MAX) == i64::MAX,
+            "saturates instead of wrapping"
+        );
+    }
+}
