@@ -63,7 +63,8 @@ pub async fn retry(log: &dyn EventLog, store: &dyn ReadStore) -> anyhow::Result<
     Ok(outcome)
 }
 
-/// The embedded read store of a data directory.
+/// The embedded read store of a data directory (`missive dlq retry` opens whichever store
+/// `--store` names, through [`crate::server::StoreBackend`]).
 pub fn open_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(&data_dir.join("read.db")).context("opening the read store")
+    crate::server::open_embedded_store(data_dir)
 }

@@ -1,11 +1,13 @@
-//! The `missive` command's library side: wiring the embedded stack together.
+//! The `missive` command's library side: wiring the log, the read store, the projector and
+//! the HTTP API together.
 //!
-//! [`server::start`] opens the log and the read store in a data directory, starts the
-//! projector and the HTTP API, and hands back a [`server::Running`] handle. `missive serve`
-//! and the end-to-end tests both use it.
+//! [`server::start`] opens the configured log ([`server::LogBackend`]: embedded or Kafka) and
+//! read store ([`server::StoreBackend`]: embedded or Scylla), starts the projector and/or the
+//! HTTP API, and hands back a [`server::Running`] handle. `missive serve`, `api` and `project`
+//! and the end-to-end tests all use it.
 //!
 //! # Layout
-//! - [`server`]: configuration and start-up of the embedded server.
+//! - [`server`]: configuration and start-up of the server, and the choice of log and store.
 //! - [`secret`]: the JWT secret kept in the data directory.
 //! - [`dlq`]: listing and retrying dead letters.
 

@@ -1,4 +1,5 @@
-//! `missive`: run the server, or mint a token.
+//! `missive`: run the server (whole, or as API and projector parts), manage the Kafka topics
+//! and the Scylla schema, handle dead letters, or mint a token.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use missive_cli::server::{LogBackend, Role, ServerConfig, start};
+use missive_cli::server::{LogBackend, Role, ServerConfig, StoreBackend, start};
 use missive_log::sqlite::Durability;
 use missive_telemetry::LogFormat;
 use uuid::Uuid;
@@ -113,7 +114,8 @@ enum TopicsCommand {
 /// Flags of `serve`, `api` and `project`.
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Directory holding the event log, the read models and the generated JWT secret.
+    /// Directory holding the embedded event log and read store (when those are used) and the
+    /// generated JWT secret.
     #[arg(long, env = "MISSIVE_DATA_DIR", default_value = "./missive-data")]
     data_dir: PathBuf,
     /// Address the HTTP API listens on.
@@ -131,6 +133,8 @@ struct ServeArgs {
     max_text_chars: usize,
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    store: ReadStoreArgs,
     /// Lifetime of tokens issued at registration, in days.
     #[arg(long, env = "MISSIVE_TOKEN_TTL_DAYS", default_value_t = 30)]
     token_ttl_days: u64,
@@ -146,6 +150,7 @@ impl ServeArgs {
         config.listen = self.listen;
         config.jwt_secret = self.jwt_secret.map(String::into_bytes);
         config.log = self.log.backend()?;
+        config.store = self.store.backend()?;
         config.service.registration_open = matches!(self.registration, Registration::Open);
         config.service.max_text_chars = self.max_text_chars;
         config.token_ttl = Duration::from_secs(self.token_ttl_days * 24 * 3600);
@@ -169,38 +174,91 @@ enum DlqCommand {
     Retry {
         #[command(flatten)]
         log: LogArgs,
-        /// The data directory (log and read models).
+        #[command(flatten)]
+        store: ReadStoreArgs,
+        /// The data directory (the embedded log and read store live there).
         #[arg(long, env = "MISSIVE_DATA_DIR", default_value = "./missive-data")]
         data_dir: PathBuf,
     },
 }
 
-/// Where the Scylla read store lives and how to reach it.
+/// How to reach the Scylla read store: the flags beside every `--store`.
 #[derive(Debug, clap::Args)]
-struct StoreArgs {
-    /// The read store: `scylla://host:port[,host:port...]/keyspace`.
-    #[arg(long = "store", env = "MISSIVE_STORE")]
-    store: String,
-    /// Consistency level of reads and writes.
+struct ScyllaArgs {
+    /// Consistency level of the Scylla store's reads and writes.
     #[arg(
         long,
         env = "MISSIVE_STORE_CONSISTENCY",
         default_value = "LOCAL_QUORUM"
     )]
     store_consistency: String,
-    /// Keep to this datacenter's replicas (token-aware within it).
+    /// Keep to this datacenter's replicas of the Scylla store (token-aware within it).
     #[arg(long, env = "MISSIVE_STORE_LOCAL_DC")]
     store_local_dc: Option<String>,
 }
 
-impl StoreArgs {
-    fn config(&self) -> anyhow::Result<missive_store::scylla::ScyllaConfig> {
+impl ScyllaArgs {
+    /// The config of the store at `url` (`scylla://...`), with these flags applied.
+    fn config(&self, url: &str) -> anyhow::Result<missive_store::scylla::ScyllaConfig> {
         let mut config =
-            missive_store::scylla::ScyllaConfig::parse(&self.store).map_err(anyhow::Error::msg)?;
+            missive_store::scylla::ScyllaConfig::parse(url).map_err(anyhow::Error::msg)?;
         config.consistency = missive_store::scylla::parse_consistency(&self.store_consistency)
             .map_err(anyhow::Error::msg)?;
         config.local_dc = self.store_local_dc.clone();
         Ok(config)
+    }
+}
+
+/// Where the Scylla read store lives (`missive store migrate`: required).
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// The read store: `scylla://host:port[,host:port...]/keyspace`.
+    #[arg(long = "store", env = "MISSIVE_STORE")]
+    store: String,
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+}
+
+impl StoreArgs {
+    fn config(&self) -> anyhow::Result<missive_store::scylla::ScyllaConfig> {
+        self.scylla.config(&self.store)
+    }
+}
+
+/// Which read store holds the read models (`serve`, `api`, `project`, `dlq retry`).
+#[derive(Debug, clap::Args)]
+struct ReadStoreArgs {
+    /// The read store: `embedded` (SQLite `read.db` in the data directory; the default when
+    /// unset) or `scylla://host:port[,host:port...]/keyspace` (ScyllaDB or Cassandra; create
+    /// its schema first with `missive store migrate`).
+    #[arg(long = "store", env = "MISSIVE_STORE")]
+    store: Option<String>,
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+}
+
+impl ReadStoreArgs {
+    fn backend(&self) -> anyhow::Result<StoreBackend> {
+        match self.store.as_deref() {
+            None | Some("embedded") => {
+                // Checked even here, so that a typo is caught before the switch to Scylla.
+                missive_store::scylla::parse_consistency(&self.scylla.store_consistency)
+                    .map_err(anyhow::Error::msg)?;
+                if self.scylla.store_local_dc.is_some() {
+                    anyhow::bail!(
+                        "--store-local-dc applies to the Scylla store only \
+                         (--store scylla://host:port/keyspace); the embedded store has no \
+                         datacenters"
+                    );
+                }
+                Ok(StoreBackend::Embedded)
+            }
+            Some(url) if !url.starts_with("scylla://") => anyhow::bail!(
+                "--store {url:?}: expected `embedded` or \
+                 `scylla://host:port[,host:port...]/keyspace`"
+            ),
+            Some(url) => Ok(StoreBackend::Scylla(self.scylla.config(url)?)),
+        }
     }
 }
 
@@ -277,10 +335,14 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Dlq(DlqCommand::Retry { log, data_dir }) => {
+        Command::Dlq(DlqCommand::Retry {
+            log,
+            store,
+            data_dir,
+        }) => {
             let log = log.backend()?.open(&data_dir).await?;
-            let store = missive_cli::dlq::open_store(&data_dir)?;
-            let outcome = missive_cli::dlq::retry(log.as_ref(), &store).await?;
+            let store = store.backend()?.open(&data_dir).await?;
+            let outcome = missive_cli::dlq::retry(log.as_ref(), store.as_ref()).await?;
             for letter in &outcome.resolved {
                 println!("resolved {} ({})", letter.source, letter.event_type);
             }

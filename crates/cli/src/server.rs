@@ -1,7 +1,7 @@
-//! Start-up of the embedded server: log, read store, projector, service and HTTP API.
+//! Start-up of the server: log, read store, projector, service and HTTP API.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use missive_log::sqlite::{Durability, SqliteLog};
 use missive_projector::{Projector, READ_MODELS};
 use missive_service::{Config, Service};
 use missive_store::ReadStore;
+use missive_store::scylla::{ScyllaConfig, ScyllaStore};
 use missive_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -86,6 +87,49 @@ impl LogBackend {
     }
 }
 
+/// Which read store holds the read models.
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    /// SQLite in the data directory (`read.db`).
+    Embedded,
+    /// ScyllaDB or Cassandra; the keyspace must have been migrated (`missive store migrate`).
+    Scylla(ScyllaConfig),
+}
+
+impl StoreBackend {
+    /// Opens the store: the embedded one in `data_dir`, or a session to Scylla that checks
+    /// the keyspace's schema.
+    pub async fn open(&self, data_dir: &Path) -> anyhow::Result<Arc<dyn ReadStore>> {
+        Ok(match self {
+            StoreBackend::Embedded => Arc::new(open_embedded_store(data_dir)?),
+            StoreBackend::Scylla(config) => Arc::new(
+                ScyllaStore::open(config)
+                    .await
+                    .with_context(|| format!("opening the Scylla read store at {self}"))?,
+            ),
+        })
+    }
+}
+
+/// `embedded`, or the store's URL (`scylla://host:port[,...]/keyspace`), for logs and errors.
+impl std::fmt::Display for StoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreBackend::Embedded => f.write_str("embedded"),
+            StoreBackend::Scylla(config) => {
+                write!(f, "scylla://{}/{}", config.nodes.join(","), config.keyspace)
+            }
+        }
+    }
+}
+
+/// The embedded read store of a data directory (`read.db`).
+pub fn open_embedded_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    let path = data_dir.join("read.db");
+    SqliteStore::open(&path)
+        .with_context(|| format!("opening the embedded read store {}", path.display()))
+}
+
 /// Which parts a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Role {
@@ -108,13 +152,14 @@ pub struct ServerConfig {
     /// `None`: use the one kept in the data directory, generating it the first time.
     pub jwt_secret: Option<Vec<u8>>,
     pub log: LogBackend,
+    pub store: StoreBackend,
     pub service: Config,
     pub token_ttl: Duration,
     pub max_read_wait: Duration,
 }
 
 impl ServerConfig {
-    /// The embedded defaults for a data directory.
+    /// The embedded defaults for a data directory (embedded log and read store).
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             role: Role::All,
@@ -124,6 +169,7 @@ impl ServerConfig {
             log: LogBackend::Embedded {
                 durability: Durability::Full,
             },
+            store: StoreBackend::Embedded,
             service: Config::default(),
             token_ttl: Duration::from_secs(30 * 24 * 3600),
             max_read_wait: missive_api::routes::DEFAULT_READ_WAIT,
@@ -152,7 +198,8 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Opens the data directory and the log, and starts what `config.role` asks for.
+/// Opens the data directory, the log and the read store, and starts what `config.role` asks
+/// for.
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
@@ -162,9 +209,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     };
     let secret = Secret::new(secret);
     let log = config.log.open(&config.data_dir).await?;
-    let store: Arc<dyn ReadStore> = Arc::new(
-        SqliteStore::open(&config.data_dir.join("read.db")).context("opening the read store")?,
-    );
+    let store = config.store.open(&config.data_dir).await?;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks: Vec<Task> = Vec::new();
 
@@ -217,7 +262,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             tokio::spawn(async move { Ok(missive_api::run(listener, state, shutdown).await?) }),
         ));
     }
-    tracing::info!(role = ?config.role, ?addr, data_dir = %config.data_dir.display(), "missive is running");
+    tracing::info!(
+        role = ?config.role,
+        ?addr,
+        data_dir = %config.data_dir.display(),
+        store = %config.store,
+        "missive is running"
+    );
     Ok(Running {
         addr,
         secret,

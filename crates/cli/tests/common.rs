@@ -2,20 +2,25 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use missive_cli::server::{LogBackend, Running, ServerConfig, start};
+use missive_cli::server::{LogBackend, Running, ServerConfig, StoreBackend, start};
 use missive_log::kafka::testing::TestCluster;
+use missive_store::scylla::{Replication, ScyllaConfig, connect, drop_keyspace, migrate};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// The event log a test runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The log and read store a test runs on.
+#[derive(Debug, Clone)]
 pub enum Backend {
+    /// Embedded log, embedded read store.
     Embedded,
-    /// librdkafka's mock cluster, or the broker of `MISSIVE_TEST_KAFKA`.
+    /// librdkafka's mock cluster, or the broker of `MISSIVE_TEST_KAFKA`; embedded read store.
     Kafka,
+    /// Embedded log; the read store in a fresh keyspace on the node of `MISSIVE_TEST_SCYLLA`.
+    Scylla(ScyllaConfig),
 }
 
 tokio::task_local! {
@@ -23,7 +28,9 @@ tokio::task_local! {
     pub static BACKEND: Backend;
 }
 
-/// Runs each listed `async fn` twice, as `embedded::name` and `kafka::name`.
+/// Runs each listed `async fn` three times: as `embedded::name`, `kafka::name` and
+/// `scylla::name` (the Scylla read store; skipped with a notice unless `MISSIVE_TEST_SCYLLA`
+/// is set).
 #[macro_export]
 macro_rules! both_logs {
     ($($name:ident),* $(,)?) => {
@@ -45,7 +52,55 @@ macro_rules! both_logs {
                 }
             )*
         }
+        mod scylla {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::common::on_scylla(stringify!($name), super::$name).await
+                }
+            )*
+        }
     };
+}
+
+/// Runs `test` with the Scylla read store in a fresh keyspace (migrated first, dropped
+/// afterwards even when the test panics), or prints a SKIPPED notice when
+/// `MISSIVE_TEST_SCYLLA` is unset.
+pub async fn on_scylla<F, T>(name: &str, test: F)
+where
+    F: FnOnce() -> T,
+    T: Future<Output = ()> + Send + 'static,
+{
+    let node = match std::env::var("MISSIVE_TEST_SCYLLA") {
+        Ok(node) if !node.is_empty() => node,
+        _ => {
+            eprintln!(
+                "SKIPPED: scylla::{name}: the Scylla e2e suite needs a ScyllaDB or Cassandra \
+                 node; set MISSIVE_TEST_SCYLLA=host:port to run it"
+            );
+            return;
+        }
+    };
+    let keyspace = format!("missive_e2e_{}", Uuid::now_v7().simple());
+    let mut config = ScyllaConfig::parse(&format!("scylla://{node}/{keyspace}"))
+        .expect("MISSIVE_TEST_SCYLLA is host:port");
+    config.replication = Replication::Simple(1);
+    let session = connect(&config)
+        .await
+        .expect("connecting to MISSIVE_TEST_SCYLLA");
+    migrate(&session, &config).await.expect("migrating");
+    let outcome = tokio::spawn(BACKEND.scope(Backend::Scylla(config), test())).await;
+    let dropped = drop_keyspace(&session, &keyspace).await;
+    if let Err(error) = outcome {
+        if let Err(drop_error) = &dropped {
+            eprintln!("could not drop the test keyspace {keyspace}: {drop_error}");
+        }
+        match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(error) => panic!("the test task did not finish: {error}"),
+        }
+    }
+    dropped.expect("dropping the test keyspace");
 }
 
 pub struct Harness {
@@ -112,10 +167,14 @@ impl Harness {
         config.listen = "127.0.0.1:0".parse().expect("addr");
         config.jwt_secret = Some(b"test-secret".to_vec());
         let mut kafka = None;
-        if BACKEND.try_with(|b| *b) == Ok(Backend::Kafka) {
-            let cluster = TestCluster::start();
-            config.log = LogBackend::Kafka(cluster.fresh_log_config().await);
-            kafka = Some(cluster);
+        match BACKEND.try_with(Backend::clone) {
+            Ok(Backend::Kafka) => {
+                let cluster = TestCluster::start();
+                config.log = LogBackend::Kafka(cluster.fresh_log_config().await);
+                kafka = Some(cluster);
+            }
+            Ok(Backend::Scylla(store)) => config.store = StoreBackend::Scylla(store),
+            Ok(Backend::Embedded) | Err(_) => {}
         }
         tweak(&mut config);
         let server = start(config.clone()).await.expect("server starts");
@@ -130,12 +189,39 @@ impl Harness {
         }
     }
 
-    /// Stops the server and starts a new one on the same data directory.
-    pub async fn restart(&mut self, before_start: impl FnOnce(&std::path::Path)) {
+    /// Stops the server and starts a new one on the same data directory, log and read store.
+    pub async fn restart(&mut self) {
+        self.restart_after(async {}).await
+    }
+
+    /// Stops the server, throws its read models away (the embedded `read.db`, or the Scylla
+    /// keyspace, migrated again empty), and starts a new one that rebuilds them from the log.
+    pub async fn restart_with_empty_read_models(&mut self) {
+        let (store, data_dir) = (self.config.store.clone(), self.config.data_dir.clone());
+        self.restart_after(async move {
+            match store {
+                StoreBackend::Embedded => {
+                    for f in ["read.db", "read.db-wal", "read.db-shm"] {
+                        let _ = std::fs::remove_file(data_dir.join(f));
+                    }
+                }
+                StoreBackend::Scylla(config) => {
+                    let session = connect(&config).await.expect("connecting to Scylla");
+                    drop_keyspace(&session, &config.keyspace)
+                        .await
+                        .expect("dropping the keyspace");
+                    migrate(&session, &config).await.expect("migrating again");
+                }
+            }
+        })
+        .await
+    }
+
+    async fn restart_after(&mut self, while_stopped: impl Future<Output = ()>) {
         if let Some(server) = self.server.take() {
             server.shutdown().await.expect("clean shutdown");
         }
-        before_start(&self.config.data_dir);
+        while_stopped.await;
         let server = start(self.config.clone()).await.expect("server restarts");
         self.base = format!("http://{}", server.addr.expect("an API"));
         self.server = Some(server);

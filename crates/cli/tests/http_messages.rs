@@ -609,7 +609,7 @@ async fn restart_keeps_everything_and_full_replay_rebuilds_identical_read_models
     let users = [&alice, &bob, &carol];
     let before = view(&h, &users).await;
 
-    h.restart(|_| {}).await;
+    h.restart().await;
     assert_eq!(
         view(&h, &users).await,
         before,
@@ -617,12 +617,7 @@ async fn restart_keeps_everything_and_full_replay_rebuilds_identical_read_models
     );
 
     // Full replay: throw the read models away; the log rebuilds them identically.
-    h.restart(|dir| {
-        for f in ["read.db", "read.db-wal", "read.db-shm"] {
-            let _ = std::fs::remove_file(dir.join(f));
-        }
-    })
-    .await;
+    h.restart_with_empty_read_models().await;
     assert_eq!(
         view(&h, &users).await,
         before,
