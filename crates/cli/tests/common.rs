@@ -88,8 +88,14 @@ where
     let session = connect(&config)
         .await
         .expect("connecting to MISSIVE_TEST_SCYLLA");
-    migrate(&session, &config).await.expect("migrating");
-    let outcome = tokio::spawn(BACKEND.scope(Backend::Scylla(config), test())).await;
+    // Migrating runs inside the task too: a failed migration still drops the keyspace.
+    let test = test();
+    let task_session = session.clone();
+    let outcome = tokio::spawn(async move {
+        migrate(&task_session, &config).await.expect("migrating");
+        BACKEND.scope(Backend::Scylla(config), test).await
+    })
+    .await;
     let dropped = drop_keyspace(&session, &keyspace).await;
     if let Err(error) = outcome {
         if let Err(drop_error) = &dropped {

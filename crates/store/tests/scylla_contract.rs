@@ -55,25 +55,34 @@ async fn drop_keyspaces(configs: &[ScyllaConfig]) -> Result<(), String> {
 }
 
 /// Runs `test` on `N` fresh stores, each in its own migrated keyspace, when a test node is
-/// set. The keyspaces are dropped afterwards, also when setting up or the test panics (it runs
-/// in its own task); the panic is then passed on.
+/// set (see [`with_keyspaces`]).
 async fn with_stores<const N: usize, F, Fut>(test: F)
 where
     F: FnOnce([Arc<dyn ReadStore>; N]) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some(node) = test_node() else { return };
-    let configs: [ScyllaConfig; N] = std::array::from_fn(|_| fresh_config(&node));
-    let task_configs = configs.clone();
-    let outcome = tokio::spawn(async move {
+    with_keyspaces(|configs: [ScyllaConfig; N]| async move {
         let mut stores = Vec::with_capacity(N);
-        for config in &task_configs {
+        for config in &configs {
             stores.push(open_migrated(config).await);
         }
         let stores: [Arc<dyn ReadStore>; N] = stores.try_into().ok().expect("one store each");
         test(stores).await;
     })
-    .await;
+    .await
+}
+
+/// Runs `test` with the configs of `N` fresh keyspaces when a test node is set. The keyspaces
+/// are dropped afterwards, also when the test panics (it runs in its own task); the panic is
+/// then passed on.
+async fn with_keyspaces<const N: usize, F, Fut>(test: F)
+where
+    F: FnOnce([ScyllaConfig; N]) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(node) = test_node() else { return };
+    let configs: [ScyllaConfig; N] = std::array::from_fn(|_| fresh_config(&node));
+    let outcome = tokio::spawn(test(configs.clone())).await;
     let dropped = drop_keyspaces(&configs).await;
     match outcome {
         Ok(()) => dropped.expect("drop the test keyspaces"),
@@ -115,5 +124,212 @@ mod scylla_contract {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reapplying_is_idempotent() {
         with_stores(|[store, fresh]| contract::reapplying_is_idempotent(store, fresh)).await;
+    }
+}
+
+/// A message batch that failed half-way (a write timeout: logged batches are atomic but not
+/// isolated, and the batch log applies the rest later) leaves only some of its rows visible.
+/// Re-applying must keep the message's number and give the next message the next one.
+mod scylla_partial_batches {
+    use chrono::{TimeZone, Utc};
+    use missive_log::Position;
+    use missive_store::scylla::{ScyllaConfig, connect};
+    use missive_store::{Change, HistoryQuery, ReadStore};
+    use uuid::Uuid;
+
+    use super::{open_migrated, with_keyspaces};
+
+    const BUCKET_MICROS: i64 = 864_000_000_000;
+
+    struct Scene {
+        alice: Uuid,
+        bob: Uuid,
+        conv: Uuid,
+        m1: Uuid,
+        m2: Uuid,
+        sent_at_us: i64,
+    }
+
+    impl Scene {
+        fn new() -> Self {
+            Scene {
+                alice: Uuid::now_v7(),
+                bob: Uuid::now_v7(),
+                conv: Uuid::now_v7(),
+                m1: Uuid::now_v7(),
+                m2: Uuid::now_v7(),
+                sent_at_us: 1_800_000_000_000_000,
+            }
+        }
+
+        fn message(&self, id: Uuid, offset: u64) -> Change {
+            Change::AddMessage {
+                message_id: id,
+                conversation_id: self.conv,
+                sender_id: self.alice,
+                recipient_id: self.bob,
+                text: format!("offset {offset}"),
+                client_msg_id: Some(format!("key-{offset}")),
+                sent_at: Utc
+                    .timestamp_micros(self.sent_at_us + offset as i64)
+                    .single()
+                    .expect("time"),
+                position: Position::new(0, offset),
+            }
+        }
+
+        /// Applies m1 and m2 (as a redelivery after the failure) and checks their numbers,
+        /// history, unread count, idempotency keys and the feed.
+        async fn check(&self, store: &dyn ReadStore) {
+            let users =
+                [(self.alice, "alice"), (self.bob, "bob")].map(|(id, name)| Change::AddUser {
+                    user_id: id,
+                    username: format!("{name}-{id}"),
+                    display_name: name.into(),
+                    registered_at: Utc
+                        .timestamp_micros(self.sent_at_us)
+                        .single()
+                        .expect("time"),
+                });
+            store
+                .apply("p", users.to_vec(), vec![])
+                .await
+                .expect("users");
+            store
+                .apply(
+                    "p",
+                    vec![self.message(self.m1, 10), self.message(self.m2, 11)],
+                    vec![Position::new(0, 12)],
+                )
+                .await
+                .expect("apply");
+            let history = store
+                .history(
+                    self.bob,
+                    self.conv,
+                    HistoryQuery {
+                        limit: 10,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("history");
+            let got: Vec<(Uuid, u64)> = history
+                .items
+                .iter()
+                .map(|m| (m.message_id, m.seq))
+                .collect();
+            assert_eq!(got, vec![(self.m2, 2), (self.m1, 1)]);
+            let m1 = store
+                .message(self.bob, self.m1)
+                .await
+                .expect("m1")
+                .expect("visible");
+            assert_eq!(
+                (m1.seq, m1.text.as_deref()),
+                (1, Some("offset 10")),
+                "m1 keeps its number and content"
+            );
+            let found = store
+                .message_by_client_id(self.alice, "key-10")
+                .await
+                .expect("key")
+                .expect("found");
+            assert_eq!(
+                found.message_id, self.m1,
+                "the key of the half-written batch"
+            );
+            assert!(
+                store
+                    .participants(self.conv)
+                    .await
+                    .expect("participants")
+                    .is_some()
+            );
+            let feed = store
+                .messages_since(self.bob, chrono::DateTime::<Utc>::MIN_UTC, None, 10)
+                .await
+                .expect("feed");
+            assert_eq!(
+                feed.items.iter().map(|m| m.message_id).collect::<Vec<_>>(),
+                vec![self.m1, self.m2]
+            );
+        }
+    }
+
+    async fn session(config: &ScyllaConfig) -> std::sync::Arc<scylla::client::session::Session> {
+        let session = connect(config).await.expect("connect");
+        session
+            .use_keyspace(config.keyspace.as_str(), false)
+            .await
+            .expect("use");
+        session
+    }
+
+    /// Only the tail row of m1's batch is visible: m1 keeps seq 1 from it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_tail_is_visible() {
+        with_keyspaces(|[config]: [ScyllaConfig; 1]| async move {
+            let store = open_migrated(&config).await;
+            let s = Scene::new();
+            let (lo, hi) = if s.alice <= s.bob {
+                (s.alice, s.bob)
+            } else {
+                (s.bob, s.alice)
+            };
+            let (by_lo, by_hi) = if lo == s.alice { (1i64, 0i64) } else { (0, 1) };
+            session(&config)
+                .await
+                .query_unpaged(
+                    "INSERT INTO conversations (conversation_id, user_lo, user_hi, \
+                     last_message_id, last_seq, last_sent_at_us, sent_by_lo, sent_by_hi) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP 12",
+                    (s.conv, lo, hi, s.m1, 1i64, s.sent_at_us + 10, by_lo, by_hi),
+                )
+                .await
+                .expect("half a batch");
+            s.check(store.as_ref()).await;
+        })
+        .await;
+    }
+
+    /// Only the `messages_by_id` row of m1's batch is visible: m1 keeps seq 1 from it, and
+    /// the tail moves on from it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_location_is_visible() {
+        with_keyspaces(|[config]: [ScyllaConfig; 1]| async move {
+            let store = open_migrated(&config).await;
+            let s = Scene::new();
+            let sent = s.sent_at_us + 10;
+            session(&config)
+                .await
+                .query_unpaged(
+                    "INSERT INTO messages_by_id (message_id, conversation_id, bucket, seq, \
+                     sender_id, recipient_id, sent_at_us, sender_count, peer_count) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP 12",
+                    (
+                        s.m1,
+                        s.conv,
+                        sent / BUCKET_MICROS,
+                        1i64,
+                        s.alice,
+                        s.bob,
+                        sent,
+                        1i64,
+                        0i64,
+                    ),
+                )
+                .await
+                .expect("half a batch");
+            s.check(store.as_ref()).await;
+            let unread = store
+                .conversations(s.bob, None, 10)
+                .await
+                .expect("list")
+                .items[0]
+                .unread_count;
+            assert_eq!(unread, 2);
+        })
+        .await;
     }
 }

@@ -26,7 +26,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use ::scylla::client::session::Session;
-use ::scylla::errors::{ExecutionError, NextRowError, PagerExecutionError, PrepareError};
+use ::scylla::errors::{
+    DbError, ExecutionError, NextPageError, NextRowError, PagerExecutionError, PrepareError,
+    RequestAttemptError, RequestError,
+};
 use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::batch::{Batch, BatchType};
 use ::scylla::statement::prepared::PreparedStatement;
@@ -51,10 +54,10 @@ const FEED_BUCKET_BITS: u32 = 20;
 const REGISTRATION_TS: i64 = 1;
 /// Write timestamp of rows that only ever appear (hidden and uncounted messages).
 const MEMBERSHIP_TS: i64 = 1;
-/// Write timestamp of a deletion for everyone: a one-way change no message write can undo.
-const FOREVER_TS: i64 = 1 << 62;
-/// First-writer-wins rows are written at `FIRST_WINS_TS - event time`.
-const FIRST_WINS_TS: i64 = 1 << 62;
+/// Write timestamp of a deletion for everyone: a one-way change no message write can undo,
+/// since it is above every offset's (`offset + 2 < 2^50` for any log that fits on disks), yet
+/// in the past as a time (2005): ScyllaDB refuses timestamps far in the future.
+const DELETED_TS: i64 = 1 << 50;
 /// How many writes of one batch of changes are in flight at once.
 const WRITES_IN_FLIGHT: usize = 64;
 /// How many reads one query or batch runs at once.
@@ -148,9 +151,10 @@ statements! {
     USER_NAME_SET = "UPDATE users USING TIMESTAMP ? SET display_name = ? WHERE user_id = ?";
     USER_ONLINE_SET = "UPDATE users USING TIMESTAMP ? SET online = ? WHERE user_id = ?";
     USER_LAST_SEEN_SET = "UPDATE users USING TIMESTAMP ? SET last_seen_us = ? WHERE user_id = ?";
-    USERNAME_CLAIM = "INSERT INTO users_by_username (username_key, user_id) VALUES (?, ?) \
-        USING TIMESTAMP ?";
-    USERNAME_GET = "SELECT user_id FROM users_by_username WHERE username_key = ?";
+    USERNAME_CLAIM = "INSERT INTO users_by_username (username_key, registered_at_us, user_id) \
+        VALUES (?, ?, ?) USING TIMESTAMP ?";
+    /// The earliest registration of a name owns it.
+    USERNAME_GET = "SELECT user_id FROM users_by_username WHERE username_key = ? LIMIT 1";
 
     FRIENDSHIP_SET = "INSERT INTO friendships (user_lo, user_hi, state, requester, since_us) \
         VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?";
@@ -160,10 +164,11 @@ statements! {
     FRIENDS_GET = "SELECT other_id, state, requester, since_us FROM friends_by_user \
         WHERE user_id = ?";
 
-    TAIL_GET = "SELECT user_lo, user_hi, last_seq, last_sent_at_us, sent_by_lo, sent_by_hi \
-        FROM conversations WHERE conversation_id = ?";
-    TAIL_SET = "INSERT INTO conversations (conversation_id, user_lo, user_hi, last_seq, \
-        last_sent_at_us, sent_by_lo, sent_by_hi) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    TAIL_GET = "SELECT user_lo, user_hi, last_message_id, last_seq, last_sent_at_us, \
+        sent_by_lo, sent_by_hi FROM conversations WHERE conversation_id = ?";
+    TAIL_SET = "INSERT INTO conversations (conversation_id, user_lo, user_hi, last_message_id, \
+        last_seq, last_sent_at_us, sent_by_lo, sent_by_hi) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+        USING TIMESTAMP ?";
     BUCKET_ADD = "INSERT INTO conversation_buckets (conversation_id, bucket) VALUES (?, ?) \
         USING TIMESTAMP ?";
     /// Buckets at or before one, newest first (the clustering order).
@@ -189,14 +194,15 @@ statements! {
     MESSAGE_DELETE = "UPDATE messages USING TIMESTAMP ? SET deleted = ?, text = ? \
         WHERE conversation_id = ? AND bucket = ? AND seq = ?";
     LOCATION_ADD = "INSERT INTO messages_by_id (message_id, conversation_id, bucket, seq, \
-        sender_id, recipient_id, sender_count, peer_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-        USING TIMESTAMP ?";
-    LOCATION_GET = "SELECT conversation_id, bucket, seq, sender_id, recipient_id, \
+        sender_id, recipient_id, sent_at_us, sender_count, peer_count) \
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    LOCATION_GET = "SELECT conversation_id, bucket, seq, sender_id, recipient_id, sent_at_us, \
         sender_count, peer_count FROM messages_by_id WHERE message_id = ?";
-    CLIENT_ID_ADD = "INSERT INTO messages_by_client_id (sender_id, client_msg_id, message_id) \
-        VALUES (?, ?, ?) USING TIMESTAMP ?";
+    CLIENT_ID_ADD = "INSERT INTO messages_by_client_id (sender_id, client_msg_id, sent_at_us, \
+        message_id) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+    /// The first send of a key owns it.
     CLIENT_ID_GET = "SELECT message_id FROM messages_by_client_id \
-        WHERE sender_id = ? AND client_msg_id = ?";
+        WHERE sender_id = ? AND client_msg_id = ? LIMIT 1";
 
     ENTRY_MESSAGE_SET = "UPDATE user_conversations USING TIMESTAMP ? SET peer_id = ?, \
         last_message_id = ?, last_seq = ?, last_bucket = ?, last_activity_us = ?, peer_sent = ? \
@@ -220,10 +226,14 @@ statements! {
     FEED_ADD = "INSERT INTO user_feed (user_id, log_partition, offset_bucket, log_offset, \
         message_id, conversation_id, bucket, seq, sent_at_us) \
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
-    FEED_AFTER = "SELECT log_offset, conversation_id, bucket, seq, sent_at_us FROM user_feed \
-        WHERE user_id = ? AND log_partition = ? AND offset_bucket = ? AND log_offset > ? LIMIT ?";
-    FEED_LAST = "SELECT log_offset FROM user_feed WHERE user_id = ? AND log_partition = ? \
-        AND offset_bucket = ? ORDER BY log_offset DESC LIMIT 1";
+    /// A feed bucket's entries between two offsets (exclusive).
+    FEED_BETWEEN = "SELECT log_offset, conversation_id, bucket, seq, sent_at_us FROM user_feed \
+        WHERE user_id = ? AND log_partition = ? AND offset_bucket = ? AND log_offset > ? \
+        AND log_offset < ? LIMIT ?";
+    /// Written with the offset as timestamp: a horizon only moves forward.
+    FEED_HORIZON_SET = "INSERT INTO feed_horizons (log_partition, next_offset) VALUES (?, ?) \
+        USING TIMESTAMP ?";
+    FEED_HORIZON_GET = "SELECT next_offset FROM feed_horizons WHERE log_partition = ?";
     /// Written with `max_sent_at_us` as its timestamp, so the cell keeps the maximum.
     FEED_BUCKET_ADD = "INSERT INTO user_feed_buckets (user_id, log_partition, offset_bucket, \
         max_sent_at_us) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
@@ -233,10 +243,12 @@ statements! {
 
 // ----- errors -----
 
-fn exec_transient(e: &ExecutionError) -> bool {
-    use ::scylla::errors::{DbError, RequestAttemptError};
+/// Whether a failed attempt may succeed later: timeouts, unavailable replicas, overload, lost
+/// connections. Refusals of the request itself (syntax, invalid, unauthorized, serialization)
+/// fail every time.
+fn attempt_transient(e: &RequestAttemptError) -> bool {
     match e {
-        ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => matches!(
+        RequestAttemptError::DbError(db, _) => matches!(
             db,
             DbError::Unavailable { .. }
                 | DbError::ReadTimeout { .. }
@@ -249,10 +261,25 @@ fn exec_transient(e: &ExecutionError) -> bool {
                 | DbError::TruncateError
                 | DbError::ServerError
         ),
-        ExecutionError::LastAttemptError(
-            RequestAttemptError::BrokenConnectionError(_)
-            | RequestAttemptError::UnableToAllocStreamId,
-        ) => true,
+        RequestAttemptError::BrokenConnectionError(_)
+        | RequestAttemptError::UnableToAllocStreamId => true,
+        _ => false,
+    }
+}
+
+fn request_transient(e: &RequestError) -> bool {
+    match e {
+        RequestError::LastAttemptError(a) => attempt_transient(a),
+        RequestError::EmptyPlan
+        | RequestError::ConnectionPoolError(_)
+        | RequestError::RequestTimeout(_) => true,
+        _ => false,
+    }
+}
+
+fn exec_transient(e: &ExecutionError) -> bool {
+    match e {
+        ExecutionError::LastAttemptError(a) => attempt_transient(a),
         ExecutionError::RequestTimeout(_)
         | ExecutionError::ConnectionPoolError(_)
         | ExecutionError::EmptyPlan
@@ -263,12 +290,14 @@ fn exec_transient(e: &ExecutionError) -> bool {
     }
 }
 
+fn next_page_transient(e: &NextPageError) -> bool {
+    matches!(e, NextPageError::RequestFailure(r) if request_transient(r))
+}
+
 fn prepare_transient(e: &PrepareError) -> bool {
     match e {
         PrepareError::ConnectionPoolError(_) | PrepareError::PreparedStatementIdsMismatch => true,
-        PrepareError::AllAttemptsFailed { first_attempt } => {
-            exec_transient(&ExecutionError::LastAttemptError(first_attempt.clone()))
-        }
+        PrepareError::AllAttemptsFailed { first_attempt } => attempt_transient(first_attempt),
         _ => false,
     }
 }
@@ -289,7 +318,7 @@ fn pager_err(action: &'static str) -> impl FnOnce(PagerExecutionError) -> StoreE
     move |e| {
         let transient = match &e {
             PagerExecutionError::PrepareError(p) => prepare_transient(p),
-            PagerExecutionError::NextPageError(_) => true,
+            PagerExecutionError::NextPageError(n) => next_page_transient(n),
             _ => false,
         };
         failed(action, transient, e)
@@ -298,7 +327,7 @@ fn pager_err(action: &'static str) -> impl FnOnce(PagerExecutionError) -> StoreE
 
 fn row_err(action: &'static str) -> impl Fn(NextRowError) -> StoreError {
     move |e| {
-        let transient = matches!(e, NextRowError::NextPageError(_));
+        let transient = matches!(&e, NextRowError::NextPageError(n) if next_page_transient(n));
         failed(action, transient, e)
     }
 }
@@ -330,9 +359,10 @@ type LocationRow = (
     Option<Uuid>,
     Option<i64>,
     Option<i64>,
+    Option<i64>,
 );
 
-/// Where a message is and the counts a read marker on it needs.
+/// Where a message is, and the numbers it was given: enough to write all its rows again.
 #[derive(Debug, Clone, Copy)]
 struct Location {
     conversation_id: Uuid,
@@ -340,6 +370,8 @@ struct Location {
     seq: i64,
     sender_id: Uuid,
     recipient_id: Uuid,
+    /// Its send time, kept monotonic in seq within the conversation.
+    sent_at_us: i64,
     /// Messages its sender had sent in the conversation, this one included.
     sender_count: i64,
     /// Messages its recipient had sent before it.
@@ -348,20 +380,23 @@ struct Location {
 
 impl Location {
     fn from_row(row: LocationRow) -> Option<Self> {
-        let (conversation_id, bucket, seq, sender_id, recipient_id, sender_count, peer_count) = row;
+        let (conversation_id, bucket, seq, sender_id, recipient_id, sent_at, sender_n, peer_n) =
+            row;
         Some(Location {
             conversation_id: conversation_id?,
             bucket: bucket?,
             seq: seq?,
             sender_id: sender_id?,
             recipient_id: recipient_id?,
-            sender_count: sender_count.unwrap_or(0),
-            peer_count: peer_count.unwrap_or(0),
+            sent_at_us: sent_at?,
+            sender_count: sender_n.unwrap_or(0),
+            peer_count: peer_n.unwrap_or(0),
         })
     }
 }
 
 type TailRow = (
+    Option<Uuid>,
     Option<Uuid>,
     Option<Uuid>,
     Option<i64>,
@@ -370,11 +405,12 @@ type TailRow = (
     Option<i64>,
 );
 
-/// A conversation's tail while a batch is applied.
+/// A conversation's tail: the numbers of its latest message.
 #[derive(Debug, Clone, Copy)]
 struct Tail {
     user_lo: Uuid,
     user_hi: Uuid,
+    last_message_id: Option<Uuid>,
     last_seq: i64,
     last_sent_at_us: i64,
     sent_by_lo: i64,
@@ -383,22 +419,42 @@ struct Tail {
 
 impl Tail {
     fn from_row(row: TailRow) -> Option<Self> {
-        let (user_lo, user_hi, last_seq, last_sent_at_us, sent_by_lo, sent_by_hi) = row;
+        let (user_lo, user_hi, last_message_id, last_seq, last_sent_at_us, by_lo, by_hi) = row;
         Some(Tail {
             user_lo: user_lo?,
             user_hi: user_hi?,
+            last_message_id,
             last_seq: last_seq.unwrap_or(0),
             last_sent_at_us: last_sent_at_us.unwrap_or(i64::MIN),
-            sent_by_lo: sent_by_lo.unwrap_or(0),
-            sent_by_hi: sent_by_hi.unwrap_or(0),
+            sent_by_lo: by_lo.unwrap_or(0),
+            sent_by_hi: by_hi.unwrap_or(0),
         })
     }
 
-    fn sent_by(&mut self, user: Uuid) -> &mut i64 {
+    fn sent_by(&self, user: Uuid) -> i64 {
         if user == self.user_lo {
-            &mut self.sent_by_lo
+            self.sent_by_lo
         } else {
-            &mut self.sent_by_hi
+            self.sent_by_hi
+        }
+    }
+
+    /// The tail once `loc` (a message of this conversation) is its latest.
+    fn at(&self, message_id: Uuid, loc: &Location) -> Tail {
+        let count = |user: Uuid| {
+            if user == loc.sender_id {
+                loc.sender_count
+            } else {
+                loc.peer_count
+            }
+        };
+        Tail {
+            last_message_id: Some(message_id),
+            last_seq: loc.seq,
+            last_sent_at_us: loc.sent_at_us,
+            sent_by_lo: count(self.user_lo),
+            sent_by_hi: count(self.user_hi),
+            ..*self
         }
     }
 }
@@ -591,6 +647,16 @@ impl ScyllaStore {
                 missing.join(", ")
             )));
         }
+        use ::scylla::statement::Consistency::*;
+        if matches!(config.consistency, Any | One | Two | Three | LocalOne) {
+            // Projectors read (a conversation's tail, where a message is) before they write:
+            // a read that misses an acknowledged write can number two messages alike.
+            tracing::warn!(
+                consistency = ?config.consistency,
+                "the read store's consistency is below a quorum: projectors may read stale \
+                 state and misnumber messages; use LOCAL_QUORUM (the default) or QUORUM"
+            );
+        }
         let st = Prepared::prepare(&session).await?;
         Ok(ScyllaStore {
             inner: Arc::new(Inner {
@@ -730,7 +796,7 @@ impl ScyllaStore {
         to: i64,
     ) -> Result<HashSet<i64>> {
         Ok(self
-            .all::<(i64,)>(
+            .rows::<(i64,)>(
                 &self.st().HIDDEN_BETWEEN,
                 (user, conversation, from, to),
                 "reading hidden messages",
@@ -760,24 +826,25 @@ impl ScyllaStore {
     /// A message as `viewer` sees it (`None` if hidden from them); `viewer` `None` reads it
     /// as stored.
     async fn message_at(&self, viewer: Option<Uuid>, loc: Location) -> Result<Option<Message>> {
-        if let Some(viewer) = viewer {
-            let hidden = self
-                .hidden_between(viewer, loc.conversation_id, loc.seq, loc.seq)
-                .await?;
-            if !hidden.is_empty() {
-                return Ok(None);
-            }
+        let conv = loc.conversation_id;
+        // The three reads are independent: run them together.
+        let (hidden, stored, read_seq) = futures::try_join!(
+            async {
+                match viewer {
+                    Some(v) => Ok(!self
+                        .hidden_between(v, conv, loc.seq, loc.seq)
+                        .await?
+                        .is_empty()),
+                    None => Ok(false),
+                }
+            },
+            self.stored_message(conv, loc.bucket, loc.seq),
+            self.read_seq(loc.recipient_id, conv),
+        )?;
+        match stored {
+            Some(stored) if !hidden => stored.into_message(conv, read_seq).map(Some),
+            _ => Ok(None),
         }
-        let Some(stored) = self
-            .stored_message(loc.conversation_id, loc.bucket, loc.seq)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let read_seq = self
-            .read_seq(stored.recipient_id, loc.conversation_id)
-            .await?;
-        stored.into_message(loc.conversation_id, read_seq).map(Some)
     }
 }
 
@@ -788,6 +855,12 @@ struct Applying<'a> {
     store: &'a ScyllaStore,
     locations: HashMap<Uuid, Location>,
     tails: HashMap<Uuid, Tail>,
+    /// Messages whose batch this apply already wrote.
+    issued: HashSet<Uuid>,
+    /// Per log partition, one past the last message offset of this apply.
+    horizons: HashMap<i32, i64>,
+    /// Message batches per conversation, in log order.
+    chains: HashMap<Uuid, Vec<PendingWrite<'a>>>,
     writes: Vec<PendingWrite<'a>>,
 }
 
@@ -857,12 +930,12 @@ impl<'a> Applying<'a> {
             } => {
                 let key = username.to_lowercase();
                 let registered_us = micros(*registered_at);
-                // The earliest registration keeps the name, however often later ones replay.
-                let claim_ts = FIRST_WINS_TS.saturating_sub(registered_us).max(1);
+                // Every registration is listed; the earliest keeps the name, whatever order
+                // the registrations are projected in (they can sit in different partitions).
                 self.store
                     .write(
                         &st.USERNAME_CLAIM,
-                        (&key, *user_id, claim_ts),
+                        (&key, registered_us, *user_id, REGISTRATION_TS),
                         "claiming a username",
                     )
                     .await?;
@@ -1014,7 +1087,7 @@ impl<'a> Applying<'a> {
                 self.push(
                     &st.MESSAGE_DELETE,
                     (
-                        FOREVER_TS,
+                        DELETED_TS,
                         true,
                         None::<String>,
                         loc.conversation_id,
@@ -1038,7 +1111,15 @@ impl<'a> Applying<'a> {
         Ok(())
     }
 
-    /// Numbers a message unknown so far and writes all its rows in one logged batch.
+    /// Numbers a message and writes all its rows in one logged batch, after the batches of the
+    /// conversation's earlier messages in this apply.
+    ///
+    /// Numbering: a message already numbered keeps its numbers, taken from `messages_by_id` or,
+    /// when only the tail row of its batch is visible yet, from the tail (which records the
+    /// message that set it); a new one gets the tail's next. Because a conversation's batches
+    /// are sent one at a time in log order and stop at the first failure, only its latest
+    /// message can be half-visible after a failure: that one is written again in full, and the
+    /// tail moves on from whichever of its rows was seen.
     fn add_message(&mut self, change: &Change) -> Result<()> {
         let Change::AddMessage {
             message_id,
@@ -1053,50 +1134,65 @@ impl<'a> Applying<'a> {
         else {
             return Ok(());
         };
-        if self.locations.contains_key(message_id) {
-            return Ok(()); // redelivered
+        if !self.issued.insert(*message_id) {
+            return Ok(()); // a duplicate within this batch
         }
-        let tail = self.tails.entry(*conversation_id).or_insert_with(|| {
-            let (user_lo, user_hi) = ordered(*sender_id, *recipient_id);
+        let (conv, id, sender, recipient) =
+            (*conversation_id, *message_id, *sender_id, *recipient_id);
+        let tail = *self.tails.entry(conv).or_insert_with(|| {
+            let (user_lo, user_hi) = ordered(sender, recipient);
             Tail {
                 user_lo,
                 user_hi,
+                last_message_id: None,
                 last_seq: 0,
                 last_sent_at_us: i64::MIN,
                 sent_by_lo: 0,
                 sent_by_hi: 0,
             }
         });
-        let seq = tail.last_seq + 1;
-        // Times are kept monotonic in seq (see the SQLite store): `since` bounds seq exactly,
-        // and the history bucket never decreases along a conversation.
-        let sent_at_us = micros(*sent_at).max(tail.last_sent_at_us);
-        let bucket = history_bucket(sent_at_us);
-        let peer_count = *tail.sent_by(*recipient_id);
-        let sender_count = *tail.sent_by(*sender_id) + 1;
-        *tail.sent_by(*sender_id) = sender_count;
-        tail.last_seq = seq;
-        tail.last_sent_at_us = sent_at_us;
-        let tail = *tail;
-        self.locations.insert(
-            *message_id,
-            Location {
-                conversation_id: *conversation_id,
-                bucket,
-                seq,
-                sender_id: *sender_id,
-                recipient_id: *recipient_id,
-                sender_count,
-                peer_count,
+        let loc = match self.locations.get(&id) {
+            // Numbered before; a batch of its conversation after it succeeded, so it is whole.
+            Some(loc) if loc.seq < tail.last_seq => return Ok(()),
+            Some(loc) => *loc,
+            None if tail.last_message_id == Some(id) => Location {
+                conversation_id: conv,
+                bucket: history_bucket(tail.last_sent_at_us),
+                seq: tail.last_seq,
+                sender_id: sender,
+                recipient_id: recipient,
+                sent_at_us: tail.last_sent_at_us,
+                sender_count: tail.sent_by(sender),
+                peer_count: tail.sent_by(recipient),
             },
-        );
+            None => {
+                // Times are kept monotonic in seq (see the SQLite store): `since` bounds seq
+                // exactly, and the history bucket never decreases along a conversation.
+                let sent_at_us = micros(*sent_at).max(tail.last_sent_at_us);
+                Location {
+                    conversation_id: conv,
+                    bucket: history_bucket(sent_at_us),
+                    seq: tail.last_seq + 1,
+                    sender_id: sender,
+                    recipient_id: recipient,
+                    sent_at_us,
+                    sender_count: tail.sent_by(sender) + 1,
+                    peer_count: tail.sent_by(recipient),
+                }
+            }
+        };
+        let at = tail.at(id, &loc);
+        self.tails.insert(conv, at);
+        self.locations.insert(id, loc);
 
         let ts = at_offset(position.offset);
         let partition = partition_of(position.partition)?;
         let offset = position.offset as i64;
+        let horizon = self.horizons.entry(partition).or_insert(offset + 1);
+        *horizon = (*horizon).max(offset + 1);
         let feed_bucket = feed_bucket(offset);
-        let (conv, id, sender, recipient) =
-            (*conversation_id, *message_id, *sender_id, *recipient_id);
+        let (bucket, seq, sent_at_us) = (loc.bucket, loc.seq, loc.sent_at_us);
+        let (sender_count, peer_count) = (loc.sender_count, loc.peer_count);
         let st = &self.store.inner.st;
         let mut batch = Batch::new(BatchType::Logged);
         batch.set_is_idempotent(true);
@@ -1141,36 +1237,28 @@ impl<'a> Applying<'a> {
             seq,
             sender,
             recipient,
+            sent_at_us,
             sender_count,
             peer_count,
             ts,
         );
+        // The tail as this message left it; a later message's (newer timestamp) wins.
         let tail_row = (
             conv,
-            tail.user_lo,
-            tail.user_hi,
-            tail.last_seq,
-            tail.last_sent_at_us,
-            tail.sent_by_lo,
-            tail.sent_by_hi,
+            at.user_lo,
+            at.user_hi,
+            id,
+            seq,
+            sent_at_us,
+            at.sent_by_lo,
+            at.sent_by_hi,
             ts,
         );
         let bucket_row = (conv, bucket, ts);
         // Each side's entry: the peer, the latest message, and how many the peer has sent.
-        let sender_entry = (
-            ts, recipient, id, seq, bucket, sent_at_us, peer_count, sender, conv,
-        );
-        let recipient_entry = (
-            ts,
-            sender,
-            id,
-            seq,
-            bucket,
-            sent_at_us,
-            sender_count,
-            recipient,
-            conv,
-        );
+        let entry = |user: Uuid, peer: Uuid, peer_sent: i64| {
+            (ts, peer, id, seq, bucket, sent_at_us, peer_sent, user, conv)
+        };
         let feed = |user: Uuid| {
             (
                 user,
@@ -1186,49 +1274,86 @@ impl<'a> Applying<'a> {
             )
         };
         let feed_bucket_row = |user: Uuid| (user, partition, feed_bucket, sent_at_us, sent_at_us);
-        let store = self.store;
         let rows = (
             message_row,
             location_row,
             tail_row,
             bucket_row,
-            sender_entry,
-            recipient_entry,
+            entry(sender, recipient, peer_count),
+            entry(recipient, sender, sender_count),
             feed(sender),
             feed(recipient),
             feed_bucket_row(sender),
             feed_bucket_row(recipient),
         );
-        self.writes.push(Box::pin(async move {
-            store
-                .inner
-                .session
-                .batch(&batch, rows)
-                .await
-                .map_err(exec_err("storing a message"))?;
-            Ok(())
-        }));
-        if let Some(client_msg_id) = client_msg_id {
-            // The first send of a key keeps it (events of one sender can sit in different log
-            // partitions, whose offsets do not compare).
-            let claim_ts = FIRST_WINS_TS.saturating_sub(micros(*sent_at)).max(1);
-            self.push(
-                &st.CLIENT_ID_ADD,
-                (sender, client_msg_id.clone(), id, claim_ts),
-                "recording a client message id",
-            );
-        }
+        let store = self.store;
+        let write: PendingWrite<'a> = match client_msg_id {
+            // The idempotency key goes in the same batch: a message is never stored without it.
+            Some(key) => {
+                batch.append_statement(st.CLIENT_ID_ADD.clone());
+                let rows = (
+                    rows.0,
+                    rows.1,
+                    rows.2,
+                    rows.3,
+                    rows.4,
+                    rows.5,
+                    rows.6,
+                    rows.7,
+                    rows.8,
+                    rows.9,
+                    (sender, key.clone(), sent_at_us, id, ts),
+                );
+                Box::pin(async move {
+                    store
+                        .inner
+                        .session
+                        .batch(&batch, rows)
+                        .await
+                        .map_err(exec_err("storing a message"))?;
+                    Ok(())
+                })
+            }
+            None => Box::pin(async move {
+                store
+                    .inner
+                    .session
+                    .batch(&batch, rows)
+                    .await
+                    .map_err(exec_err("storing a message"))?;
+                Ok(())
+            }),
+        };
+        self.chains.entry(conv).or_default().push(write);
         Ok(())
     }
 
-    /// Runs every pending write, at most [`WRITES_IN_FLIGHT`] at once.
+    /// Runs every pending write: each conversation's message batches one at a time in log
+    /// order, stopping at its first failure; everything else at most [`WRITES_IN_FLIGHT`] at
+    /// once. Waits for all of them, even after a failure, so that nothing is still in flight
+    /// when the caller retries; returns the first error.
     async fn flush(&mut self) -> Result<()> {
+        let chains = std::mem::take(&mut self.chains);
         let writes = std::mem::take(&mut self.writes);
-        futures::stream::iter(writes)
+        let mut all: Vec<PendingWrite<'a>> = Vec::with_capacity(chains.len() + writes.len());
+        for chain in chains.into_values() {
+            all.push(Box::pin(in_order(chain)));
+        }
+        all.extend(writes);
+        let outcomes: Vec<Result<()>> = futures::stream::iter(all)
             .buffer_unordered(WRITES_IN_FLIGHT)
-            .try_collect::<()>()
-            .await
+            .collect()
+            .await;
+        outcomes.into_iter().collect()
     }
+}
+
+/// Runs writes one after another, stopping at the first failure.
+async fn in_order(writes: Vec<PendingWrite<'_>>) -> Result<()> {
+    for write in writes {
+        write.await?;
+    }
+    Ok(())
 }
 
 // ----- cursors -----
@@ -1274,10 +1399,8 @@ fn page<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Pa
 struct PartitionScan {
     /// Visible entries at or after `since`, in offset order.
     entries: VecDeque<FeedEntry>,
-    /// Whether the partition holds nothing more after them.
-    exhausted: bool,
-    /// The last offset of the partition's last bucket, when the scan reached it.
-    end: Option<i64>,
+    /// One past the last offset whose messages are all stored (`None`: nothing is yet).
+    horizon: Option<i64>,
 }
 
 impl ScyllaStore {
@@ -1297,8 +1420,8 @@ impl ScyllaStore {
     }
 
     /// Reads one log partition of `user`'s feed after `after` (or, without a cursor, from the
-    /// first bucket that can hold messages at or after `since`), until `want` visible
-    /// entries at or after `since` are found or the partition ends.
+    /// first bucket that can hold messages at or after `since`) up to the partition's horizon,
+    /// until `want` visible entries at or after `since` are found or the horizon is reached.
     async fn scan_feed_partition(
         &self,
         user: Uuid,
@@ -1309,20 +1432,39 @@ impl ScyllaStore {
         want: usize,
     ) -> Result<PartitionScan> {
         let part = partition_of(partition)?;
-        let mut scan = PartitionScan::default();
-        let last_bucket = buckets.last().map(|(b, _)| *b);
-        let candidates = buckets.iter().filter(|(bucket, max_sent)| match after {
-            Some(c) => *bucket >= feed_bucket(c),
-            // Every message of a bucket whose latest is before `since` is left out anyway.
-            None => max_sent.is_none_or(|m| m >= since_us),
+        // Writes of one batch land in any order: only offsets below the horizon are certainly
+        // all there, so no cursor ever passes a message that becomes visible later.
+        let horizon = self
+            .first::<(Option<i64>,)>(
+                &self.st().FEED_HORIZON_GET,
+                (part,),
+                "reading a feed horizon",
+            )
+            .await?
+            .and_then(|(h,)| h);
+        let mut scan = PartitionScan {
+            entries: VecDeque::new(),
+            horizon,
+        };
+        let Some(horizon) = horizon else {
+            return Ok(scan);
+        };
+        let candidates = buckets.iter().filter(|(bucket, max_sent)| {
+            *bucket <= feed_bucket(horizon)
+                && match after {
+                    Some(c) => *bucket >= feed_bucket(c),
+                    // Every message of a bucket whose latest is before `since` is left out
+                    // anyway.
+                    None => max_sent.is_none_or(|m| m >= since_us),
+                }
         });
         let mut cursor = after.unwrap_or(-1);
         for (bucket, _) in candidates {
             loop {
                 let rows: Vec<FeedRow> = self
                     .rows(
-                        &self.st().FEED_AFTER,
-                        (user, part, *bucket, cursor, CHUNK as i32),
+                        &self.st().FEED_BETWEEN,
+                        (user, part, *bucket, cursor, horizon, CHUNK as i32),
                         "reading a feed",
                     )
                     .await?;
@@ -1341,7 +1483,6 @@ impl ScyllaStore {
                     .collect();
                 let hidden = self.hidden_among(user, &entries).await?;
                 for e in &entries {
-                    cursor = cursor.max(e.offset);
                     if e.sent_at_us >= since_us && !hidden.contains(&(e.conversation_id, e.seq)) {
                         scan.entries.push_back(*e);
                     }
@@ -1349,18 +1490,14 @@ impl ScyllaStore {
                 if let Some((offset, ..)) = rows.last() {
                     cursor = cursor.max(*offset);
                 }
-                if scan.entries.len() >= want {
-                    return Ok(scan);
-                }
-                if rows.len() < CHUNK {
+                if scan.entries.len() >= want || rows.len() < CHUNK {
                     break;
                 }
             }
-            if Some(*bucket) == last_bucket {
-                scan.end = Some(cursor);
+            if scan.entries.len() >= want {
+                break;
             }
         }
-        scan.exhausted = true;
         Ok(scan)
     }
 
@@ -1547,6 +1684,9 @@ impl ReadStore for ScyllaStore {
             store: self,
             locations: HashMap::new(),
             tails: HashMap::new(),
+            issued: HashSet::new(),
+            horizons: HashMap::new(),
+            chains: HashMap::new(),
             writes: Vec::new(),
         };
         applying.prefetch(&changes).await?;
@@ -1554,7 +1694,16 @@ impl ReadStore for ScyllaStore {
             applying.apply(change).await?;
         }
         applying.flush().await?;
-        // Only once every change is stored: a crash before this re-applies the batch.
+        // Only once every change is stored: feed readers may now read up to here, and a crash
+        // before the checkpoint re-applies the batch.
+        for (partition, next) in std::mem::take(&mut applying.horizons) {
+            applying.push(
+                &self.st().FEED_HORIZON_SET,
+                (partition, next, next),
+                "advancing a feed horizon",
+            );
+        }
+        applying.flush().await?;
         for p in &checkpoint {
             let offset = p.offset as i64;
             applying.push(
@@ -1731,15 +1880,18 @@ impl ReadStore for ScyllaStore {
                 .filter(|l| l.conversation_id == conv)
                 .ok_or(StoreError::UnknownCursor(id))
         };
-        let before = match query.before {
-            Some(id) => Some(cursor(id).await?),
-            None => None,
+        let optional = |id: Option<Uuid>| async move {
+            match id {
+                Some(id) => cursor(id).await.map(Some),
+                None => Ok(None),
+            }
         };
-        let after = match query.after {
-            Some(id) => Some(cursor(id).await?),
-            None => None,
-        };
-        let Some(tail) = self.tail(conv).await? else {
+        let (before, after, tail) = futures::try_join!(
+            optional(query.before),
+            optional(query.after),
+            self.tail(conv)
+        )?;
+        let Some(tail) = tail else {
             return Ok(Page {
                 items: Vec::new(),
                 next: None,
@@ -1911,26 +2063,12 @@ impl ReadStore for ScyllaStore {
         }
         let more = scans.values().any(|s| !s.entries.is_empty());
         if !more {
-            // Everything up to each partition's end was read or left out for good: resume
-            // after it, so a later poll sees only what reaches the read models from now on.
+            // Everything below each partition's horizon was read or left out for good: resume
+            // there, so a later poll sees only what reaches the read models from now on.
             for (p, scan) in &scans {
-                let end = match scan.end {
-                    Some(end) => Some(end),
-                    None => match buckets.get(p).and_then(|b| b.last()) {
-                        Some(&(last_bucket, _)) => self
-                            .first::<(i64,)>(
-                                &self.st().FEED_LAST,
-                                (user, partition_of(*p)?, last_bucket),
-                                "reading a feed's end",
-                            )
-                            .await?
-                            .map(|(o,)| o),
-                        None => None,
-                    },
-                };
-                if let Some(end) = end.filter(|e| *e >= 0) {
-                    let c = cursor.entry(*p).or_insert(end);
-                    *c = (*c).max(end);
+                if let Some(last) = scan.horizon.map(|h| h - 1).filter(|l| *l >= 0) {
+                    let c = cursor.entry(*p).or_insert(last);
+                    *c = (*c).max(last);
                 }
             }
         }
