@@ -152,3 +152,34 @@ pub trait ReadStore: Send + Sync + 'static {
         client_msg_id: &str,
     ) -> Result<Option<Message>>;
 }
+
+/// The two users of a pair in a fixed order (smaller id first).
+pub(crate) fn ordered(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+/// A page of `limit` items from `items` (fetched with one extra to learn whether more follow),
+/// with the cursor of its last item when they do.
+pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().map(cursor) } else { None };
+    Page { items, next }
+}
+
+/// A conversation-list cursor: `<last activity in microseconds>.<conversation id>`.
+pub(crate) fn conversation_cursor(c: &Conversation) -> String {
+    format!(
+        "{}.{}",
+        c.last_activity_at.timestamp_micros(),
+        c.conversation_id
+    )
+}
+
+/// Reads a [`conversation_cursor`]: (activity in microseconds, conversation id).
+pub(crate) fn parse_conversation_cursor(cursor: &str) -> Result<(i64, Uuid)> {
+    let parsed = cursor
+        .split_once('.')
+        .and_then(|(t, id)| Some((t.parse().ok()?, Uuid::parse_str(id).ok()?)));
+    parsed.ok_or_else(|| StoreError::InvalidCursor(cursor.to_owned()))
+}

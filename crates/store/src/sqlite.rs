@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 use crate::{
     Change, Conversation, FeedPage, FriendEntry, FriendshipState, HistoryQuery, Message,
-    MessageStatus, Page, ReadStore, Relation, Result, StoreError, User,
+    MessageStatus, Page, ReadStore, Relation, Result, StoreError, User, conversation_cursor,
+    ordered, page, parse_conversation_cursor,
 };
 
 /// The read-model schema's version (`PRAGMA user_version`). A store written with another
@@ -167,10 +168,6 @@ fn from_micros(v: i64) -> rusqlite::Result<DateTime<Utc>> {
             format!("timestamp {v} out of range").into(),
         )
     })
-}
-
-fn ordered(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
-    if a <= b { (a, b) } else { (b, a) }
 }
 
 impl SqliteStore {
@@ -755,19 +752,6 @@ fn message_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
     })
 }
 
-/// A cursor of the form `<micros>.<uuid>`.
-fn parse_cursor(cursor: &str) -> Option<(i64, Uuid)> {
-    let (t, id) = cursor.split_once('.')?;
-    Some((t.parse().ok()?, Uuid::parse_str(id).ok()?))
-}
-
-fn page<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Page<T> {
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next = if more { items.last().map(cursor) } else { None };
-    Page { items, next }
-}
-
 #[async_trait]
 impl ReadStore for SqliteStore {
     async fn apply(
@@ -882,7 +866,7 @@ impl ReadStore for SqliteStore {
         limit: usize,
     ) -> Result<Page<Conversation>> {
         let (before_at, before_id) = match cursor {
-            Some(c) => parse_cursor(c).ok_or_else(|| StoreError::InvalidCursor(c.to_owned()))?,
+            Some(c) => parse_conversation_cursor(c)?,
             None => (i64::MAX, Uuid::max()),
         };
         self.read(|c| {
@@ -924,9 +908,7 @@ impl ReadStore for SqliteStore {
             let items = rows
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(sql("reading a conversation list"))?;
-            Ok(page(items, limit, |c: &Conversation| {
-                format!("{}.{}", micros(c.last_activity_at), c.conversation_id)
-            }))
+            Ok(page(items, limit, conversation_cursor))
         })
     }
 

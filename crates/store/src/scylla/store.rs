@@ -43,7 +43,8 @@ use uuid::Uuid;
 use super::{MIGRATIONS, ScyllaConfig};
 use crate::{
     Change, Conversation, FeedPage, FriendEntry, FriendshipState, HistoryQuery, Message,
-    MessageStatus, Page, ReadStore, Relation, Result, StoreError, User,
+    MessageStatus, Page, ReadStore, Relation, Result, StoreError, User, conversation_cursor,
+    ordered, page, parse_conversation_cursor,
 };
 
 /// History buckets: 10 days of send time, in microseconds.
@@ -87,10 +88,6 @@ fn history_bucket(sent_at_us: i64) -> i64 {
 
 fn feed_bucket(offset: i64) -> i64 {
     offset >> FEED_BUCKET_BITS
-}
-
-fn ordered(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
-    if a <= b { (a, b) } else { (b, a) }
 }
 
 fn partition_of(p: u32) -> Result<i32> {
@@ -902,20 +899,12 @@ impl<'a> Applying<'a> {
             }
         }
         let store = self.store;
-        let locations: Vec<(Uuid, Option<Location>)> = futures::stream::iter(ids)
-            .map(|id| async move { Ok::<_, StoreError>((id, store.location(id).await?)) })
-            .buffer_unordered(READS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        self.locations
-            .extend(locations.into_iter().filter_map(|(id, l)| Some((id, l?))));
-        let tails: Vec<(Uuid, Option<Tail>)> = futures::stream::iter(conversations)
-            .map(|c| async move { Ok::<_, StoreError>((c, store.tail(c).await?)) })
-            .buffer_unordered(READS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        self.tails
-            .extend(tails.into_iter().filter_map(|(c, t)| Some((c, t?))));
+        let (locations, tails) = futures::try_join!(
+            read_each(ids, |id| store.location(id)),
+            read_each(conversations, |c| store.tail(c)),
+        )?;
+        self.locations.extend(locations);
+        self.tails.extend(tails);
         Ok(())
     }
 
@@ -1348,6 +1337,24 @@ impl<'a> Applying<'a> {
     }
 }
 
+/// Runs `read` for every key, [`READS_IN_FLIGHT`] at once, and keeps what was found.
+async fn read_each<K, V, F, Fut>(keys: HashSet<K>, read: F) -> Result<HashMap<K, V>>
+where
+    K: Eq + std::hash::Hash + Copy,
+    F: Fn(K) -> Fut,
+    Fut: Future<Output = Result<Option<V>>>,
+{
+    futures::stream::iter(keys)
+        .map(|key| {
+            let found = read(key);
+            async move { Ok::<_, StoreError>(found.await?.map(|value| (key, value))) }
+        })
+        .buffer_unordered(READS_IN_FLIGHT)
+        .try_filter_map(|found| async move { Ok(found) })
+        .try_collect()
+        .await
+}
+
 /// Runs writes one after another, stopping at the first failure.
 async fn in_order(writes: Vec<PendingWrite<'_>>) -> Result<()> {
     for write in writes {
@@ -1357,12 +1364,6 @@ async fn in_order(writes: Vec<PendingWrite<'_>>) -> Result<()> {
 }
 
 // ----- cursors -----
-
-/// A conversation-list cursor: `<micros>.<uuid>` (the same form as the embedded store's).
-fn parse_list_cursor(cursor: &str) -> Option<(i64, Uuid)> {
-    let (t, id) = cursor.split_once('.')?;
-    Some((t.parse().ok()?, Uuid::parse_str(id).ok()?))
-}
 
 /// A feed cursor: the last offset read in each log partition, as `f<p>.<offset>_<p>.<offset>`
 /// (`f` alone before anything was read).
@@ -1385,13 +1386,6 @@ fn parse_feed_cursor(cursor: &str) -> Option<BTreeMap<u32, i64>> {
 fn feed_cursor(positions: &BTreeMap<u32, i64>) -> String {
     let parts: Vec<String> = positions.iter().map(|(p, o)| format!("{p}.{o}")).collect();
     format!("f{}", parts.join("_"))
-}
-
-fn page<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Page<T> {
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next = if more { items.last().map(cursor) } else { None };
-    Page { items, next }
 }
 
 /// What a feed read found in one log partition.
@@ -1816,9 +1810,7 @@ impl ReadStore for ScyllaStore {
         limit: usize,
     ) -> Result<Page<Conversation>> {
         let (before_at, before_id) = match cursor {
-            Some(c) => {
-                parse_list_cursor(c).ok_or_else(|| StoreError::InvalidCursor(c.to_owned()))?
-            }
+            Some(c) => parse_conversation_cursor(c)?,
             None => (i64::MAX, Uuid::max()),
         };
         // One partition per user: every conversation they have, ordered here by activity.
@@ -1855,9 +1847,7 @@ impl ReadStore for ScyllaStore {
                 .await?;
             items.extend(built.into_iter().flatten());
         }
-        Ok(page(items, limit, |c: &Conversation| {
-            format!("{}.{}", micros(c.last_activity_at), c.conversation_id)
-        }))
+        Ok(page(items, limit, conversation_cursor))
     }
 
     async fn participants(&self, conversation: Uuid) -> Result<Option<(Uuid, Uuid)>> {
@@ -1903,76 +1893,54 @@ impl ReadStore for ScyllaStore {
         let want = query.limit + 1;
         let ascending = query.ascending();
         let mut found: Vec<StoredMessage> = Vec::new();
-        if ascending {
+        // Walk the conversation's non-empty buckets from the first that can hold the page.
+        let (buckets_from, mut from, floor) = if ascending {
             let mut from = after.map_or(i64::MIN, |l| l.bucket);
             if let Some(since) = since_us {
                 from = from.max(history_bucket(since));
             }
-            'walk: loop {
-                let buckets: Vec<(i64,)> = self
-                    .rows(
-                        &self.st().BUCKETS_UP,
-                        (conv, from, BUCKET_CHUNK),
-                        "reading history buckets",
+            (&self.st().BUCKETS_UP, from, i64::MIN)
+        } else {
+            let from = before.map_or(i64::MAX, |l| l.bucket);
+            (
+                &self.st().BUCKETS_DOWN,
+                from,
+                after.map_or(i64::MIN, |l| l.bucket),
+            )
+        };
+        'walk: loop {
+            let buckets: Vec<(i64,)> = self
+                .rows(
+                    buckets_from,
+                    (conv, from, BUCKET_CHUNK),
+                    "reading history buckets",
+                )
+                .await?;
+            for &(bucket,) in &buckets {
+                if bucket < floor {
+                    break 'walk;
+                }
+                let go_on = self
+                    .history_bucket(
+                        viewer,
+                        conv,
+                        bucket,
+                        (lower, upper),
+                        since_us,
+                        ascending,
+                        want,
+                        &mut found,
                     )
                     .await?;
-                for &(bucket,) in &buckets {
-                    let go_on = self
-                        .history_bucket(
-                            viewer,
-                            conv,
-                            bucket,
-                            (lower, upper),
-                            since_us,
-                            true,
-                            want,
-                            &mut found,
-                        )
-                        .await?;
-                    if !go_on {
-                        break 'walk;
-                    }
-                }
-                match buckets.last() {
-                    Some(&(last,)) if buckets.len() == BUCKET_CHUNK as usize => from = last + 1,
-                    _ => break,
+                if !go_on {
+                    break 'walk;
                 }
             }
-        } else {
-            let mut from = before.map_or(i64::MAX, |l| l.bucket);
-            let floor = after.map_or(i64::MIN, |l| l.bucket);
-            'walk: loop {
-                let buckets: Vec<(i64,)> = self
-                    .rows(
-                        &self.st().BUCKETS_DOWN,
-                        (conv, from, BUCKET_CHUNK),
-                        "reading history buckets",
-                    )
-                    .await?;
-                for &(bucket,) in &buckets {
-                    if bucket < floor {
-                        break 'walk;
-                    }
-                    let go_on = self
-                        .history_bucket(
-                            viewer,
-                            conv,
-                            bucket,
-                            (lower, upper),
-                            since_us,
-                            false,
-                            want,
-                            &mut found,
-                        )
-                        .await?;
-                    if !go_on {
-                        break 'walk;
-                    }
+            match buckets.last() {
+                Some(&(last,)) if buckets.len() == BUCKET_CHUNK as usize => {
+                    from = if ascending { last + 1 } else { last - 1 }
                 }
-                match buckets.last() {
-                    Some(&(last,)) if buckets.len() == BUCKET_CHUNK as usize => from = last - 1,
-                    _ => break,
-                }
+                _ => break,
             }
         }
         let (lo_read, hi_read) = futures::try_join!(
