@@ -854,6 +854,8 @@ struct Applying<'a> {
     tails: HashMap<Uuid, Tail>,
     /// Messages whose batch this apply already wrote.
     issued: HashSet<Uuid>,
+    /// Messages whose batch is in this apply's chains, by conversation.
+    numbered: HashMap<Uuid, Uuid>,
     /// Per log partition, one past the last message offset of this apply.
     horizons: HashMap<i32, i64>,
     /// Message batches per conversation, in log order.
@@ -871,6 +873,24 @@ impl<'a> Applying<'a> {
         let store = self.store;
         self.writes
             .push(Box::pin(store.write(statement, values, action)));
+    }
+
+    /// Like [`Self::push`] for a write about `message`: when this apply numbered it, the write
+    /// waits for (and is skipped after a failure of) the message's own batch, so a number that
+    /// is never stored is never marked read, hidden or deleted.
+    fn push_about(
+        &mut self,
+        message: Uuid,
+        statement: &'a PreparedStatement,
+        values: impl SerializeRow + Send + 'a,
+        action: &'static str,
+    ) {
+        let store = self.store;
+        let write: PendingWrite<'a> = Box::pin(store.write(statement, values, action));
+        match self.numbered.get(&message) {
+            Some(conversation) => self.chains.entry(*conversation).or_default().push(write),
+            None => self.writes.push(write),
+        }
     }
 
     /// Reads, all at once, where every message the batch names is and every tail of a
@@ -899,12 +919,13 @@ impl<'a> Applying<'a> {
             }
         }
         let store = self.store;
-        let (locations, tails) = futures::try_join!(
-            read_each(ids, |id| store.location(id)),
-            read_each(conversations, |c| store.tail(c)),
-        )?;
-        self.locations.extend(locations);
-        self.tails.extend(tails);
+        // Tails first, then locations: a tail naming message Mk means every earlier message's
+        // batch was acknowledged before Mk's was sent, so the location reads that follow see
+        // them, even while another projector is still writing (a rebalance).
+        self.tails
+            .extend(read_each(conversations, |c| store.tail(c)).await?);
+        self.locations
+            .extend(read_each(ids, |id| store.location(id)).await?);
         Ok(())
     }
 
@@ -1026,7 +1047,8 @@ impl<'a> Applying<'a> {
                     loc.sender_count
                 };
                 // The marked seq as timestamp: a marker only moves forward.
-                self.push(
+                self.push_about(
+                    *up_to,
                     &st.ENTRY_READ_SET,
                     (
                         loc.seq,
@@ -1049,7 +1071,8 @@ impl<'a> Applying<'a> {
                 if *user_id != loc.sender_id && *user_id != loc.recipient_id {
                     return Ok(());
                 }
-                self.push(
+                self.push_about(
+                    *message_id,
                     &st.HIDDEN_ADD,
                     (
                         *user_id,
@@ -1061,7 +1084,8 @@ impl<'a> Applying<'a> {
                     "hiding a message",
                 );
                 if *user_id != loc.sender_id {
-                    self.push(
+                    self.push_about(
+                        *message_id,
                         &st.UNCOUNTED_ADD,
                         (*user_id, loc.conversation_id, loc.seq, MEMBERSHIP_TS),
                         "uncounting a message",
@@ -1073,7 +1097,8 @@ impl<'a> Applying<'a> {
                     tracing::warn!(%message_id, "deleting an unknown message; ignored");
                     return Ok(());
                 };
-                self.push(
+                self.push_about(
+                    *message_id,
                     &st.MESSAGE_DELETE,
                     (
                         DELETED_TS,
@@ -1085,7 +1110,8 @@ impl<'a> Applying<'a> {
                     ),
                     "deleting a message",
                 );
-                self.push(
+                self.push_about(
+                    *message_id,
                     &st.UNCOUNTED_ADD,
                     (
                         loc.recipient_id,
@@ -1141,6 +1167,13 @@ impl<'a> Applying<'a> {
             }
         });
         let loc = match self.locations.get(&id) {
+            Some(loc)
+                if (loc.conversation_id, loc.sender_id, loc.recipient_id)
+                    != (conv, sender, recipient) =>
+            {
+                tracing::error!(message_id = %id, conversation_id = %conv, "message id already names another message; not projected");
+                return Ok(());
+            }
             // Numbered before; a batch of its conversation after it succeeded, so it is whole.
             Some(loc) if loc.seq < tail.last_seq => return Ok(()),
             Some(loc) => *loc,
@@ -1314,6 +1347,7 @@ impl<'a> Applying<'a> {
             }),
         };
         self.chains.entry(conv).or_default().push(write);
+        self.numbered.insert(id, conv);
         Ok(())
     }
 
@@ -1393,8 +1427,8 @@ fn feed_cursor(positions: &BTreeMap<u32, i64>) -> String {
 struct PartitionScan {
     /// Visible entries at or after `since`, in offset order.
     entries: VecDeque<FeedEntry>,
-    /// One past the last offset whose messages are all stored (`None`: nothing is yet).
-    horizon: Option<i64>,
+    /// One past the last offset whose messages are all stored: the scan stops there.
+    horizon: i64,
 }
 
 impl ScyllaStore {
@@ -1416,32 +1450,21 @@ impl ScyllaStore {
     /// Reads one log partition of `user`'s feed after `after` (or, without a cursor, from the
     /// first bucket that can hold messages at or after `since`) up to the partition's horizon,
     /// until `want` visible entries at or after `since` are found or the horizon is reached.
+    #[allow(clippy::too_many_arguments)]
     async fn scan_feed_partition(
         &self,
         user: Uuid,
         partition: u32,
         buckets: &[(i64, Option<i64>)],
         after: Option<i64>,
+        horizon: i64,
         since_us: i64,
         want: usize,
     ) -> Result<PartitionScan> {
         let part = partition_of(partition)?;
-        // Writes of one batch land in any order: only offsets below the horizon are certainly
-        // all there, so no cursor ever passes a message that becomes visible later.
-        let horizon = self
-            .first::<(Option<i64>,)>(
-                &self.st().FEED_HORIZON_GET,
-                (part,),
-                "reading a feed horizon",
-            )
-            .await?
-            .and_then(|(h,)| h);
         let mut scan = PartitionScan {
             entries: VecDeque::new(),
             horizon,
-        };
-        let Some(horizon) = horizon else {
-            return Ok(scan);
         };
         let candidates = buckets.iter().filter(|(bucket, max_sent)| {
             *bucket <= feed_bucket(horizon)
@@ -1493,6 +1516,25 @@ impl ScyllaStore {
             }
         }
         Ok(scan)
+    }
+
+    /// The user's feed buckets, by log partition, oldest first, with their latest send time.
+    async fn feed_buckets(&self, user: Uuid) -> Result<BTreeMap<u32, Vec<(i64, Option<i64>)>>> {
+        let rows: Vec<(i32, i64, Option<i64>)> = self
+            .all(
+                &self.st().FEED_BUCKETS_GET,
+                (user,),
+                "reading a feed's buckets",
+            )
+            .await?;
+        let mut buckets: BTreeMap<u32, Vec<(i64, Option<i64>)>> = BTreeMap::new();
+        for (p, bucket, max_sent) in rows {
+            buckets
+                .entry(p as u32)
+                .or_default()
+                .push((bucket, max_sent));
+        }
+        Ok(buckets)
     }
 
     /// Which of `entries` `user` hid, as (conversation, seq): one read per conversation.
@@ -1679,6 +1721,7 @@ impl ReadStore for ScyllaStore {
             locations: HashMap::new(),
             tails: HashMap::new(),
             issued: HashSet::new(),
+            numbered: HashMap::new(),
             horizons: HashMap::new(),
             chains: HashMap::new(),
             writes: Vec::new(),
@@ -1977,29 +2020,34 @@ impl ReadStore for ScyllaStore {
             None => BTreeMap::new(),
         };
         let since_us = micros(since);
-        let rows: Vec<(i32, i64, Option<i64>)> = self
-            .all(
-                &self.st().FEED_BUCKETS_GET,
-                (user,),
-                "reading a feed's buckets",
-            )
-            .await?;
-        let mut buckets: BTreeMap<u32, Vec<(i64, Option<i64>)>> = BTreeMap::new();
-        for (p, bucket, max_sent) in rows {
-            buckets
-                .entry(p as u32)
-                .or_default()
-                .push((bucket, max_sent));
-        }
+        // The buckets, then each partition's horizon, then the buckets again: a message's
+        // bucket row is written before its horizon moves past it, so the second list holds
+        // every bucket with messages below the horizons read.
+        let partitions: HashSet<u32> = self.feed_buckets(user).await?.into_keys().collect();
+        let horizons = read_each(partitions, |p| async move {
+            Ok(self
+                .first::<(Option<i64>,)>(
+                    &self.st().FEED_HORIZON_GET,
+                    (partition_of(p)?,),
+                    "reading a feed horizon",
+                )
+                .await?
+                .and_then(|(h,)| h))
+        })
+        .await?;
+        let buckets = self.feed_buckets(user).await?;
         let want = limit + 1;
-        let work: Vec<(u32, Vec<(i64, Option<i64>)>, Option<i64>)> = buckets
-            .iter()
-            .map(|(p, list)| (*p, list.clone(), cursor.get(p).copied()))
+        let work: Vec<(u32, Vec<(i64, Option<i64>)>, Option<i64>, i64)> = buckets
+            .into_iter()
+            .filter_map(|(p, list)| {
+                let horizon = *horizons.get(&p)?;
+                Some((p, list, cursor.get(&p).copied(), horizon))
+            })
             .collect();
         let scans: Vec<(u32, PartitionScan)> = futures::stream::iter(work)
-            .map(|(p, list, from)| async move {
+            .map(|(p, list, from, horizon)| async move {
                 let scan = self
-                    .scan_feed_partition(user, p, &list, from, since_us, want)
+                    .scan_feed_partition(user, p, &list, from, horizon, since_us, want)
                     .await?;
                 Ok::<_, StoreError>((p, scan))
             })
@@ -2034,7 +2082,8 @@ impl ReadStore for ScyllaStore {
             // Everything below each partition's horizon was read or left out for good: resume
             // there, so a later poll sees only what reaches the read models from now on.
             for (p, scan) in &scans {
-                if let Some(last) = scan.horizon.map(|h| h - 1).filter(|l| *l >= 0) {
+                let last = scan.horizon - 1;
+                if last >= 0 {
                     let c = cursor.entry(*p).or_insert(last);
                     *c = (*c).max(last);
                 }
