@@ -30,6 +30,7 @@ use ::scylla::errors::{
     DbError, ExecutionError, NextPageError, NextRowError, PagerExecutionError, PrepareError,
     RequestAttemptError, RequestError,
 };
+use ::scylla::serialize::batch::BatchValues;
 use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::batch::{Batch, BatchType};
 use ::scylla::statement::prepared::PreparedStatement;
@@ -666,6 +667,16 @@ impl ScyllaStore {
 
     fn st(&self) -> &Prepared {
         &self.inner.st
+    }
+
+    /// Sends one logged batch (a message's rows).
+    async fn logged_batch(&self, batch: Batch, rows: impl BatchValues) -> Result<()> {
+        self.inner
+            .session
+            .batch(&batch, rows)
+            .await
+            .map_err(exec_err("storing a message"))?;
+        Ok(())
     }
 
     async fn write(
@@ -1326,25 +1337,9 @@ impl<'a> Applying<'a> {
                     rows.9,
                     (sender, key.clone(), sent_at_us, id, ts),
                 );
-                Box::pin(async move {
-                    store
-                        .inner
-                        .session
-                        .batch(&batch, rows)
-                        .await
-                        .map_err(exec_err("storing a message"))?;
-                    Ok(())
-                })
+                Box::pin(store.logged_batch(batch, rows))
             }
-            None => Box::pin(async move {
-                store
-                    .inner
-                    .session
-                    .batch(&batch, rows)
-                    .await
-                    .map_err(exec_err("storing a message"))?;
-                Ok(())
-            }),
+            None => Box::pin(store.logged_batch(batch, rows)),
         };
         self.chains.entry(conv).or_default().push(write);
         self.numbered.insert(id, conv);
