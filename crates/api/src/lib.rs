@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod error;
 pub mod routes;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,8 @@ pub struct ApiConfig {
     pub token_ttl: Duration,
     /// How long a query with `min_position` waits for the read models at most.
     pub max_read_wait: Duration,
+    /// WebSocket session limits and heartbeat timeout.
+    pub ws: ws::WsConfig,
 }
 
 /// What every handler shares.
@@ -46,6 +49,8 @@ pub struct ApiConfig {
 pub struct AppState {
     pub service: Arc<Service>,
     pub config: Arc<ApiConfig>,
+    /// The WebSocket sessions this process holds.
+    pub sessions: Arc<ws::Sessions>,
 }
 
 /// The whole API as a router.

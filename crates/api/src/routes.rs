@@ -54,6 +54,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/messages"),
     ("DELETE", "/v1/messages/{message_id}"),
     ("POST", "/v1/presence"),
+    ("GET", "/v1/ws"),
 ];
 
 pub fn routes() -> Router<AppState> {
@@ -84,6 +85,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/messages", get(messages_since))
         .route("/v1/messages/{message_id}", delete(delete_message))
         .route("/v1/presence", post(presence))
+        .route("/v1/ws", get(crate::ws::upgrade))
 }
 
 // ----- authentication -----
@@ -96,26 +98,40 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
-        })?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
-        let claims = state
-            .config
-            .secret
-            .verify(token.trim(), Utc::now().timestamp())
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        Ok(Auth(Actor {
-            user_id: claims.sub,
-            correlation_id: correlation_id(&parts.headers),
-        }))
+        actor_from_headers(state, &parts.headers).map(Auth)
     }
+}
+
+/// The caller named by the `Authorization: Bearer <token>` header.
+pub(crate) fn actor_from_headers(state: &AppState, headers: &HeaderMap) -> ApiResult<Actor> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+        })?;
+    actor_from_token(state, token, headers)
+}
+
+/// The caller a bearer token names.
+pub(crate) fn actor_from_token(
+    state: &AppState,
+    token: &str,
+    headers: &HeaderMap,
+) -> ApiResult<Actor> {
+    let claims = state
+        .config
+        .secret
+        .verify(token.trim(), Utc::now().timestamp())
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    Ok(Actor {
+        user_id: claims.sub,
+        correlation_id: correlation_id(headers),
+    })
 }
 
 /// The request's `X-Request-Id` if it is a UUID, otherwise a new one.

@@ -141,6 +141,18 @@ struct ServeArgs {
     /// Longest wait of a query's `min_position`, in milliseconds.
     #[arg(long, env = "MISSIVE_MAX_READ_WAIT_MS", default_value_t = 2000)]
     max_read_wait_ms: u64,
+    /// Most WebSocket sessions (GET /v1/ws) this process holds; more are refused with 503.
+    #[arg(long, env = "MISSIVE_WS_MAX_CONNECTIONS", default_value_t = 100_000)]
+    ws_max_connections: usize,
+    /// Most WebSocket sessions one user may hold at once (devices); more are refused with 429.
+    #[arg(long, env = "MISSIVE_WS_MAX_SESSIONS_PER_USER", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ws_max_sessions_per_user: u64,
+    /// A WebSocket session that sends nothing (no frame, no ping) for this many seconds is
+    /// closed with code 4000; the user goes offline when it was their last.
+    #[arg(long, env = "MISSIVE_WS_HEARTBEAT_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ws_heartbeat_timeout_secs: u64,
 }
 
 impl ServeArgs {
@@ -155,6 +167,11 @@ impl ServeArgs {
         config.service.max_text_chars = self.max_text_chars;
         config.token_ttl = Duration::from_secs(self.token_ttl_days * 24 * 3600);
         config.max_read_wait = Duration::from_millis(self.max_read_wait_ms);
+        config.ws = missive_api::ws::WsConfig {
+            max_connections: self.ws_max_connections,
+            max_sessions_per_user: self.ws_max_sessions_per_user as usize,
+            heartbeat_timeout: Duration::from_secs(self.ws_heartbeat_timeout_secs),
+        };
         Ok(config)
     }
 }

@@ -156,6 +156,8 @@ pub struct ServerConfig {
     pub service: Config,
     pub token_ttl: Duration,
     pub max_read_wait: Duration,
+    /// WebSocket session limits and heartbeat timeout.
+    pub ws: missive_api::ws::WsConfig,
 }
 
 impl ServerConfig {
@@ -173,6 +175,7 @@ impl ServerConfig {
             service: Config::default(),
             token_ttl: Duration::from_secs(30 * 24 * 3600),
             max_read_wait: missive_api::routes::DEFAULT_READ_WAIT,
+            ws: missive_api::ws::WsConfig::default(),
         }
     }
 }
@@ -254,7 +257,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                 secret: secret.clone(),
                 token_ttl: config.token_ttl,
                 max_read_wait: config.max_read_wait,
+                ws: config.ws.clone(),
             }),
+            sessions: Arc::default(),
         };
         let shutdown = stopped(stop_rx);
         tasks.push((
