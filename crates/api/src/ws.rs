@@ -94,6 +94,23 @@ impl Sessions {
     }
 }
 
+/// One session's place in [`Sessions`], from the accepted upgrade on: dropping it (the session
+/// ended, or the upgrade never completed) gives the place back.
+struct Slot {
+    sessions: Arc<Sessions>,
+    user: Uuid,
+    entry: Option<Arc<tokio::sync::Mutex<usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.sessions.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(entry) = self.entry.take() {
+            self.sessions.release(self.user, entry);
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct WsParams {
     access_token: Option<String>,
@@ -127,11 +144,14 @@ pub(crate) async fn upgrade(
         ));
     }
     let entry = sessions.entry(actor.user_id);
+    let slot = Slot {
+        entry: Some(entry.clone()),
+        user: actor.user_id,
+        sessions,
+    };
     // The count is checked again when the session starts; this early check answers with a
     // proper HTTP status in the common case.
     if *entry.lock().await >= ws.max_sessions_per_user {
-        sessions.total.fetch_sub(1, Ordering::AcqRel);
-        sessions.release(actor.user_id, entry);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_sessions",
@@ -145,8 +165,9 @@ pub(crate) async fn upgrade(
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
-            session(state, actor, entry, socket).await;
-            sessions.total.fetch_sub(1, Ordering::AcqRel);
+            session(state, actor, &entry, socket).await;
+            drop(entry);
+            drop(slot);
         })
         .into_response())
 }
@@ -155,7 +176,7 @@ pub(crate) async fn upgrade(
 async fn session(
     state: AppState,
     actor: Actor,
-    entry: Arc<tokio::sync::Mutex<usize>>,
+    entry: &tokio::sync::Mutex<usize>,
     mut socket: WebSocket,
 ) {
     let user = actor.user_id;
@@ -170,7 +191,6 @@ async fn session(
                     "too many sessions for this user",
                 ))
                 .await;
-            state.sessions.release(user, entry);
             return;
         }
         if *count == 0
@@ -184,7 +204,6 @@ async fn session(
                     "presence could not be recorded; retry shortly",
                 ))
                 .await;
-            state.sessions.release(user, entry);
             return;
         }
         *count += 1;
@@ -202,7 +221,6 @@ async fn session(
             tracing::error!(%user, %error, "could not record that a user went offline");
         }
     }
-    state.sessions.release(user, entry);
 }
 
 fn close(code: u16, reason: &'static str) -> WsMessage {

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 both_logs!(
     sessions_authenticate_answer_pings_and_drive_presence,
     a_silent_session_times_out_and_limits_hold,
+    the_process_limit_refuses_with_503_and_frees_on_close,
 );
 
 type Socket =
@@ -173,4 +174,39 @@ async fn a_silent_session_times_out_and_limits_hold() {
         .await
         .expect("ping");
     assert_eq!(next_json(&mut again).await["type"], "pong");
+}
+
+async fn the_process_limit_refuses_with_503_and_frees_on_close() {
+    let h = Harness::start_with(|c| c.ws.max_connections = 1).await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let mut first = open(&h, &alice).await;
+    let mut request = ws_url(&h).into_client_request().expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", bob.token).parse().expect("header"),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    first.close(None).await.expect("close");
+    // The place is given back once the session has ended.
+    for _ in 0..200 {
+        let mut request = ws_url(&h).into_client_request().expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", bob.token).parse().expect("header"),
+        );
+        if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await {
+            socket
+                .send(Message::Text(r#"{"type":"ping"}"#.into()))
+                .await
+                .expect("ping");
+            assert_eq!(next_json(&mut socket).await["type"], "pong");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the closed session's place was never given back");
 }
