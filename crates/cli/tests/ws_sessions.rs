@@ -26,14 +26,22 @@ fn ws_url(h: &Harness) -> String {
     format!("{}/v1/ws", h.base.replacen("http://", "ws://", 1))
 }
 
-/// Opens a session with the token in the Authorization header.
-async fn open(h: &Harness, who: &Client) -> Socket {
+/// An upgrade request with the token in the Authorization header.
+fn upgrade_request(
+    h: &Harness,
+    who: &Client,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut request = ws_url(h).into_client_request().expect("request");
     request.headers_mut().insert(
         "authorization",
         format!("Bearer {}", who.token).parse().expect("header"),
     );
-    let (socket, response) = tokio_tungstenite::connect_async(request)
+    request
+}
+
+/// Opens a session with the token in the Authorization header.
+async fn open(h: &Harness, who: &Client) -> Socket {
+    let (socket, response) = tokio_tungstenite::connect_async(upgrade_request(h, who))
         .await
         .expect("the session opens");
     assert_eq!(response.status(), 101);
@@ -141,11 +149,7 @@ async fn a_silent_session_times_out_and_limits_hold() {
         .expect("ping");
     assert_eq!(next_json(&mut silent).await["type"], "pong");
     // A second session of the same user is refused while the first is open.
-    let mut request = ws_url(&h).into_client_request().expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", alice.token).parse().expect("header"),
-    );
+    let request = upgrade_request(&h, &alice);
     match tokio_tungstenite::connect_async(request).await {
         Err(WsError::Http(response)) => assert_eq!(response.status(), 429),
         other => panic!("expected 429, got {other:?}"),
@@ -181,11 +185,7 @@ async fn the_process_limit_refuses_with_503_and_frees_on_close() {
     let alice = h.register("alice").await;
     let bob = h.register("bob").await;
     let mut first = open(&h, &alice).await;
-    let mut request = ws_url(&h).into_client_request().expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", bob.token).parse().expect("header"),
-    );
+    let request = upgrade_request(&h, &bob);
     match tokio_tungstenite::connect_async(request).await {
         Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
         other => panic!("expected 503, got {other:?}"),
@@ -193,11 +193,7 @@ async fn the_process_limit_refuses_with_503_and_frees_on_close() {
     first.close(None).await.expect("close");
     // The place is given back once the session has ended.
     for _ in 0..200 {
-        let mut request = ws_url(&h).into_client_request().expect("request");
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", bob.token).parse().expect("header"),
-        );
+        let request = upgrade_request(&h, &bob);
         if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await {
             socket
                 .send(Message::Text(r#"{"type":"ping"}"#.into()))
