@@ -550,7 +550,7 @@ struct Entry {
 
 impl Entry {
     fn from_row(row: EntryRow) -> Self {
-        let (conversation_id, peer_id, last_message_id, last_seq, last_bucket, last_activity) =
+        let (conversation_id, peer_id, last_message_id, last_seq, last_bucket, last_activity_us) =
             (row.0, row.1, row.2, row.3, row.4, row.5);
         Entry {
             conversation_id,
@@ -558,7 +558,7 @@ impl Entry {
             last_message_id,
             last_seq,
             last_bucket,
-            last_activity_us: last_activity,
+            last_activity_us,
             peer_sent: row.6.unwrap_or(0),
             read_seq: row.7.unwrap_or(0),
             read_peer_count: row.8.unwrap_or(0),
@@ -1426,22 +1426,24 @@ struct PartitionScan {
     horizon: i64,
 }
 
-impl ScyllaStore {
-    fn user_from(&self, id: Uuid, row: UserRow) -> Result<Option<User>> {
-        let (username, display_name, registered_at, online, last_seen) = row;
-        let (Some(username), Some(registered_at)) = (username, registered_at) else {
-            return Ok(None); // a profile or presence change of a user never registered here
-        };
-        Ok(Some(User {
-            id,
-            username,
-            display_name: display_name.unwrap_or_default(),
-            registered_at: from_micros(registered_at)?,
-            online: online.unwrap_or(false),
-            last_seen: last_seen.map(from_micros).transpose()?,
-        }))
-    }
+/// A user from their row; `None` for a row without a registration (a profile or presence change
+/// of a user never registered here).
+fn user_from_row(id: Uuid, row: UserRow) -> Result<Option<User>> {
+    let (username, display_name, registered_at, online, last_seen) = row;
+    let (Some(username), Some(registered_at)) = (username, registered_at) else {
+        return Ok(None);
+    };
+    Ok(Some(User {
+        id,
+        username,
+        display_name: display_name.unwrap_or_default(),
+        registered_at: from_micros(registered_at)?,
+        online: online.unwrap_or(false),
+        last_seen: last_seen.map(from_micros).transpose()?,
+    }))
+}
 
+impl ScyllaStore {
     /// Reads one log partition of `user`'s feed after `after` (or, without a cursor, from the
     /// first bucket that can hold messages at or after `since`) up to the partition's horizon,
     /// until `want` visible entries at or after `since` are found or the horizon is reached.
@@ -1628,7 +1630,7 @@ impl ScyllaStore {
     /// (exclusive) in the given direction, until `out` holds `want`. Returns false when the
     /// walk must stop (enough found, or older than `since` while descending).
     #[allow(clippy::too_many_arguments)]
-    async fn history_bucket(
+    async fn read_bucket_page(
         &self,
         viewer: Uuid,
         conv: Uuid,
@@ -1771,7 +1773,7 @@ impl ReadStore for ScyllaStore {
             .first::<UserRow>(&self.st().USER_GET, (id,), "reading a user")
             .await?
         {
-            Some(row) => self.user_from(id, row),
+            Some(row) => user_from_row(id, row),
             None => Ok(None),
         }
     }
@@ -1959,7 +1961,7 @@ impl ReadStore for ScyllaStore {
                     break 'walk;
                 }
                 let go_on = self
-                    .history_bucket(
+                    .read_bucket_page(
                         viewer,
                         conv,
                         bucket,
