@@ -149,9 +149,103 @@ pub fn decide_delete(
     }])
 }
 
+/// What an acknowledgement needs to know about a message the actor can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deliverable {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub sender_id: Uuid,
+    pub recipient_id: Uuid,
+    /// A device of the recipient acknowledged it already, or their read marker passed it.
+    pub delivered: bool,
+    pub deleted_for_everyone: bool,
+}
+
+/// A device of the recipient acknowledges a message: it is delivered, once. Acknowledging it
+/// again, after it was read, or once it was deleted for everyone changes nothing. `message` is
+/// the message as the actor sees it, `None` if they cannot see it.
+pub fn decide_acknowledge(
+    actor: Uuid,
+    message_id: Uuid,
+    message: Option<Deliverable>,
+) -> Result<Vec<Event>> {
+    let m = message.ok_or(DomainError::MessageNotFound(message_id))?;
+    if m.recipient_id != actor {
+        return Err(DomainError::Forbidden(
+            "only the recipient of a message acknowledges its delivery",
+        ));
+    }
+    if m.delivered || m.deleted_for_everyone {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Event::MessageDelivered {
+        message_id: m.message_id,
+        conversation_id: m.conversation_id,
+        sender_id: m.sender_id,
+        recipient_id: m.recipient_id,
+    }])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn deliverable() -> Deliverable {
+        Deliverable {
+            message_id: Uuid::from_u128(30),
+            conversation_id: Uuid::from_u128(31),
+            sender_id: Uuid::from_u128(1),
+            recipient_id: Uuid::from_u128(2),
+            delivered: false,
+            deleted_for_everyone: false,
+        }
+    }
+
+    #[test]
+    fn given_a_pending_message_when_its_recipient_acknowledges_then_it_is_delivered() {
+        let m = deliverable();
+        assert_eq!(
+            decide_acknowledge(m.recipient_id, m.message_id, Some(m)).unwrap(),
+            vec![Event::MessageDelivered {
+                message_id: m.message_id,
+                conversation_id: m.conversation_id,
+                sender_id: m.sender_id,
+                recipient_id: m.recipient_id,
+            }]
+        );
+    }
+
+    #[test]
+    fn given_a_delivered_read_or_deleted_message_when_acknowledged_again_then_nothing_changes() {
+        for m in [
+            Deliverable {
+                delivered: true,
+                ..deliverable()
+            },
+            Deliverable {
+                deleted_for_everyone: true,
+                ..deliverable()
+            },
+        ] {
+            assert_eq!(
+                decide_acknowledge(m.recipient_id, m.message_id, Some(m)).unwrap(),
+                vec![]
+            );
+        }
+    }
+
+    #[test]
+    fn given_someone_else_or_an_unseen_message_when_acknowledging_then_refused() {
+        let m = deliverable();
+        assert!(matches!(
+            decide_acknowledge(m.sender_id, m.message_id, Some(m)),
+            Err(DomainError::Forbidden(_))
+        ));
+        assert_eq!(
+            decide_acknowledge(m.recipient_id, m.message_id, None),
+            Err(DomainError::MessageNotFound(m.message_id))
+        );
+    }
 
     fn friends() -> SendState {
         SendState {

@@ -27,7 +27,7 @@ use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{DeleteScope, Envelope, Event, Presence, RemovalReason};
+use crate::{DeleteScope, Envelope, Event, NotificationKind, Presence, RemovalReason};
 
 /// The two bytes that open every single-object encoded record.
 pub const MARKER: [u8; 2] = [0xC3, 0x01];
@@ -337,6 +337,8 @@ const SOURCES: &[Source] = &[
     source!("MessagesRead", 1, "messages_read.v1.avsc"),
     source!("MessageDeleted", 1, "message_deleted.v1.avsc"),
     source!("PresenceChanged", 1, "presence_changed.v1.avsc"),
+    source!("MessageDelivered", 1, "message_delivered.v1.avsc"),
+    source!("NotificationRequested", 1, "notification_requested.v1.avsc"),
 ];
 
 /// A parsed schema version.
@@ -761,6 +763,30 @@ fn payload_fields(event: &Event) -> Vec<(String, Value)> {
             uuid("user_id", *user_id),
             field("status", enum_value(presence_symbols(), status)),
         ],
+        Event::MessageDelivered {
+            message_id,
+            conversation_id,
+            sender_id,
+            recipient_id,
+        } => vec![
+            uuid("message_id", *message_id),
+            uuid("conversation_id", *conversation_id),
+            uuid("sender_id", *sender_id),
+            uuid("recipient_id", *recipient_id),
+        ],
+        Event::NotificationRequested {
+            user_id,
+            kind,
+            subject_id,
+            item_id,
+            from_id,
+        } => vec![
+            uuid("user_id", *user_id),
+            field("kind", enum_value(notification_kind_symbols(), kind)),
+            uuid("subject_id", *subject_id),
+            uuid("item_id", *item_id),
+            uuid("from_id", *from_id),
+        ],
     }
 }
 
@@ -817,6 +843,10 @@ fn delete_scope_symbols() -> Symbols<DeleteScope> {
 
 fn presence_symbols() -> Symbols<Presence> {
     &[(Presence::Online, "ONLINE"), (Presence::Offline, "OFFLINE")]
+}
+
+fn notification_kind_symbols() -> Symbols<NotificationKind> {
+    &[(NotificationKind::Message, "MESSAGE")]
 }
 
 fn enum_value<T: PartialEq>(symbols: Symbols<T>, value: &T) -> Value {
@@ -1092,6 +1122,32 @@ fn event_from_payload(mut p: Fields) -> Result<Event, CodecError> {
             let user_id = p.uuid("user_id")?;
             let status = p.enumeration("status", presence_symbols())?;
             Event::PresenceChanged { user_id, status }
+        }
+        "MessageDelivered" => {
+            let message_id = p.uuid("message_id")?;
+            let conversation_id = p.uuid("conversation_id")?;
+            let sender_id = p.uuid("sender_id")?;
+            let recipient_id = p.uuid("recipient_id")?;
+            Event::MessageDelivered {
+                message_id,
+                conversation_id,
+                sender_id,
+                recipient_id,
+            }
+        }
+        "NotificationRequested" => {
+            let user_id = p.uuid("user_id")?;
+            let kind = p.enumeration("kind", notification_kind_symbols())?;
+            let subject_id = p.uuid("subject_id")?;
+            let item_id = p.uuid("item_id")?;
+            let from_id = p.uuid("from_id")?;
+            Event::NotificationRequested {
+                user_id,
+                kind,
+                subject_id,
+                item_id,
+                from_id,
+            }
         }
         _ => {
             return Err(p.invalid(

@@ -27,11 +27,20 @@ pub enum Stream {
     Social,
     /// Presence changes, keyed by user.
     Presence,
+    /// Requests for push notifications to users with no live session, keyed by user; read by
+    /// an external push-notification service, never projected.
+    Notifications,
 }
 
 impl Stream {
     /// Every stream, in a fixed order.
-    pub const ALL: [Stream; 3] = [Stream::Messages, Stream::Social, Stream::Presence];
+    /// New streams go at the end: a stream's index numbers its Kafka partitions.
+    pub const ALL: [Stream; 4] = [
+        Stream::Messages,
+        Stream::Social,
+        Stream::Presence,
+        Stream::Notifications,
+    ];
 
     /// The stream's short name (the Kafka topic suffix).
     pub fn name(self) -> &'static str {
@@ -39,6 +48,7 @@ impl Stream {
             Stream::Messages => "messages",
             Stream::Social => "social",
             Stream::Presence => "presence",
+            Stream::Notifications => "notifications",
         }
     }
 }
@@ -68,6 +78,13 @@ pub enum DeleteScope {
 pub enum Presence {
     Online,
     Offline,
+}
+
+/// What a push notification is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotificationKind {
+    /// A direct message arrived while the recipient had no live session.
+    Message,
 }
 
 /// Everything that can happen in Missive. Each variant is one Avro record type in `schemas/`.
@@ -117,6 +134,24 @@ pub enum Event {
         deleted_by: Uuid,
         scope: DeleteScope,
     },
+    /// A device of the recipient acknowledged the message: it was delivered.
+    MessageDelivered {
+        message_id: Uuid,
+        conversation_id: Uuid,
+        sender_id: Uuid,
+        recipient_id: Uuid,
+    },
+    /// A user with no live session should be told of something by a push notification.
+    NotificationRequested {
+        user_id: Uuid,
+        kind: NotificationKind,
+        /// Where: the conversation, for [`NotificationKind::Message`].
+        subject_id: Uuid,
+        /// What: the message.
+        item_id: Uuid,
+        /// Who: the sender.
+        from_id: Uuid,
+    },
     PresenceChanged {
         user_id: Uuid,
         status: Presence,
@@ -135,6 +170,8 @@ impl Event {
             Event::MessageSent { .. } => "MessageSent",
             Event::MessagesRead { .. } => "MessagesRead",
             Event::MessageDeleted { .. } => "MessageDeleted",
+            Event::MessageDelivered { .. } => "MessageDelivered",
+            Event::NotificationRequested { .. } => "NotificationRequested",
             Event::PresenceChanged { .. } => "PresenceChanged",
         }
     }
@@ -144,8 +181,10 @@ impl Event {
         match self {
             Event::MessageSent { .. }
             | Event::MessagesRead { .. }
-            | Event::MessageDeleted { .. } => Stream::Messages,
+            | Event::MessageDeleted { .. }
+            | Event::MessageDelivered { .. } => Stream::Messages,
             Event::PresenceChanged { .. } => Stream::Presence,
+            Event::NotificationRequested { .. } => Stream::Notifications,
             _ => Stream::Social,
         }
     }
@@ -170,8 +209,8 @@ impl Event {
         }
     }
 
-    /// The partition key: the conversation for message events, the user for presence and
-    /// profile events, the unordered user pair for friendship events.
+    /// The partition key: the conversation for message events, the user for presence,
+    /// profile and notification events, the unordered user pair for friendship events.
     pub fn partition_key(&self) -> String {
         if let Some((a, b)) = self.friendship_pair() {
             return ids::pair_key(a, b);
@@ -185,8 +224,12 @@ impl Event {
             }
             | Event::MessageDeleted {
                 conversation_id, ..
+            }
+            | Event::MessageDelivered {
+                conversation_id, ..
             } => conversation_id.to_string(),
             Event::UserRegistered { user_id, .. }
+            | Event::NotificationRequested { user_id, .. }
             | Event::ProfileUpdated { user_id, .. }
             | Event::PresenceChanged { user_id, .. } => user_id.to_string(),
             Event::FriendRequested { requester_id, .. }

@@ -10,7 +10,8 @@ use missive_events::codec::{
     self, CodecError, encode_with_version, fingerprint, known_schemas, schema_version,
 };
 use missive_events::{
-    DeleteScope, Envelope, Event, Presence, RemovalReason, decode, encode, truncate_to_micros,
+    DeleteScope, Envelope, Event, NotificationKind, Presence, RemovalReason, decode, encode,
+    truncate_to_micros,
 };
 use uuid::Uuid;
 
@@ -20,14 +21,16 @@ use uuid::Uuid;
 /// Fingerprints of every kept schema as wire bytes (header bytes 2..10) in hex, computed from
 /// the `.avsc` files by fastavro 1.13 (`fastavro.schema.fingerprint(to_parsing_canonical_form(..),
 /// "CRC-64-AVRO")`), an implementation independent of this crate.
-const INDEPENDENT_FINGERPRINTS: [(&str, u32, &str); 10] = [
+const INDEPENDENT_FINGERPRINTS: [(&str, u32, &str); 12] = [
     ("FriendRequestAccepted", 1, "e40fbe625f32a5aa"),
     ("FriendRequested", 1, "3f5671ff3b506950"),
     ("FriendshipRemoved", 1, "281640e562d273be"),
     ("MessageDeleted", 1, "242d98954f703623"),
+    ("MessageDelivered", 1, "95e1192824be6959"),
     ("MessageSent", 1, "874b23eb52e5f081"),
     ("MessageSent", 2, "3f885b51e756c748"),
     ("MessagesRead", 1, "d09a60adbfcb1beb"),
+    ("NotificationRequested", 1, "dabd962d4a0080c8"),
     ("PresenceChanged", 1, "51d41e1f82ffc5eb"),
     ("ProfileUpdated", 1, "f267bf317815f7cc"),
     ("UserRegistered", 1, "f22aeb16ac1ab072"),
@@ -152,6 +155,19 @@ fn samples() -> Vec<Envelope> {
             user_id: id(1),
             status: Presence::Offline,
         },
+        Event::MessageDelivered {
+            message_id: id(30),
+            conversation_id: id(31),
+            sender_id: id(1),
+            recipient_id: id(2),
+        },
+        Event::NotificationRequested {
+            user_id: id(2),
+            kind: NotificationKind::Message,
+            subject_id: id(31),
+            item_id: id(30),
+            from_id: id(1),
+        },
     ];
     let times = [
         NOV_22_MICROS,
@@ -180,6 +196,8 @@ fn variant(event: &Event) -> usize {
         Event::MessagesRead { .. } => 6,
         Event::MessageDeleted { .. } => 7,
         Event::PresenceChanged { .. } => 8,
+        Event::MessageDelivered { .. } => 9,
+        Event::NotificationRequested { .. } => 10,
     }
 }
 
@@ -255,7 +273,7 @@ fn every_variant_round_trips() {
     let covered: BTreeSet<usize> = samples.iter().map(|e| variant(&e.event)).collect();
     assert_eq!(
         covered,
-        (0..9).collect(),
+        (0..11).collect(),
         "every Event variant has a sample"
     );
     for envelope in &samples {
@@ -433,6 +451,30 @@ fn hand_built(e: &Envelope) -> Vec<u8> {
             Presence::Online => 0,
             Presence::Offline => 1,
         }),
+        Event::MessageDelivered {
+            message_id,
+            conversation_id,
+            sender_id,
+            recipient_id,
+        } => body
+            .uuid(*message_id)
+            .uuid(*conversation_id)
+            .uuid(*sender_id)
+            .uuid(*recipient_id),
+        Event::NotificationRequested {
+            user_id,
+            kind,
+            subject_id,
+            item_id,
+            from_id,
+        } => body
+            .uuid(*user_id)
+            .long(match kind {
+                NotificationKind::Message => 0,
+            })
+            .uuid(*subject_id)
+            .uuid(*item_id)
+            .uuid(*from_id),
     };
     body.framed(independent_fingerprint(event_type, version as u32))
 }
@@ -512,7 +554,7 @@ fn fingerprints_are_distinct() {
     let all: Vec<[u8; 8]> = known_schemas().map(|(_, _, fp)| fp).collect();
     let distinct: BTreeSet<[u8; 8]> = all.iter().copied().collect();
     assert_eq!(all.len(), distinct.len());
-    assert_eq!(all.len(), 10);
+    assert_eq!(all.len(), 12);
 }
 
 fn schemas_dir() -> std::path::PathBuf {

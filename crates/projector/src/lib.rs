@@ -110,6 +110,16 @@ pub fn project(envelope: &Envelope, position: Position) -> Vec<Change> {
                 message_id: *message_id,
             }],
         },
+        Event::MessageDelivered {
+            message_id,
+            recipient_id,
+            ..
+        } => vec![Change::MarkDelivered {
+            message_id: *message_id,
+            recipient_id: *recipient_id,
+        }],
+        // Requests for an external push-notification service; no read model holds them.
+        Event::NotificationRequested { .. } => Vec::new(),
     }
 }
 

@@ -433,6 +433,14 @@ impl ReadStore for Faulty {
     ) -> missive_store::Result<Option<missive_store::Message>> {
         self.inner.message_by_client_id(s, c).await
     }
+    async fn pending(
+        &self,
+        u: Uuid,
+        a: Option<&str>,
+        l: usize,
+    ) -> missive_store::Result<missive_store::Page<missive_store::Message>> {
+        self.inner.pending(u, a, l).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,8 @@ pub async fn snapshot(store: &dyn ReadStore, users: &[Uuid]) -> String {
             .await
             .expect("since");
         out += &format!("since: {:?}\n", since);
+        let pending = store.pending(u, None, 1000).await.expect("pending");
+        out += &format!("pending: {:?}\n", pending);
     }
     out
 }
@@ -153,6 +155,15 @@ fn story(s: &Scene) -> Vec<Change> {
         user_id: s.alice,
         display_name: "Al".into(),
         version: 13,
+    });
+    // Alice's device acknowledges 2; Carol cannot acknowledge what was not sent to her.
+    c.push(Change::MarkDelivered {
+        message_id: s.msgs[2],
+        recipient_id: s.alice,
+    });
+    c.push(Change::MarkDelivered {
+        message_id: s.msgs[0],
+        recipient_id: s.carol,
     });
     c
 }
@@ -354,8 +365,8 @@ pub async fn messages_unread_and_deletes(store: Arc<dyn ReadStore>) {
     assert_eq!(history.items[2].status, MessageStatus::Read);
     assert_eq!(
         history.items[1].status,
-        MessageStatus::Pending,
-        "alice has not read 2"
+        MessageStatus::Delivered,
+        "alice's device has 2 but she has not read it"
     );
     assert_eq!(history.items[1].seq, 3);
     assert_eq!(history.next, None);
@@ -434,6 +445,149 @@ pub async fn messages_unread_and_deletes(store: Arc<dyn ReadStore>) {
             .is_none(),
         "not hers"
     );
+}
+
+/// Pending messages: acknowledged, read, hidden and deleted ones leave; the oldest come first
+/// across conversations; cursors page exactly; statuses move pending -> delivered -> read.
+pub async fn pending_messages(store: Arc<dyn ReadStore>) {
+    let s = scene();
+    let other_conv = Uuid::now_v7();
+    let mut changes = users(&s);
+    for i in 0..5 {
+        changes.push(message(&s, i, true, 10 + i as u64));
+    }
+    // Carol writes to Bob between Alice's messages 1 and 2, and Bob answers Alice once.
+    changes.push(Change::AddMessage {
+        message_id: s.msgs[5],
+        conversation_id: other_conv,
+        sender_id: s.carol,
+        recipient_id: s.bob,
+        text: "from carol".into(),
+        client_msg_id: None,
+        sent_at: t(11) + Duration::milliseconds(500),
+        position: pos(20),
+    });
+    let answer = Uuid::now_v7();
+    changes.push(Change::AddMessage {
+        message_id: answer,
+        conversation_id: s.conv,
+        sender_id: s.bob,
+        recipient_id: s.alice,
+        text: "answer".into(),
+        client_msg_id: None,
+        sent_at: t(20),
+        position: pos(21),
+    });
+    store.apply(P, changes, vec![pos(22)]).await.expect("apply");
+
+    let pending_ids = |store: Arc<dyn ReadStore>, user: Uuid| async move {
+        let page = store.pending(user, None, 100).await.expect("pending");
+        assert_eq!(page.next, None);
+        page.items.iter().map(|m| m.message_id).collect::<Vec<_>>()
+    };
+    let (m, carol_msg) = (&s.msgs, s.msgs[5]);
+    assert_eq!(
+        pending_ids(store.clone(), s.bob).await,
+        vec![m[0], m[1], carol_msg, m[2], m[3], m[4]],
+        "oldest first across conversations"
+    );
+    assert_eq!(pending_ids(store.clone(), s.alice).await, vec![answer]);
+    assert!(pending_ids(store.clone(), s.carol).await.is_empty());
+
+    // Paging one at a time visits the same messages in the same order.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .pending(s.bob, cursor.as_deref(), 1)
+            .await
+            .expect("page");
+        paged.extend(page.items.iter().map(|m| m.message_id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, pending_ids(store.clone(), s.bob).await);
+    for bad in [
+        "",
+        "x",
+        "1.2.3",
+        "12.not-a-uuid.1",
+        &format!("1.{}.-1", s.conv),
+    ] {
+        assert!(
+            matches!(
+                store.pending(s.bob, Some(bad), 10).await,
+                Err(StoreError::InvalidCursor(_))
+            ),
+            "cursor {bad:?}"
+        );
+    }
+
+    // Bob's device acknowledges 1 (twice, and Alice cannot do it for him): delivered for Alice.
+    let ack = |id: Uuid, by: Uuid| Change::MarkDelivered {
+        message_id: id,
+        recipient_id: by,
+    };
+    store
+        .apply(
+            P,
+            vec![ack(m[1], s.alice), ack(m[1], s.bob), ack(m[1], s.bob)],
+            vec![],
+        )
+        .await
+        .expect("ack");
+    let status = |store: Arc<dyn ReadStore>, id: Uuid| async move {
+        store
+            .message(s.alice, id)
+            .await
+            .expect("message")
+            .expect("visible")
+            .status
+    };
+    assert_eq!(status(store.clone(), m[1]).await, MessageStatus::Delivered);
+    assert_eq!(status(store.clone(), m[0]).await, MessageStatus::Pending);
+    // Bob reads up to 2 (0 and 2 were never acknowledged), hides 3; Alice deletes 4.
+    store
+        .apply(
+            P,
+            vec![
+                Change::MarkRead {
+                    conversation_id: s.conv,
+                    reader_id: s.bob,
+                    up_to: m[2],
+                },
+                Change::HideMessage {
+                    user_id: s.bob,
+                    message_id: m[3],
+                },
+                Change::TombstoneMessage { message_id: m[4] },
+            ],
+            vec![],
+        )
+        .await
+        .expect("read");
+    assert_eq!(pending_ids(store.clone(), s.bob).await, vec![carol_msg]);
+    for id in [m[0], m[1], m[2]] {
+        assert_eq!(status(store.clone(), id).await, MessageStatus::Read);
+    }
+    assert_eq!(
+        status(store.clone(), m[3]).await,
+        MessageStatus::Pending,
+        "hidden by Bob, never acknowledged"
+    );
+    // A late acknowledgement of a read message leaves it read.
+    store
+        .apply(P, vec![ack(m[0], s.bob)], vec![])
+        .await
+        .expect("late ack");
+    assert_eq!(status(store.clone(), m[0]).await, MessageStatus::Read);
+    store
+        .apply(P, vec![ack(carol_msg, s.bob)], vec![])
+        .await
+        .expect("ack");
+    assert!(pending_ids(store.clone(), s.bob).await.is_empty());
 }
 
 /// Cursor paging of history, conversations and the catch-up feed.

@@ -151,6 +151,13 @@ pub trait ReadStore: Send + Sync + 'static {
         sender: Uuid,
         client_msg_id: &str,
     ) -> Result<Option<Message>>;
+
+    /// Messages sent to `user` that are still pending: no device of theirs acknowledged them,
+    /// their read marker has not passed them, and they are neither hidden from them nor deleted
+    /// for everyone. Oldest first (sent time, then conversation id, then seq); `after` is a
+    /// previous page's `next`.
+    async fn pending(&self, user: Uuid, after: Option<&str>, limit: usize)
+    -> Result<Page<Message>>;
 }
 
 /// The two users of a pair in a fixed order (smaller id first).
@@ -174,6 +181,29 @@ pub(crate) fn conversation_cursor(c: &Conversation) -> String {
         c.last_activity_at.timestamp_micros(),
         c.conversation_id
     )
+}
+
+/// A pending-messages cursor: `<sent time in microseconds>.<conversation id>.<seq>`, the
+/// order [`ReadStore::pending`] pages in.
+pub(crate) fn pending_cursor(m: &Message) -> String {
+    format!(
+        "{}.{}.{}",
+        m.sent_at.timestamp_micros(),
+        m.conversation_id,
+        m.seq
+    )
+}
+
+/// Reads a [`pending_cursor`]: (sent time in microseconds, conversation id, seq).
+pub(crate) fn parse_pending_cursor(cursor: &str) -> Result<(i64, Uuid, i64)> {
+    let mut parts = cursor.splitn(3, '.');
+    let parsed = (|| {
+        let t = parts.next()?.parse().ok()?;
+        let id = Uuid::parse_str(parts.next()?).ok()?;
+        let seq = parts.next()?.parse().ok().filter(|s: &i64| *s >= 0)?;
+        Some((t, id, seq))
+    })();
+    parsed.ok_or_else(|| StoreError::InvalidCursor(cursor.to_owned()))
 }
 
 /// Reads a [`conversation_cursor`]: (activity in microseconds, conversation id).

@@ -171,4 +171,11 @@ pub enum Change {
     HideMessage { user_id: Uuid, message_id: Uuid },
     /// Turns a message into a tombstone without text; it stops counting as unread.
     TombstoneMessage { message_id: Uuid },
+    /// A device of the recipient acknowledged the message: its status becomes `delivered`
+    /// (unless read) and it stops being pending for them. Ignored unless `recipient_id` is the
+    /// message's recipient.
+    MarkDelivered {
+        message_id: Uuid,
+        recipient_id: Uuid,
+    },
 }

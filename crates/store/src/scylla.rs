@@ -45,7 +45,10 @@ macro_rules! migration {
 
 /// Every schema version, in order. Files are only ever added, never edited once released:
 /// `migrate` refuses a file whose text changed after it was applied.
-pub const MIGRATIONS: &[Migration] = &[migration!(1, "0001_read_models.cql")];
+pub const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_read_models.cql"),
+    migration!(2, "0002_delivery.cql"),
+];
 
 /// How the keyspace is replicated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,7 +322,9 @@ pub struct Migrated {
 /// Creates the keyspace (with the configured replication) if it does not exist, then applies
 /// every schema version not yet recorded in its `schema_migrations` table, in order, recording
 /// each with its file's checksum. Running it again changes nothing; a file edited after it
-/// was applied is refused (add a new version instead).
+/// was applied is refused (add a new version instead). A run that stopped part-way through a
+/// file can be repeated: `CREATE` statements say `IF NOT EXISTS`, and an `ALTER TABLE ... ADD`
+/// of a column that exists is skipped.
 pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<Migrated> {
     let ks = &config.keyspace;
     let ddl = |action: &'static str| unavailable(action);
@@ -381,6 +386,23 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<Migrate
             continue;
         }
         for statement in statements(m.cql) {
+            // `ALTER TABLE ... ADD` has no IF NOT EXISTS: a run that stopped after adding the
+            // column, before recording its version, must not fail on it now. Preparing a
+            // read of the column tells whether it exists, without reading anything.
+            if let Some((table, column)) = added_column(&statement)
+                && session
+                    .prepare(format!("SELECT {column} FROM {table}"))
+                    .await
+                    .is_ok()
+            {
+                tracing::info!(
+                    file = m.file,
+                    table,
+                    column,
+                    "column exists already; not added again"
+                );
+                continue;
+            }
             session
                 .query_unpaged(statement, &[])
                 .await
@@ -404,6 +426,29 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<Migrate
         migrated.applied.push(m.version);
     }
     Ok(migrated)
+}
+
+/// The table and column of `ALTER TABLE <table> ADD <column> <type>`, if `statement` is one
+/// (a single unquoted column: what the schema files use).
+fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let mut words = statement.split_whitespace();
+    let mut next_is = |keyword: &str| {
+        words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+    };
+    if !(next_is("alter") && next_is("table")) {
+        return None;
+    }
+    let table = words.next()?;
+    if !words.next()?.eq_ignore_ascii_case("add") {
+        return None;
+    }
+    let column = words.next()?;
+    let plain = |name: &str| {
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    (plain(table) && plain(column) && words.next().is_some()).then_some((table, column))
 }
 
 /// Drops a keyspace (tests use one per run).
@@ -489,6 +534,29 @@ mod tests {
                 "UPDATE t SET s = 'x;y' WHERE a = 1",
             ]
         );
+    }
+
+    #[test]
+    fn added_columns_are_recognised() {
+        assert_eq!(
+            added_column("ALTER TABLE messages ADD delivered boolean"),
+            Some(("messages", "delivered"))
+        );
+        assert_eq!(
+            added_column("alter table t\n    add c map<text, int>"),
+            Some(("t", "c"))
+        );
+        for other in [
+            "ALTER TABLE t DROP c",
+            "ALTER TABLE t ADD c",
+            "ALTER TABLE t ADD (c int, d int)",
+            "ALTER TABLE ks.t ADD c int",
+            "ALTER TABLE t WITH comment = 'x'",
+            "CREATE TABLE IF NOT EXISTS t (c int PRIMARY KEY)",
+            "ALTER TYPE t ADD c int",
+        ] {
+            assert_eq!(added_column(other), None, "{other}");
+        }
     }
 
     #[test]

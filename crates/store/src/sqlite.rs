@@ -23,12 +23,12 @@ use uuid::Uuid;
 use crate::{
     Change, Conversation, FeedPage, FriendEntry, FriendshipState, HistoryQuery, Message,
     MessageStatus, Page, ReadStore, Relation, Result, StoreError, User, conversation_cursor,
-    ordered, page, parse_conversation_cursor,
+    ordered, page, parse_conversation_cursor, parse_pending_cursor, pending_cursor,
 };
 
 /// The read-model schema's version (`PRAGMA user_version`). A store written with another
 /// version is dropped and rebuilt from the log: read models hold nothing the log does not.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const TABLES: [&str; 8] = [
     "users",
     "friendships",
@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS messages (
     client_msg_id   TEXT,
     sent_at         INTEGER NOT NULL,
     deleted         INTEGER NOT NULL DEFAULT 0,
+    delivered       INTEGER NOT NULL DEFAULT 0,
     log_partition   INTEGER NOT NULL,
     log_offset      INTEGER NOT NULL
 );
@@ -86,6 +87,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (conversation_id, 
 CREATE INDEX IF NOT EXISTS messages_by_client_id ON messages (sender_id, client_msg_id)
     WHERE client_msg_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (conversation_id, sent_at, seq);
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (recipient_id, sent_at, conversation_id, seq)
+    WHERE delivered = 0 AND deleted = 0;
 CREATE TABLE IF NOT EXISTS user_feed (
     user_id    BLOB NOT NULL,
     feed_seq   INTEGER NOT NULL,
@@ -393,6 +396,14 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
                 .map_err(sql("moving a read marker"))?;
             if moved > 0 {
                 recount_unread(tx, *reader_id, *conversation_id, seq)?;
+                // What was read was delivered: it leaves the pending index.
+                tx.prepare_cached(
+                    "UPDATE messages SET delivered = 1
+                     WHERE conversation_id = ?1 AND recipient_id = ?2 AND seq <= ?3
+                       AND delivered = 0 AND deleted = 0",
+                )
+                .and_then(|mut s| s.execute(params![conversation_id, reader_id, seq]))
+                .map_err(sql("marking read messages delivered"))?;
             }
         }
         Change::HideMessage {
@@ -400,6 +411,17 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
             message_id,
         } => hide_message(tx, *user_id, *message_id)?,
         Change::TombstoneMessage { message_id } => tombstone_message(tx, *message_id)?,
+        Change::MarkDelivered {
+            message_id,
+            recipient_id,
+        } => {
+            tx.prepare_cached(
+                "UPDATE messages SET delivered = 1
+                 WHERE message_id = ?1 AND recipient_id = ?2 AND delivered = 0",
+            )
+            .and_then(|mut s| s.execute(params![message_id, recipient_id]))
+            .map_err(sql("marking a message delivered"))?;
+        }
     }
     Ok(())
 }
@@ -723,7 +745,7 @@ fn user_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<User> {
 /// Columns of a message as seen by anyone, with the recipient's read marker for its status.
 const MESSAGE_COLUMNS: &str = "m.message_id, m.conversation_id, m.seq, m.sender_id, m.recipient_id,
     m.text, m.client_msg_id, m.sent_at, m.deleted, m.log_partition, m.log_offset,
-    COALESCE(rc.read_seq, 0)";
+    COALESCE(rc.read_seq, 0), m.delivered";
 const MESSAGE_FROM: &str = "messages m LEFT JOIN user_conversations rc
     ON rc.user_id = m.recipient_id AND rc.conversation_id = m.conversation_id";
 const NOT_HIDDEN: &str = "NOT EXISTS (SELECT 1 FROM hidden_messages h
@@ -733,6 +755,7 @@ fn message_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
     let seq: i64 = r.get(at + 2)?;
     let deleted: bool = r.get(at + 8)?;
     let read_seq: i64 = r.get(at + 11)?;
+    let delivered: bool = r.get(at + 12)?;
     Ok(Message {
         message_id: r.get(at)?,
         conversation_id: r.get(at + 1)?,
@@ -745,6 +768,8 @@ fn message_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
         deleted_for_everyone: deleted,
         status: if read_seq >= seq {
             MessageStatus::Read
+        } else if delivered {
+            MessageStatus::Delivered
         } else {
             MessageStatus::Pending
         },
@@ -1038,7 +1063,7 @@ impl ReadStore for SqliteStore {
                         ":since": since,
                         ":limit": (limit + 1) as i64,
                     },
-                    |r| Ok((message_from_row(r, 0)?, r.get::<_, i64>(12)?)),
+                    |r| Ok((message_from_row(r, 0)?, r.get::<_, i64>(13)?)),
                 )
                 .map_err(sql("reading a message catch-up"))?;
             let mut rows = rows
@@ -1095,6 +1120,43 @@ impl ReadStore for SqliteStore {
                     .optional()
             })
             .map_err(sql("looking up a client message id"))
+        })
+    }
+
+    async fn pending(
+        &self,
+        user: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Message>> {
+        let (t, conversation, seq) = match after {
+            Some(cursor) => parse_pending_cursor(cursor)?,
+            None => (i64::MIN, Uuid::nil(), 0),
+        };
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+                     WHERE m.recipient_id = :viewer AND m.delivered = 0 AND m.deleted = 0
+                       AND (m.sent_at, m.conversation_id, m.seq) > (:t, :conversation, :seq)
+                       AND m.seq > COALESCE(rc.read_seq, 0) AND {NOT_HIDDEN}
+                     ORDER BY m.sent_at, m.conversation_id, m.seq LIMIT :limit"
+                ))
+                .map_err(sql("preparing a pending-messages read"))?;
+            let items = stmt
+                .query_map(
+                    rusqlite::named_params! {
+                        ":viewer": user,
+                        ":t": t,
+                        ":conversation": conversation,
+                        ":seq": seq,
+                        ":limit": (limit + 1) as i64,
+                    },
+                    |r| message_from_row(r, 0),
+                )
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sql("reading pending messages"))?;
+            Ok(page(items, limit, pending_cursor))
         })
     }
 }

@@ -280,6 +280,44 @@ mod adapter_statements {
         assert_eq!(names("clustered"), ["c", "k", "s", "v"]);
     }
 
+    #[test]
+    fn the_schema_reader_follows_added_columns() {
+        let cql = "CREATE TABLE a (id uuid PRIMARY KEY, x int);\n\
+                   CREATE TABLE b (id uuid PRIMARY KEY, y int);\n\
+                   ALTER TABLE a ADD Later boolean;\n\
+                   alter table b add (\"Quoted\" text, m map<text, int>)";
+        let schema = schema_of(statements(cql));
+        let names =
+            |table: &str| -> Vec<&str> { schema[table].iter().map(String::as_str).collect() };
+        assert_eq!(names("a"), ["id", "later", "x"]);
+        assert_eq!(names("b"), ["Quoted", "id", "m", "y"]);
+        // A column added to one table is a column of that table only.
+        let valid = ["UPDATE a USING TIMESTAMP ? SET later = true WHERE id = ?"];
+        assert!(schema_problems(&schema, &valid).is_empty());
+        let problems = schema_problems(&schema, &["SELECT later FROM b WHERE id = ?"]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("unknown column `later`"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "which no earlier statement creates")]
+    fn the_schema_reader_refuses_columns_added_to_unknown_tables() {
+        schema_of(statements(
+            "ALTER TABLE later ADD x int; CREATE TABLE later (id uuid PRIMARY KEY)",
+        ));
+    }
+
+    #[test]
+    #[should_panic(expected = "teach schema_of()")]
+    fn the_schema_reader_refuses_changes_it_does_not_follow() {
+        schema_of(statements(
+            "CREATE TABLE t (id uuid PRIMARY KEY, x int); ALTER TABLE t DROP x",
+        ));
+    }
+
     /// Table name -> its column names. Unquoted names are lower-cased, as CQL reads them.
     type Schema = BTreeMap<String, BTreeSet<String>>;
 
@@ -439,8 +477,10 @@ mod adapter_statements {
         )
     }
 
-    /// The tables and columns `statements` create. Panics on a statement that changes a
-    /// table (the reader does not follow those yet) or a `CREATE TABLE` it cannot read.
+    /// The tables and columns `statements` create, in order: `CREATE TABLE`, then the columns
+    /// a later `ALTER TABLE ... ADD` gives a table. Panics on any other statement that changes
+    /// a table (the reader does not follow those yet), and on a `CREATE TABLE` or `ALTER TABLE`
+    /// it cannot read (such as one of a table not created before it).
     fn schema_of(statements: impl IntoIterator<Item = String>) -> Schema {
         let mut schema = Schema::new();
         for statement in statements {
@@ -452,6 +492,20 @@ mod adapter_statements {
                 let (table, columns) = create_table(&tokens)
                     .unwrap_or_else(|why| panic!("cannot read `{statement}`: {why}"));
                 schema.insert(table, columns);
+            } else if is_word(tokens.first(), "alter") && is_word(tokens.get(3), "add") {
+                let (table, added) = alter_table_add(&tokens)
+                    .unwrap_or_else(|why| panic!("cannot read `{statement}`: {why}"));
+                let columns = schema.get_mut(&table).unwrap_or_else(|| {
+                    panic!(
+                        "`{statement}` adds to table `{table}`, which no earlier statement creates"
+                    )
+                });
+                for column in added {
+                    assert!(
+                        columns.insert(column.clone()),
+                        "`{statement}` adds column `{column}`, which table `{table}` has already"
+                    );
+                }
             } else if is_word(tokens.first(), "alter") || is_word(tokens.first(), "drop") {
                 panic!(
                     "`{statement}` changes a table: teach schema_of() (cql_syntax.rs) to follow it"
@@ -461,20 +515,29 @@ mod adapter_statements {
         schema
     }
 
-    /// The table and column names of `CREATE TABLE [IF NOT EXISTS] name (column type [...],
-    /// ..., [PRIMARY KEY (...)]) [WITH ...]`.
-    fn create_table(tokens: &[Token]) -> Result<(String, BTreeSet<String>), String> {
-        let mut at = 2;
-        if is_word(tokens.get(at), "if") {
-            at += 3; // IF NOT EXISTS
-        }
-        let table = tokens.get(at).and_then(name).ok_or("no table name")?;
-        if tokens.get(at + 1) == Some(&Token::Symbol('.')) {
-            return Err("the table name is qualified with a keyspace".into());
-        }
-        let body = parenthesized(tokens, at + 1).ok_or("no parenthesized column list")?;
-        // Split the body at its top-level commas: `map<text, int>` and `PRIMARY KEY ((a, b), c)`
-        // hold commas of their own.
+    /// The table and the new column names of `ALTER TABLE name ADD column type` or
+    /// `ALTER TABLE name ADD (column type, ...)`.
+    fn alter_table_add(tokens: &[Token]) -> Result<(String, Vec<String>), String> {
+        let table = tokens.get(2).and_then(name).ok_or("no table name")?;
+        let rest = tokens.get(4..).unwrap_or_default();
+        let definitions = match parenthesized(tokens, 4) {
+            Some(body) => split_top_level(body),
+            None => vec![rest.to_vec()],
+        };
+        let columns = definitions
+            .iter()
+            .map(|definition| match definition.as_slice() {
+                [column, _type, ..] => name(column).map(str::to_owned),
+                _ => None,
+            })
+            .collect::<Option<Vec<String>>>()
+            .ok_or("a column without a name or type")?;
+        Ok((table.to_owned(), columns))
+    }
+
+    /// Splits a parenthesized body at its top-level commas: `map<text, int>` and
+    /// `PRIMARY KEY ((a, b), c)` hold commas of their own.
+    fn split_top_level(body: &[Token]) -> Vec<Vec<Token>> {
         let mut definitions = vec![Vec::new()];
         let mut depth = 0;
         for token in body {
@@ -492,6 +555,22 @@ mod adapter_statements {
                 .expect("one at least")
                 .push(token.clone());
         }
+        definitions
+    }
+
+    /// The table and column names of `CREATE TABLE [IF NOT EXISTS] name (column type [...],
+    /// ..., [PRIMARY KEY (...)]) [WITH ...]`.
+    fn create_table(tokens: &[Token]) -> Result<(String, BTreeSet<String>), String> {
+        let mut at = 2;
+        if is_word(tokens.get(at), "if") {
+            at += 3; // IF NOT EXISTS
+        }
+        let table = tokens.get(at).and_then(name).ok_or("no table name")?;
+        if tokens.get(at + 1) == Some(&Token::Symbol('.')) {
+            return Err("the table name is qualified with a keyspace".into());
+        }
+        let body = parenthesized(tokens, at + 1).ok_or("no parenthesized column list")?;
+        let definitions = split_top_level(body);
         let mut columns = BTreeSet::new();
         for definition in &definitions {
             if is_word(definition.first(), "primary") && is_word(definition.get(1), "key") {

@@ -120,6 +120,7 @@ mod scylla_contract {
     contract_test!(pagination);
     contract_test!(client_message_ids);
     contract_test!(late_projected_messages_are_not_skipped);
+    contract_test!(pending_messages);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reapplying_is_idempotent() {
@@ -139,19 +140,19 @@ mod scylla_partial_batches {
 
     use super::{open_migrated, with_keyspaces};
 
-    const BUCKET_MICROS: i64 = 864_000_000_000;
+    pub(super) const BUCKET_MICROS: i64 = 864_000_000_000;
 
-    struct Scene {
-        alice: Uuid,
-        bob: Uuid,
-        conv: Uuid,
-        m1: Uuid,
-        m2: Uuid,
-        sent_at_us: i64,
+    pub(super) struct Scene {
+        pub(super) alice: Uuid,
+        pub(super) bob: Uuid,
+        pub(super) conv: Uuid,
+        pub(super) m1: Uuid,
+        pub(super) m2: Uuid,
+        pub(super) sent_at_us: i64,
     }
 
     impl Scene {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             Scene {
                 alice: Uuid::now_v7(),
                 bob: Uuid::now_v7(),
@@ -162,7 +163,7 @@ mod scylla_partial_batches {
             }
         }
 
-        fn message(&self, id: Uuid, offset: u64) -> Change {
+        pub(super) fn message(&self, id: Uuid, offset: u64) -> Change {
             Change::AddMessage {
                 message_id: id,
                 conversation_id: self.conv,
@@ -178,9 +179,7 @@ mod scylla_partial_batches {
             }
         }
 
-        /// Applies m1 and m2 (as a redelivery after the failure) and checks their numbers,
-        /// history, unread count, idempotency keys and the feed.
-        async fn check(&self, store: &dyn ReadStore) {
+        pub(super) async fn add_users(&self, store: &dyn ReadStore) {
             let users =
                 [(self.alice, "alice"), (self.bob, "bob")].map(|(id, name)| Change::AddUser {
                     user_id: id,
@@ -195,6 +194,12 @@ mod scylla_partial_batches {
                 .apply("p", users.to_vec(), vec![])
                 .await
                 .expect("users");
+        }
+
+        /// Applies m1 and m2 (as a redelivery after the failure) and checks their numbers,
+        /// history, unread count, idempotency keys, the feed and what is pending.
+        async fn check(&self, store: &dyn ReadStore) {
+            self.add_users(store).await;
             store
                 .apply(
                     "p",
@@ -254,10 +259,21 @@ mod scylla_partial_batches {
                 feed.items.iter().map(|m| m.message_id).collect::<Vec<_>>(),
                 vec![self.m1, self.m2]
             );
+            let pending = store.pending(self.bob, None, 10).await.expect("pending");
+            assert_eq!(
+                pending
+                    .items
+                    .iter()
+                    .map(|m| m.message_id)
+                    .collect::<Vec<_>>(),
+                vec![self.m1, self.m2]
+            );
         }
     }
 
-    async fn session(config: &ScyllaConfig) -> std::sync::Arc<scylla::client::session::Session> {
+    pub(super) async fn session(
+        config: &ScyllaConfig,
+    ) -> std::sync::Arc<scylla::client::session::Session> {
         let session = connect(config).await.expect("connect");
         session
             .use_keyspace(config.keyspace.as_str(), false)
@@ -329,6 +345,178 @@ mod scylla_partial_batches {
                 .items[0]
                 .unread_count;
             assert_eq!(unread, 2);
+        })
+        .await;
+    }
+}
+
+/// `pending_messages` is an index: rows are removed when their message stops being pending, and
+/// a row that outlives that (a deletion lost, or one that a marker's read could not see) is
+/// never listed.
+mod scylla_pending_index {
+    use missive_store::Change;
+    use missive_store::scylla::ScyllaConfig;
+    use uuid::Uuid;
+
+    use super::scylla_partial_batches::{BUCKET_MICROS, Scene, session};
+    use super::{open_migrated, with_keyspaces};
+
+    fn pending_ids(page: &missive_store::Page<missive_store::Message>) -> Vec<Uuid> {
+        page.items.iter().map(|m| m.message_id).collect()
+    }
+
+    /// The seqs of `user`'s rows in `pending_messages`.
+    async fn index_rows(config: &ScyllaConfig, user: Uuid) -> Vec<i64> {
+        session(config)
+            .await
+            .query_unpaged(
+                "SELECT seq FROM pending_messages WHERE recipient_id = ?",
+                (user,),
+            )
+            .await
+            .expect("read the index")
+            .into_rows_result()
+            .expect("rows")
+            .rows::<(i64,)>()
+            .expect("typed")
+            .map(|r| r.expect("row").0)
+            .collect()
+    }
+
+    /// m1's batch is half-written (only its location is visible); the redelivery brings a read
+    /// marker on m1 *before* m1 itself: m1's row, written after the marker's read, goes too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_marker_before_a_redelivered_message_removes_its_row() {
+        with_keyspaces(|[config]: [ScyllaConfig; 1]| async move {
+            let store = open_migrated(&config).await;
+            let s = Scene::new();
+            s.add_users(store.as_ref()).await;
+            let sent = s.sent_at_us + 10;
+            session(&config)
+                .await
+                .query_unpaged(
+                    "INSERT INTO messages_by_id (message_id, conversation_id, bucket, seq, \
+                     sender_id, recipient_id, sent_at_us, sender_count, peer_count) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP 12",
+                    (
+                        s.m1,
+                        s.conv,
+                        sent / BUCKET_MICROS,
+                        1i64,
+                        s.alice,
+                        s.bob,
+                        sent,
+                        1i64,
+                        0i64,
+                    ),
+                )
+                .await
+                .expect("half a batch");
+            let read = Change::MarkRead {
+                conversation_id: s.conv,
+                reader_id: s.bob,
+                up_to: s.m1,
+            };
+            store
+                .apply(
+                    "p",
+                    vec![read, s.message(s.m1, 10), s.message(s.m2, 11)],
+                    vec![],
+                )
+                .await
+                .expect("apply");
+            let pending = store.pending(s.bob, None, 10).await.expect("pending");
+            assert_eq!(pending_ids(&pending), vec![s.m2]);
+            assert_eq!(
+                index_rows(&config, s.bob).await,
+                vec![2],
+                "m1's row is deleted"
+            );
+        })
+        .await;
+    }
+
+    /// Rows brought back above the deletions' timestamp (as a replay into a live keyspace could
+    /// after their tombstones are purged) stay out of the answer: the facts decide.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_the_facts_contradict_are_not_listed() {
+        with_keyspaces(|[config]: [ScyllaConfig; 1]| async move {
+            let store = open_migrated(&config).await;
+            let s = Scene::new();
+            s.add_users(store.as_ref()).await;
+            let m3 = Uuid::now_v7();
+            store
+                .apply(
+                    "p",
+                    vec![
+                        s.message(s.m1, 10),
+                        s.message(s.m2, 11),
+                        s.message(m3, 12),
+                        Change::MarkDelivered {
+                            message_id: s.m1,
+                            recipient_id: s.bob,
+                        },
+                        Change::HideMessage {
+                            user_id: s.bob,
+                            message_id: s.m2,
+                        },
+                    ],
+                    vec![],
+                )
+                .await
+                .expect("apply");
+            assert_eq!(index_rows(&config, s.bob).await, vec![3]);
+            // A redelivery of the messages brings no row back.
+            store
+                .apply(
+                    "p",
+                    vec![s.message(s.m1, 10), s.message(s.m2, 11), s.message(m3, 12)],
+                    vec![],
+                )
+                .await
+                .expect("redeliver");
+            assert_eq!(
+                index_rows(&config, s.bob).await,
+                vec![3],
+                "after a redelivery"
+            );
+            let sent = s.sent_at_us;
+            for (id, seq) in [(s.m1, 1i64), (s.m2, 2)] {
+                session(&config)
+                    .await
+                    .query_unpaged(
+                        "INSERT INTO pending_messages (recipient_id, conversation_id, seq, \
+                         message_id, bucket, sent_at_us) VALUES (?, ?, ?, ?, ?, ?) \
+                         USING TIMESTAMP 2251799813685248",
+                        (s.bob, s.conv, seq, id, sent / BUCKET_MICROS, sent + 9 + seq),
+                    )
+                    .await
+                    .expect("a row that outlived its message's pending state");
+            }
+            let pending = store.pending(s.bob, None, 10).await.expect("pending");
+            assert_eq!(pending_ids(&pending), vec![m3]);
+            let paged = store.pending(s.bob, None, 1).await.expect("one");
+            assert_eq!((pending_ids(&paged), paged.next), (vec![m3], None));
+            store
+                .apply(
+                    "p",
+                    vec![Change::MarkRead {
+                        conversation_id: s.conv,
+                        reader_id: s.bob,
+                        up_to: m3,
+                    }],
+                    vec![],
+                )
+                .await
+                .expect("read");
+            assert!(
+                store
+                    .pending(s.bob, None, 10)
+                    .await
+                    .expect("pending")
+                    .items
+                    .is_empty()
+            );
         })
         .await;
     }

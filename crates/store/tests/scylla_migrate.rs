@@ -7,8 +7,10 @@ use std::collections::BTreeSet;
 
 use missive_store::StoreError;
 use missive_store::scylla::{
-    MIGRATIONS, Replication, ScyllaConfig, connect, drop_keyspace, migrate, statements,
+    MIGRATIONS, Replication, ScyllaConfig, ScyllaStore, bootstrap_statements, connect,
+    drop_keyspace, migrate, statements,
 };
+use sha2::{Digest, Sha256};
 
 /// The test node's config with a fresh keyspace, or `None` (with a notice) when none is set.
 fn test_config() -> Option<ScyllaConfig> {
@@ -86,6 +88,94 @@ async fn scylla_migrate_applies_each_version_once_and_refuses_edited_files() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+
+    drop_keyspace(&session, &ks).await.expect("drop keyspace");
+}
+
+/// A keyspace that a build knowing only schema version 1 created: this build refuses to open it
+/// until `migrate` applies the later versions. A `migrate` that stopped after applying their
+/// statements, before recording them, can be run again (`ALTER TABLE ... ADD` of a column that
+/// exists is skipped). Lists no system tables, so it runs on Cassandra 2.1 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_migrate_upgrades_a_keyspace_at_version_1() {
+    let Some(config) = test_config() else { return };
+    let session = connect(&config).await.expect("connect");
+    let ks = config.keyspace.clone();
+    let later: Vec<i32> = MIGRATIONS[1..].iter().map(|m| m.version).collect();
+    assert!(
+        !later.is_empty(),
+        "only one schema version: nothing to upgrade"
+    );
+
+    // Version 1, applied and recorded as `migrate` does.
+    let [create_keyspace, create_table, _, record] = bootstrap_statements(&config);
+    session
+        .query_unpaged(create_keyspace, &[])
+        .await
+        .expect("create keyspace");
+    session
+        .query_unpaged(create_table, &[])
+        .await
+        .expect("create schema_migrations");
+    session
+        .use_keyspace(ks.as_str(), false)
+        .await
+        .expect("use keyspace");
+    let first = &MIGRATIONS[0];
+    for statement in statements(first.cql) {
+        session
+            .query_unpaged(statement, &[])
+            .await
+            .expect("apply version 1");
+    }
+    let checksum: String = Sha256::digest(first.cql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let record = session.prepare(record).await.expect("prepare the record");
+    session
+        .execute_unpaged(
+            &record,
+            (
+                first.version,
+                first.file,
+                checksum,
+                scylla::value::CqlTimestamp(0),
+            ),
+        )
+        .await
+        .expect("record version 1");
+
+    match ScyllaStore::open(&config).await {
+        Err(error @ StoreError::Schema(_)) => {
+            assert!(error.to_string().contains(MIGRATIONS[1].file), "{error}");
+        }
+        other => panic!("expected a refusal to open a keyspace at version 1, got {other:?}"),
+    }
+    let upgraded = migrate(&session, &config).await.expect("upgrade");
+    assert_eq!(upgraded.already, [first.version]);
+    assert_eq!(upgraded.applied, later);
+    ScyllaStore::open(&config)
+        .await
+        .expect("open the upgraded keyspace");
+
+    // As if the upgrade had stopped before recording its versions.
+    for version in &later {
+        session
+            .query_unpaged(
+                format!("DELETE FROM {ks}.schema_migrations WHERE version = {version}"),
+                &[],
+            )
+            .await
+            .expect("forget a version");
+    }
+    let repeated = migrate(&session, &config)
+        .await
+        .expect("repeat an interrupted upgrade");
+    assert_eq!(repeated.applied, later);
+    ScyllaStore::open(&config)
+        .await
+        .expect("open after the repeated upgrade");
 
     drop_keyspace(&session, &ks).await.expect("drop keyspace");
 }

@@ -26,6 +26,7 @@ contract_test!(messages_unread_and_deletes);
 contract_test!(pagination);
 contract_test!(client_message_ids);
 contract_test!(late_projected_messages_are_not_skipped);
+contract_test!(pending_messages);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reapplying_is_idempotent() {

@@ -15,10 +15,20 @@
 //! every earlier write. During a rebalance two owners may apply the same batch: both write
 //! the same cells with the same timestamps.
 //!
+//! Deletions are of single rows (never a clustering range) and carry [`DELETED_TS`], above
+//! every insert's timestamp, so a redelivered insert never brings a deleted row back: a
+//! message leaves its recipient's `pending_messages` when a device of theirs acknowledges it,
+//! their read marker passes it, they hide it, or it is deleted for everyone. A read marker
+//! finds the rows it passes with a clustering-slice read first.
+//!
 //! # Reads
 //! Each query reads one partition or a few, by key; nothing uses `ALLOW FILTERING` or a
 //! secondary index. Unread counts are derived (`peer_sent - read_peer_count - uncounted after
-//! the marker`), never counted in place.
+//! the marker`), never counted in place. A message's status comes from its history row
+//! (`delivered`) and its recipient's read marker. Pending messages are read from the user's
+//! `pending_messages` partition, ordered in the adapter, and each is checked again against
+//! those facts (and `hidden_messages`), so a row that outlived its message's pending state
+//! is never listed.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -45,7 +55,7 @@ use super::{MIGRATIONS, ScyllaConfig};
 use crate::{
     Change, Conversation, FeedPage, FriendEntry, FriendshipState, HistoryQuery, Message,
     MessageStatus, Page, ReadStore, Relation, Result, StoreError, User, conversation_cursor,
-    ordered, page, parse_conversation_cursor,
+    ordered, page, parse_conversation_cursor, parse_pending_cursor, pending_cursor,
 };
 
 /// History buckets: 10 days of send time, in microseconds.
@@ -56,9 +66,10 @@ const FEED_BUCKET_BITS: u32 = 20;
 const REGISTRATION_TS: i64 = 1;
 /// Write timestamp of rows that only ever appear (hidden and uncounted messages).
 const MEMBERSHIP_TS: i64 = 1;
-/// Write timestamp of a deletion for everyone: a one-way change no message write can undo,
-/// since it is above every offset's (`offset + 2 < 2^50` for any log that fits on disks), yet
-/// in the past as a time (2005): ScyllaDB refuses timestamps far in the future.
+/// Write timestamp of one-way changes no message write can undo: a deletion for everyone, a
+/// delivery acknowledgement, and every removal of a message from a user's pending messages.
+/// It is above every offset's (`offset + 2 < 2^50` for any log that fits on disks), yet in the
+/// past as a time (2005): ScyllaDB refuses timestamps far in the future.
 const DELETED_TS: i64 = 1 << 50;
 /// How many writes of one batch of changes are in flight at once.
 const WRITES_IN_FLIGHT: usize = 64;
@@ -126,7 +137,7 @@ macro_rules! statements {
 macro_rules! message_columns {
     () => {
         "seq, message_id, sender_id, recipient_id, text, client_msg_id, sent_at_us, deleted, \
-         log_partition, log_offset"
+         log_partition, log_offset, delivered"
     };
 }
 
@@ -191,6 +202,9 @@ statements! {
         ORDER BY seq ASC LIMIT ?");
     MESSAGE_DELETE = "UPDATE messages USING TIMESTAMP ? SET deleted = ?, text = ? \
         WHERE conversation_id = ? AND bucket = ? AND seq = ?";
+    /// Only ever set to true (at `DELETED_TS`): a message write never names the column.
+    MESSAGE_DELIVERED_SET = "UPDATE messages USING TIMESTAMP ? SET delivered = true \
+        WHERE conversation_id = ? AND bucket = ? AND seq = ?";
     LOCATION_ADD = "INSERT INTO messages_by_id (message_id, conversation_id, bucket, seq, \
         sender_id, recipient_id, sent_at_us, sender_count, peer_count) \
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
@@ -220,6 +234,18 @@ statements! {
         VALUES (?, ?, ?) USING TIMESTAMP ?";
     UNCOUNTED_AFTER = "SELECT COUNT(*) FROM uncounted_messages WHERE user_id = ? \
         AND conversation_id = ? AND seq > ?";
+
+    /// Written in the message's logged batch, at its offset + 2.
+    PENDING_ADD = "INSERT INTO pending_messages (recipient_id, conversation_id, seq, \
+        message_id, bucket, sent_at_us) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    /// One row at a time (no range deletions), at `DELETED_TS`: above every insert's.
+    PENDING_DELETE = "DELETE FROM pending_messages USING TIMESTAMP ? WHERE recipient_id = ? \
+        AND conversation_id = ? AND seq = ?";
+    /// A user's pending messages of one conversation up to a seq: those a read marker passes.
+    PENDING_UP_TO = "SELECT seq, message_id FROM pending_messages WHERE recipient_id = ? \
+        AND conversation_id = ? AND seq <= ?";
+    PENDING_GET = "SELECT conversation_id, seq, message_id, bucket, sent_at_us \
+        FROM pending_messages WHERE recipient_id = ?";
 
     FEED_ADD = "INSERT INTO user_feed (user_id, log_partition, offset_bucket, log_offset, \
         message_id, conversation_id, bucket, seq, sent_at_us) \
@@ -468,6 +494,7 @@ type MessageRow = (
     Option<bool>,
     Option<i32>,
     Option<i64>,
+    Option<bool>,
 );
 
 /// A history row before the recipient's read marker turns it into a [`Message`].
@@ -481,13 +508,17 @@ struct StoredMessage {
     client_msg_id: Option<String>,
     sent_at_us: i64,
     deleted: bool,
+    /// A device of the recipient acknowledged it.
+    delivered: bool,
     position: Position,
 }
 
 impl StoredMessage {
-    /// `None` for a row that holds no message (only a stray deletion).
+    /// `None` for a row that holds no message (only a stray deletion or acknowledgement).
     fn from_row(row: MessageRow) -> Option<Self> {
-        let (seq, id, sender, recipient, text, client_msg_id, sent_at, deleted, part, offset) = row;
+        let (id, sender, recipient, text, client_msg_id) = (row.1, row.2, row.3, row.4, row.5);
+        let (seq, sent_at, deleted, part, offset, delivered) =
+            (row.0, row.6, row.7, row.8, row.9, row.10);
         Some(StoredMessage {
             seq,
             message_id: id?,
@@ -497,6 +528,7 @@ impl StoredMessage {
             client_msg_id,
             sent_at_us: sent_at?,
             deleted: deleted.unwrap_or(false),
+            delivered: delivered.unwrap_or(false),
             position: Position::new(part? as u32, offset? as u64),
         })
     }
@@ -514,6 +546,8 @@ impl StoredMessage {
             deleted_for_everyone: self.deleted,
             status: if recipient_read_seq >= self.seq {
                 MessageStatus::Read
+            } else if self.delivered {
+                MessageStatus::Delivered
             } else {
                 MessageStatus::Pending
             },
@@ -577,6 +611,39 @@ struct FeedEntry {
     bucket: i64,
     seq: i64,
     sent_at_us: i64,
+}
+
+type PendingRow = (Uuid, i64, Option<Uuid>, Option<i64>, Option<i64>);
+
+/// A pending row as a read marker finds it: (seq, message id).
+type PendingSeq = (i64, Option<Uuid>);
+
+/// One row of a user's pending messages: where the message is, and its place in their order.
+#[derive(Debug, Clone, Copy)]
+struct PendingEntry {
+    conversation_id: Uuid,
+    seq: i64,
+    bucket: i64,
+    sent_at_us: i64,
+}
+
+impl PendingEntry {
+    /// `None` for a row that holds no message.
+    fn from_row(row: PendingRow) -> Option<Self> {
+        let (conversation_id, seq, message_id, bucket, sent_at_us) = row;
+        message_id?;
+        Some(PendingEntry {
+            conversation_id,
+            seq,
+            bucket: bucket?,
+            sent_at_us: sent_at_us?,
+        })
+    }
+
+    /// Where it sorts among the user's pending messages (see [`pending_cursor`]).
+    fn key(&self) -> (i64, Uuid, i64) {
+        (self.sent_at_us, self.conversation_id, self.seq)
+    }
 }
 
 // ----- the store -----
@@ -815,6 +882,21 @@ impl ScyllaStore {
             .collect())
     }
 
+    /// The seqs and ids of `user`'s pending messages of a conversation up to `seq`.
+    async fn pending_up_to(
+        &self,
+        user: Uuid,
+        conversation: Uuid,
+        seq: i64,
+    ) -> Result<Vec<PendingSeq>> {
+        self.all(
+            &self.st().PENDING_UP_TO,
+            (user, conversation, seq),
+            "reading pending messages",
+        )
+        .await
+    }
+
     async fn stored_message(
         &self,
         conversation: Uuid,
@@ -869,6 +951,14 @@ struct Applying<'a> {
     numbered: HashMap<Uuid, Uuid>,
     /// Per log partition, one past the last message offset of this apply.
     horizons: HashMap<i32, i64>,
+    /// Per (reader, conversation) of a read marker in this apply, the pending rows stored
+    /// before it, up to the furthest marker: (seq, message id).
+    pending_before: HashMap<(Uuid, Uuid), Vec<PendingSeq>>,
+    /// The pending rows (recipient, conversation, seq) this apply already deletes.
+    unpended: HashSet<(Uuid, Uuid, i64)>,
+    /// The furthest read marker this apply moved, per (reader, conversation): a message
+    /// (re)written after it in the batch is not pending for the reader if the marker passed it.
+    markers: HashMap<(Uuid, Uuid), i64>,
     /// Message batches per conversation, in log order.
     chains: HashMap<Uuid, Vec<PendingWrite<'a>>>,
     writes: Vec<PendingWrite<'a>>,
@@ -904,10 +994,28 @@ impl<'a> Applying<'a> {
         }
     }
 
+    /// Removes a message from its recipient's pending messages (once per apply), after its own
+    /// batch when this apply numbered it (see [`Self::push_about`]). The deletion carries
+    /// [`DELETED_TS`], so a redelivered message batch (`offset + 2`) cannot bring the row back.
+    fn unpend(&mut self, recipient: Uuid, conversation: Uuid, seq: i64, message: Option<Uuid>) {
+        if !self.unpended.insert((recipient, conversation, seq)) {
+            return;
+        }
+        let store: &'a ScyllaStore = self.store;
+        let statement = &store.inner.st.PENDING_DELETE;
+        let values = (DELETED_TS, recipient, conversation, seq);
+        let action = "removing a pending message";
+        match message {
+            Some(id) => self.push_about(id, statement, values, action),
+            None => self.push(statement, values, action),
+        }
+    }
+
     /// Reads, all at once, where every message the batch names is and every tail of a
-    /// conversation it adds to.
+    /// conversation it adds to; then the pending rows its read markers pass.
     async fn prefetch(&mut self, changes: &[Change]) -> Result<()> {
         let mut ids = HashSet::new();
+        let mut adding = HashSet::new();
         let mut conversations = HashSet::new();
         for change in changes {
             match change {
@@ -917,13 +1025,15 @@ impl<'a> Applying<'a> {
                     ..
                 } => {
                     ids.insert(*message_id);
+                    adding.insert(*message_id);
                     conversations.insert(*conversation_id);
                 }
                 Change::MarkRead { up_to, .. } => {
                     ids.insert(*up_to);
                 }
                 Change::HideMessage { message_id, .. }
-                | Change::TombstoneMessage { message_id } => {
+                | Change::TombstoneMessage { message_id }
+                | Change::MarkDelivered { message_id, .. } => {
                     ids.insert(*message_id);
                 }
                 _ => {}
@@ -937,6 +1047,44 @@ impl<'a> Applying<'a> {
             .extend(read_each(conversations, |c| store.tail(c)).await?);
         self.locations
             .extend(read_each(ids, |id| store.location(id)).await?);
+        // Then the pending rows each read marker passes, up to the furthest marker of a reader
+        // in a conversation. Rows of messages this apply numbers are not there yet (their
+        // batches are not sent): the markers find those among the numbered messages.
+        let mut furthest: HashMap<(Uuid, Uuid), i64> = HashMap::new();
+        for change in changes {
+            let Change::MarkRead {
+                conversation_id,
+                reader_id,
+                up_to,
+            } = change
+            else {
+                continue;
+            };
+            let up_to_seq = match self.locations.get(up_to) {
+                Some(loc) if loc.conversation_id == *conversation_id => loc.seq,
+                Some(_) => continue,
+                // Added by this batch: after every stored message of its conversation.
+                None if adding.contains(up_to) => i64::MAX,
+                None => continue,
+            };
+            let seq = furthest
+                .entry((*reader_id, *conversation_id))
+                .or_insert(up_to_seq);
+            *seq = (*seq).max(up_to_seq);
+        }
+        let slices: HashSet<(Uuid, Uuid, i64)> = furthest
+            .into_iter()
+            .map(|((reader, conv), seq)| (reader, conv, seq))
+            .collect();
+        let found = read_each(slices, |(reader, conv, seq)| async move {
+            Ok(Some(store.pending_up_to(reader, conv, seq).await?))
+        })
+        .await?;
+        self.pending_before.extend(
+            found
+                .into_iter()
+                .map(|((reader, conv, _), rows)| ((reader, conv), rows)),
+        );
         Ok(())
     }
 
@@ -1070,6 +1218,26 @@ impl<'a> Applying<'a> {
                     ),
                     "moving a read marker",
                 );
+                // What the marker passes stops being pending for the reader: the rows stored
+                // before this apply, and those of messages this apply numbers.
+                let (reader, conv) = (*reader_id, *conversation_id);
+                let marker = self.markers.entry((reader, conv)).or_insert(loc.seq);
+                *marker = (*marker).max(loc.seq);
+                let mut passed: Vec<PendingSeq> = self
+                    .pending_before
+                    .get(&(reader, conv))
+                    .into_iter()
+                    .flatten()
+                    .filter(|(seq, _)| *seq <= loc.seq)
+                    .copied()
+                    .collect();
+                passed.extend(self.numbered.iter().filter_map(|(id, c)| {
+                    let l = self.locations.get(id).filter(|_| *c == conv)?;
+                    (l.recipient_id == reader && l.seq <= loc.seq).then_some((l.seq, Some(*id)))
+                }));
+                for (seq, message) in passed {
+                    self.unpend(reader, conv, seq, message);
+                }
             }
             Change::HideMessage {
                 user_id,
@@ -1102,6 +1270,9 @@ impl<'a> Applying<'a> {
                         "uncounting a message",
                     );
                 }
+                if *user_id == loc.recipient_id {
+                    self.unpend(*user_id, loc.conversation_id, loc.seq, Some(*message_id));
+                }
             }
             Change::TombstoneMessage { message_id } => {
                 let Some(loc) = self.locations.get(message_id).copied() else {
@@ -1131,6 +1302,39 @@ impl<'a> Applying<'a> {
                         MEMBERSHIP_TS,
                     ),
                     "uncounting a message",
+                );
+                self.unpend(
+                    loc.recipient_id,
+                    loc.conversation_id,
+                    loc.seq,
+                    Some(*message_id),
+                );
+            }
+            Change::MarkDelivered {
+                message_id,
+                recipient_id,
+            } => {
+                let Some(loc) = self.locations.get(message_id).copied() else {
+                    tracing::warn!(%message_id, "acknowledging an unknown message; ignored");
+                    return Ok(());
+                };
+                if *recipient_id != loc.recipient_id {
+                    tracing::warn!(%message_id, %recipient_id, "a message acknowledged for someone who is not its recipient; ignored");
+                    return Ok(());
+                }
+                // One-way, like a deletion: the status of a read message stays read (its
+                // marker decides first), and no message write names the column.
+                self.push_about(
+                    *message_id,
+                    &st.MESSAGE_DELIVERED_SET,
+                    (DELETED_TS, loc.conversation_id, loc.bucket, loc.seq),
+                    "marking a message delivered",
+                );
+                self.unpend(
+                    loc.recipient_id,
+                    loc.conversation_id,
+                    loc.seq,
+                    Some(*message_id),
                 );
             }
         }
@@ -1240,6 +1444,7 @@ impl<'a> Applying<'a> {
             &st.FEED_ADD,
             &st.FEED_BUCKET_ADD,
             &st.FEED_BUCKET_ADD,
+            &st.PENDING_ADD,
         ] {
             batch.append_statement(statement.clone());
         }
@@ -1307,6 +1512,9 @@ impl<'a> Applying<'a> {
             )
         };
         let feed_bucket_row = |user: Uuid| (user, partition, feed_bucket, sent_at_us, sent_at_us);
+        // Pending for the recipient until acknowledged, read, hidden or deleted: each of those
+        // deletes the row at DELETED_TS, which this insert (offset + 2) can never outweigh.
+        let pending_row = (recipient, conv, seq, id, bucket, sent_at_us, ts);
         let rows = (
             message_row,
             location_row,
@@ -1318,6 +1526,7 @@ impl<'a> Applying<'a> {
             feed(recipient),
             feed_bucket_row(sender),
             feed_bucket_row(recipient),
+            pending_row,
         );
         let store = self.store;
         let write: PendingWrite<'a> = match client_msg_id {
@@ -1335,6 +1544,7 @@ impl<'a> Applying<'a> {
                     rows.7,
                     rows.8,
                     rows.9,
+                    rows.10,
                     (sender, key.clone(), sent_at_us, id, ts),
                 );
                 Box::pin(store.logged_batch(batch, rows))
@@ -1343,6 +1553,15 @@ impl<'a> Applying<'a> {
         };
         self.chains.entry(conv).or_default().push(write);
         self.numbered.insert(id, conv);
+        // A redelivery after a read marker of this batch that passes it (its pending row was
+        // not visible to the marker's read).
+        if self
+            .markers
+            .get(&(recipient, conv))
+            .is_some_and(|marker| *marker >= seq)
+        {
+            self.unpend(recipient, conv, seq, Some(id));
+        }
         Ok(())
     }
 
@@ -1495,7 +1714,9 @@ impl ScyllaStore {
                         })
                     })
                     .collect();
-                let hidden = self.hidden_among(user, &entries).await?;
+                let hidden = self
+                    .hidden_among(user, entries.iter().map(|e| (e.conversation_id, e.seq)))
+                    .await?;
                 for e in &entries {
                     if e.sent_at_us >= since_us && !hidden.contains(&(e.conversation_id, e.seq)) {
                         scan.entries.push_back(*e);
@@ -1534,17 +1755,17 @@ impl ScyllaStore {
         Ok(buckets)
     }
 
-    /// Which of `entries` `user` hid, as (conversation, seq): one read per conversation.
+    /// Which of `messages` (conversation, seq) `user` hid: one read per conversation.
     async fn hidden_among(
         &self,
         user: Uuid,
-        entries: &[FeedEntry],
+        messages: impl IntoIterator<Item = (Uuid, i64)>,
     ) -> Result<HashSet<(Uuid, i64)>> {
         let mut ranges: HashMap<Uuid, (i64, i64)> = HashMap::new();
-        for e in entries {
-            let r = ranges.entry(e.conversation_id).or_insert((e.seq, e.seq));
-            r.0 = r.0.min(e.seq);
-            r.1 = r.1.max(e.seq);
+        for (conv, seq) in messages {
+            let r = ranges.entry(conv).or_insert((seq, seq));
+            r.0 = r.0.min(seq);
+            r.1 = r.1.max(seq);
         }
         let found: Vec<Vec<(Uuid, i64)>> = futures::stream::iter(ranges)
             .map(|(conv, (from, to))| async move {
@@ -1720,6 +1941,9 @@ impl ReadStore for ScyllaStore {
             issued: HashSet::new(),
             numbered: HashMap::new(),
             horizons: HashMap::new(),
+            pending_before: HashMap::new(),
+            unpended: HashSet::new(),
+            markers: HashMap::new(),
             chains: HashMap::new(),
             writes: Vec::new(),
         };
@@ -2148,6 +2372,63 @@ impl ReadStore for ScyllaStore {
             Some(loc) => self.message_at(None, loc).await,
             None => Ok(None),
         }
+    }
+
+    async fn pending(
+        &self,
+        user: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Message>> {
+        let after = after.map(parse_pending_cursor).transpose()?;
+        // One partition per user, holding only what is still pending (or about to stop
+        // being): read whole, ordered here.
+        let rows: Vec<PendingRow> = self
+            .all(&self.st().PENDING_GET, (user,), "reading pending messages")
+            .await?;
+        let mut candidates: Vec<PendingEntry> = rows
+            .into_iter()
+            .filter_map(PendingEntry::from_row)
+            .filter(|e| after.is_none_or(|a| e.key() > a))
+            .collect();
+        candidates.sort_by_key(PendingEntry::key);
+        // The facts decide, whatever the index still holds: a row whose deletion has not
+        // landed yet (or was lost) is left out like any message the marker passed, ...
+        let conversations: HashSet<Uuid> = candidates.iter().map(|e| e.conversation_id).collect();
+        let read_seqs = read_each(conversations, |conv| async move {
+            Ok(Some(self.read_seq(user, conv).await?))
+        })
+        .await?;
+        let read_seq = |conv: &Uuid| read_seqs.get(conv).copied().unwrap_or(0);
+        candidates.retain(|e| e.seq > read_seq(&e.conversation_id));
+        let want = limit + 1;
+        let mut items = Vec::new();
+        let mut rest = candidates.as_slice();
+        while items.len() < want && !rest.is_empty() {
+            let take = (want - items.len()).clamp(16, CHUNK).min(rest.len());
+            let (chunk, tail) = rest.split_at(take);
+            rest = tail;
+            let (hidden, stored) = futures::try_join!(
+                self.hidden_among(user, chunk.iter().map(|e| (e.conversation_id, e.seq))),
+                futures::stream::iter(chunk.iter().copied())
+                    .map(|e| self.stored_message(e.conversation_id, e.bucket, e.seq))
+                    .buffered(READS_IN_FLIGHT)
+                    .try_collect::<Vec<Option<StoredMessage>>>(),
+            )?;
+            // ... and so is one acknowledged, hidden or deleted.
+            for (e, m) in chunk.iter().zip(stored) {
+                let Some(m) = m else { continue };
+                if m.recipient_id != user
+                    || m.deleted
+                    || m.delivered
+                    || hidden.contains(&(e.conversation_id, e.seq))
+                {
+                    continue;
+                }
+                items.push(m.into_message(e.conversation_id, read_seq(&e.conversation_id))?);
+            }
+        }
+        Ok(page(items, limit, pending_cursor))
     }
 }
 
