@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod gateway;
 pub mod routes;
 pub mod ws;
 
@@ -51,6 +52,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// The WebSocket sessions this process holds.
     pub sessions: Arc<ws::Sessions>,
+    /// Pushes log events to the WebSocket sessions; [`gateway::Gateway::run`] feeds it.
+    pub gateway: Arc<gateway::Gateway>,
 }
 
 /// The whole API as a router.

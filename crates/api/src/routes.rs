@@ -145,7 +145,7 @@ fn correlation_id(headers: &HeaderMap) -> Uuid {
 
 // ----- shapes -----
 
-fn ts(t: DateTime<Utc>) -> String {
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
@@ -169,7 +169,7 @@ fn status_name(s: MessageStatus) -> &'static str {
 }
 
 /// A message as `viewer` sees it: the idempotency key only to its sender.
-fn message_json(m: &Message, viewer: Uuid) -> Value {
+pub(crate) fn message_json(m: &Message, viewer: Uuid) -> Value {
     json!({
         "message_id": m.message_id,
         "conversation_id": m.conversation_id,
@@ -210,7 +210,7 @@ fn page_json<T>(page: &Page<T>, item: impl Fn(&T) -> Value) -> Value {
     json!({ "items": page.items.iter().map(item).collect::<Vec<_>>(), "next": page.next })
 }
 
-fn relation_name(state: FriendshipState, me: Uuid) -> &'static str {
+pub(crate) fn relation_name(state: FriendshipState, me: Uuid) -> &'static str {
     match state {
         FriendshipState::None => "none",
         FriendshipState::Friends => "friend",

@@ -14,7 +14,7 @@
 //! Opening and closing are serialized per user, so the events are in the order the sessions
 //! opened and closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,13 +24,15 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use missive_events::Presence;
-use missive_service::Actor;
+use missive_service::{Actor, ServiceError};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::gateway::Subscription;
+use crate::routes::message_json;
 
 /// Close code for a session whose client stopped sending heartbeats.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4000;
@@ -38,6 +40,12 @@ pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4000;
 pub const CLOSE_UNAVAILABLE: u16 = 1011;
 /// Close code when the user already holds as many sessions as they may.
 pub const CLOSE_TOO_MANY_SESSIONS: u16 = 4008;
+/// Close code for a session whose client read too slowly: its queue of frames overflowed.
+pub const CLOSE_TOO_SLOW: u16 = 4001;
+/// How long the server tries to send a close frame.
+const CLOSE_SEND_WAIT: Duration = Duration::from_secs(1);
+/// Pending messages read at once while a session starts.
+const PENDING_PAGE: usize = 200;
 /// The largest frame a client may send.
 const MAX_FRAME_BYTES: usize = 64 * 1024;
 
@@ -50,6 +58,9 @@ pub struct WsConfig {
     pub max_sessions_per_user: usize,
     /// A session with no frame from the client for this long is closed.
     pub heartbeat_timeout: Duration,
+    /// Frames waiting for one session at most; a client that falls further behind is
+    /// disconnected with [`CLOSE_TOO_SLOW`].
+    pub session_buffer: usize,
 }
 
 impl Default for WsConfig {
@@ -58,6 +69,7 @@ impl Default for WsConfig {
             max_connections: 100_000,
             max_sessions_per_user: 10,
             heartbeat_timeout: Duration::from_secs(60),
+            session_buffer: 1024,
         }
     }
 }
@@ -180,17 +192,19 @@ async fn session(
     mut socket: WebSocket,
 ) {
     let user = actor.user_id;
+    let closed = &missive_telemetry::metrics().ws_closed;
     {
         let mut count = entry.lock().await;
         if *count >= state.config.ws.max_sessions_per_user {
             // Another session of the user started since the upgrade was accepted.
             drop(count);
-            let _ = socket
-                .send(close(
-                    CLOSE_TOO_MANY_SESSIONS,
-                    "too many sessions for this user",
-                ))
-                .await;
+            closed.with_label_values(&["refused"]).inc();
+            close_with(
+                &mut socket,
+                CLOSE_TOO_MANY_SESSIONS,
+                "too many sessions for this user",
+            )
+            .await;
             return;
         }
         if *count == 0
@@ -198,20 +212,44 @@ async fn session(
         {
             tracing::warn!(%user, %error, "could not record a session's presence; closing it");
             drop(count);
-            let _ = socket
-                .send(close(
-                    CLOSE_UNAVAILABLE,
-                    "presence could not be recorded; retry shortly",
-                ))
-                .await;
+            closed.with_label_values(&["unavailable"]).inc();
+            close_with(
+                &mut socket,
+                CLOSE_UNAVAILABLE,
+                "presence could not be recorded; retry shortly",
+            )
+            .await;
             return;
         }
         *count += 1;
     }
-    let ended = converse(&mut socket, state.config.ws.heartbeat_timeout).await;
-    if let Some(frame) = ended {
-        let _ = socket.send(frame).await;
+    let gauge = missive_telemetry::metrics()
+        .ws_sessions
+        .with_label_values::<&str>(&[]);
+    gauge.inc();
+    // Subscribe first, then read what is pending: see the gateway's module docs.
+    let subscription = state.gateway.subscribe(user);
+    let (reason, close) = match deliver_pending(&state, actor, &mut socket).await {
+        Ok(sent) => {
+            Live {
+                state: &state,
+                actor,
+                socket: &mut socket,
+                sent,
+            }
+            .run(subscription)
+            .await
+        }
+        Err(ended) => {
+            drop(subscription);
+            ended
+        }
+    };
+    closed.with_label_values(&[reason]).inc();
+    if let Some((code, why)) = close {
+        close_with(&mut socket, code, why).await;
     }
+    gauge.dec();
     {
         let mut count = entry.lock().await;
         *count -= 1;
@@ -223,53 +261,211 @@ async fn session(
     }
 }
 
-fn close(code: u16, reason: &'static str) -> WsMessage {
-    WsMessage::Close(Some(CloseFrame {
+/// Why a session ended (the metric's label) and the close frame to send, if any.
+type Ended = (&'static str, Option<(u16, &'static str)>);
+
+/// Sends a close frame, giving up after a moment: a client that stopped reading must not
+/// hold the session open.
+async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = WsMessage::Close(Some(CloseFrame {
         code,
         reason: reason.into(),
-    }))
+    }));
+    let _ = tokio::time::timeout(CLOSE_SEND_WAIT, socket.send(frame)).await;
 }
 
 fn frame(value: serde_json::Value) -> WsMessage {
     WsMessage::Text(value.to_string().into())
 }
 
+/// Sends every message pending for the user, oldest first, then `{"type":"synced"}`. Returns
+/// the ids sent, so that the live phase can skip them if the gateway pushes them too.
+async fn deliver_pending(
+    state: &AppState,
+    actor: Actor,
+    socket: &mut WebSocket,
+) -> Result<HashSet<Uuid>, Ended> {
+    const UNAVAILABLE: Ended = (
+        "unavailable",
+        Some((
+            CLOSE_UNAVAILABLE,
+            "pending messages could not be read; retry shortly",
+        )),
+    );
+    const GONE: Ended = ("send_failed", None);
+    // The read models must hold every event before the subscription, and this user's own
+    // acknowledgements from another session.
+    if let Err(error) = state.service.caught_up().await {
+        tracing::warn!(user = %actor.user_id, %error, "cannot deliver pending messages now");
+        return Err(UNAVAILABLE);
+    }
+    let mut sent = HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = match state
+            .service
+            .pending(actor, cursor.as_deref(), PENDING_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(user = %actor.user_id, %error, "cannot read pending messages");
+                return Err(UNAVAILABLE);
+            }
+        };
+        for m in &page.items {
+            let text = json!({ "type": "message", "message": message_json(m, actor.user_id) });
+            if socket.send(frame(text)).await.is_err() {
+                return Err(GONE);
+            }
+            sent.insert(m.message_id);
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let synced = json!({ "type": "synced", "pending": sent.len() });
+    if socket.send(frame(synced)).await.is_err() {
+        return Err(GONE);
+    }
+    Ok(sent)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientFrame {
     Ping,
+    Ack { message_ids: Vec<Uuid> },
 }
 
-/// Serves the client's frames until the session ends; returns the close frame to send, if the
-/// server ends it.
-async fn converse(socket: &mut WebSocket, heartbeat_timeout: Duration) -> Option<WsMessage> {
-    loop {
-        let received = match tokio::time::timeout(heartbeat_timeout, socket.recv()).await {
-            Err(_) => return Some(close(CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat")),
-            Ok(None | Some(Err(_)) | Some(Ok(WsMessage::Close(_)))) => return None,
-            Ok(Some(Ok(message))) => message,
-        };
-        let reply = match received {
-            WsMessage::Text(text) => match serde_json::from_str::<ClientFrame>(text.as_str()) {
-                Ok(ClientFrame::Ping) => Some(frame(json!({ "type": "pong" }))),
-                Err(e) => Some(frame(json!({
-                    "type": "error",
-                    "code": "bad_frame",
-                    "message": format!("unreadable frame: {e}; send a JSON object such as {{\"type\":\"ping\"}}"),
-                }))),
-            },
-            WsMessage::Binary(_) => Some(frame(json!({
-                "type": "error",
-                "code": "bad_frame",
-                "message": "binary frames are not supported; send JSON text frames",
-            }))),
-            // WebSocket pings are answered by the protocol layer; both count as heartbeats.
-            _ => None,
-        };
-        if let Some(reply) = reply
-            && socket.send(reply).await.is_err()
-        {
-            return None;
+/// The live phase of a session.
+struct Live<'a> {
+    state: &'a AppState,
+    actor: Actor,
+    socket: &'a mut WebSocket,
+    /// Messages sent while delivering what was pending, not to be sent again.
+    sent: HashSet<Uuid>,
+}
+
+impl Live<'_> {
+    /// Serves pushes and the client's frames until the session ends.
+    async fn run(mut self, mut subscription: Subscription) -> Ended {
+        const TOO_SLOW: Ended = (
+            "too_slow",
+            Some((
+                CLOSE_TOO_SLOW,
+                "the client read too slowly and its queue overflowed; reconnect",
+            )),
+        );
+        let heartbeat = self.state.config.ws.heartbeat_timeout;
+        let kicked = subscription.kicked.clone();
+        let mut deadline = tokio::time::Instant::now() + heartbeat;
+        loop {
+            tokio::select! {
+                biased;
+                _ = kicked.notified() => return TOO_SLOW,
+                _ = tokio::time::sleep_until(deadline) => {
+                    return ("heartbeat", Some((CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat")));
+                }
+                push = subscription.frames.recv() => {
+                    let Some(push) = push else { return TOO_SLOW };
+                    if push.pending_message.is_some_and(|id| self.sent.remove(&id)) {
+                        continue;
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = kicked.notified() => return TOO_SLOW,
+                        sent = self.socket.send(WsMessage::Text(push.text)) => {
+                            if sent.is_err() {
+                                return ("send_failed", None);
+                            }
+                        }
+                    }
+                }
+                received = self.socket.recv() => {
+                    let message = match received {
+                        None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => {
+                            return ("client", None);
+                        }
+                        Some(Ok(message)) => message,
+                    };
+                    // Any frame, and WebSocket pings (answered by the protocol layer), count as
+                    // heartbeats.
+                    deadline = tokio::time::Instant::now() + heartbeat;
+                    for reply in self.answer(message).await {
+                        if self.socket.send(frame(reply)).await.is_err() {
+                            return ("send_failed", None);
+                        }
+                    }
+                }
+            }
         }
     }
+
+    /// The replies to one client frame.
+    async fn answer(&mut self, message: WsMessage) -> Vec<serde_json::Value> {
+        let text = match message {
+            WsMessage::Text(text) => text,
+            WsMessage::Binary(_) => {
+                return vec![error_frame(
+                    "bad_frame",
+                    "binary frames are not supported; send JSON text frames".into(),
+                )];
+            }
+            _ => return Vec::new(),
+        };
+        match serde_json::from_str::<ClientFrame>(text.as_str()) {
+            Ok(ClientFrame::Ping) => vec![json!({ "type": "pong" })],
+            Ok(ClientFrame::Ack { message_ids }) => self.acknowledge(&message_ids).await,
+            Err(e) => vec![error_frame(
+                "bad_frame",
+                format!(
+                    "unreadable frame: {e}; send a JSON object such as {{\"type\":\"ping\"}} or \
+                     {{\"type\":\"ack\",\"message_ids\":[...]}}"
+                ),
+            )],
+        }
+    }
+
+    async fn acknowledge(&mut self, message_ids: &[Uuid]) -> Vec<serde_json::Value> {
+        match self
+            .state
+            .service
+            .acknowledge(self.actor, message_ids)
+            .await
+        {
+            Ok(outcome) => {
+                let mut replies =
+                    vec![json!({ "type": "acked", "message_ids": outcome.delivered })];
+                if !outcome.refused.is_empty() {
+                    let refused: Vec<_> = outcome
+                        .refused
+                        .iter()
+                        .map(|(id, why)| json!({ "message_id": id, "reason": why.to_string() }))
+                        .collect();
+                    let mut error = error_frame(
+                        "ack_refused",
+                        "some message ids were not acknowledged: only messages sent to you can be"
+                            .into(),
+                    );
+                    error["refused"] = json!(refused);
+                    replies.push(error);
+                }
+                replies
+            }
+            Err(ServiceError::Domain(e)) => vec![error_frame("bad_frame", e.to_string())],
+            Err(error) => {
+                tracing::warn!(user = %self.actor.user_id, %error, "an acknowledgement failed");
+                vec![error_frame(
+                    "unavailable",
+                    "the acknowledgement could not be recorded; send it again shortly".into(),
+                )]
+            }
+        }
+    }
+}
+
+fn error_frame(code: &str, message: String) -> serde_json::Value {
+    json!({ "type": "error", "code": code, "message": message })
 }

@@ -153,6 +153,15 @@ struct ServeArgs {
     #[arg(long, env = "MISSIVE_WS_HEARTBEAT_TIMEOUT_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     ws_heartbeat_timeout_secs: u64,
+    /// Frames queued for one WebSocket session at most; a client that falls further behind
+    /// is disconnected with close code 4001 and reconnects.
+    #[arg(long, env = "MISSIVE_WS_SESSION_BUFFER", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    ws_session_buffer: u64,
+    /// At most one offline notification (on the notifications stream) per conversation and
+    /// recipient per this many seconds.
+    #[arg(long, env = "MISSIVE_NOTIFY_INTERVAL_SECS", default_value_t = 60)]
+    notify_interval_secs: u64,
 }
 
 impl ServeArgs {
@@ -171,7 +180,9 @@ impl ServeArgs {
             max_connections: self.ws_max_connections,
             max_sessions_per_user: self.ws_max_sessions_per_user as usize,
             heartbeat_timeout: Duration::from_secs(self.ws_heartbeat_timeout_secs),
+            session_buffer: self.ws_session_buffer as usize,
         };
+        config.notify_interval = Duration::from_secs(self.notify_interval_secs);
         Ok(config)
     }
 }

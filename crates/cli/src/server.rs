@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use missive_api::gateway::Gateway;
 use missive_api::{ApiConfig, AppState, Secret};
 use missive_log::EventLog;
 use missive_log::kafka::{KafkaConfig, KafkaLog, TopicSettings, check_topic_settings};
 use missive_log::sqlite::{Durability, SqliteLog};
 use missive_projector::{Projector, READ_MODELS};
+use missive_service::notifier::Notifier;
 use missive_service::{Config, Service};
 use missive_store::ReadStore;
 use missive_store::scylla::{ScyllaConfig, ScyllaStore};
@@ -158,6 +160,8 @@ pub struct ServerConfig {
     pub max_read_wait: Duration,
     /// WebSocket session limits and heartbeat timeout.
     pub ws: missive_api::ws::WsConfig,
+    /// At most one offline notification per conversation and recipient per this interval.
+    pub notify_interval: Duration,
 }
 
 impl ServerConfig {
@@ -176,6 +180,7 @@ impl ServerConfig {
             token_ttl: Duration::from_secs(30 * 24 * 3600),
             max_read_wait: missive_api::routes::DEFAULT_READ_WAIT,
             ws: missive_api::ws::WsConfig::default(),
+            notify_interval: Duration::from_secs(60),
         }
     }
 }
@@ -246,7 +251,28 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
 
     let mut addr = None;
     if config.role != Role::Projector {
-        let service = Arc::new(Service::new(log, store, progress, config.service.clone()).await?);
+        let service = Arc::new(
+            Service::new(log.clone(), store.clone(), progress, config.service.clone()).await?,
+        );
+        let gateway = Arc::new(Gateway::new(config.ws.session_buffer));
+        {
+            let (gateway, log, store, service) =
+                (gateway.clone(), log.clone(), store.clone(), service.clone());
+            let wait = config.service.projection_wait;
+            let stop = stopped(stop_rx.clone());
+            tasks.push((
+                "gateway",
+                tokio::spawn(
+                    async move { Ok(gateway.run(log, store, service, wait, stop).await?) },
+                ),
+            ));
+        }
+        let notifier = Notifier::new(log.clone(), store.clone(), config.notify_interval);
+        let notifier_stop = stopped(stop_rx.clone());
+        tasks.push((
+            "notifier",
+            tokio::spawn(async move { Ok(notifier.run(notifier_stop).await?) }),
+        ));
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -260,6 +286,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                 ws: config.ws.clone(),
             }),
             sessions: Arc::default(),
+            gateway,
         };
         let shutdown = stopped(stop_rx);
         tasks.push((

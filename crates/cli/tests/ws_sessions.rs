@@ -1,5 +1,7 @@
 //! End-to-end: WebSocket sessions (`GET /v1/ws`) with a real client (tokio-tungstenite):
-//! authentication, heartbeats, presence following the sessions, limits.
+//! authentication, heartbeats, presence following the sessions, limits, and the gateway's
+//! pushes: messages online and pending, receipts, presence, friendships, deletions, slow
+//! clients, offline notifications.
 
 mod common;
 
@@ -17,6 +19,12 @@ both_logs!(
     sessions_authenticate_answer_pings_and_drive_presence,
     a_silent_session_times_out_and_limits_hold,
     the_process_limit_refuses_with_503_and_frees_on_close,
+    messages_reach_every_device_and_receipts_reach_the_sender,
+    pending_messages_arrive_once_in_order_without_a_gap,
+    presence_and_friendship_changes_are_pushed,
+    deletions_are_pushed_to_those_they_concern,
+    a_slow_client_is_closed_without_holding_up_others,
+    offline_users_get_one_notification_per_burst,
 );
 
 type Socket =
@@ -39,13 +47,71 @@ fn upgrade_request(
     request
 }
 
-/// Opens a session with the token in the Authorization header.
-async fn open(h: &Harness, who: &Client) -> Socket {
-    let (socket, response) = tokio_tungstenite::connect_async(upgrade_request(h, who))
+/// Opens a session with the token in the Authorization header and reads what was pending,
+/// up to the `synced` frame: the pending messages, in the order they came.
+async fn connect(h: &Harness, who: &Client) -> (Socket, Vec<Value>) {
+    let (mut socket, response) = tokio_tungstenite::connect_async(upgrade_request(h, who))
         .await
         .expect("the session opens");
     assert_eq!(response.status(), 101);
+    let mut pending = Vec::new();
+    loop {
+        let frame = next_json(&mut socket).await;
+        match frame["type"].as_str() {
+            Some("message") => pending.push(frame["message"].clone()),
+            Some("synced") => {
+                assert_eq!(frame["pending"], pending.len(), "{frame}");
+                return (socket, pending);
+            }
+            _ => panic!("before synced, only pending messages come: {frame}"),
+        }
+    }
+}
+
+/// Opens a session of a user with nothing pending.
+async fn open(h: &Harness, who: &Client) -> Socket {
+    let (socket, pending) = connect(h, who).await;
+    assert_eq!(pending, Vec::<Value>::new(), "nothing was pending");
     socket
+}
+
+async fn send_json(socket: &mut Socket, frame: Value) {
+    socket
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("the frame is sent");
+}
+
+/// Acknowledges messages and returns the `acked` answer.
+async fn ack(socket: &mut Socket, ids: &[&Value]) -> Value {
+    send_json(socket, json!({"type": "ack", "message_ids": ids})).await;
+    let answer = next_json(socket).await;
+    assert_eq!(answer["type"], "acked", "{answer}");
+    answer
+}
+
+/// Frames until `{"type":"pong"}`: a ping's answer comes after every frame queued before it,
+/// so this collects everything pushed so far (and proves nothing else is on its way).
+async fn drain(socket: &mut Socket) -> Vec<Value> {
+    send_json(socket, json!({"type": "ping"})).await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = next_json(socket).await;
+        if frame["type"] == "pong" {
+            return frames;
+        }
+        frames.push(frame);
+    }
+}
+
+/// The next frame of `kind`, skipping others.
+async fn next_of(socket: &mut Socket, kind: &str) -> Value {
+    loop {
+        let frame = next_json(socket).await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
 }
 
 /// The next text frame, as JSON.
@@ -104,7 +170,7 @@ async fn sessions_authenticate_answer_pings_and_drive_presence() {
         .send(Message::Text(json!({"type": "ping"}).to_string().into()))
         .await
         .expect("ping");
-    assert_eq!(next_json(&mut phone).await, json!({"type": "pong"}));
+    assert_eq!(next_of(&mut phone, "pong").await, json!({"type": "pong"}));
     phone
         .send(Message::Text("not json".into()))
         .await
@@ -199,10 +265,494 @@ async fn the_process_limit_refuses_with_503_and_frees_on_close() {
                 .send(Message::Text(r#"{"type":"ping"}"#.into()))
                 .await
                 .expect("ping");
-            assert_eq!(next_json(&mut socket).await["type"], "pong");
+            assert_eq!(next_of(&mut socket, "pong").await["type"], "pong");
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("the closed session's place was never given back");
+}
+
+/// Frames until the message with `text` arrives (it included). Frames of one conversation
+/// come in log order, so a later message of the same conversation proves that every frame an
+/// earlier event of it caused has arrived, and shows any extra one.
+async fn until_message(socket: &mut Socket, text: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = next_json(socket).await;
+        let done = frame["type"] == "message" && frame["message"]["text"] == text;
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+fn kinds(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| match f["type"].as_str() {
+            Some("status") => format!("status:{}", f["status"].as_str().unwrap_or("?")),
+            Some("message") => format!("message:{}", f["message"]["text"].as_str().unwrap_or("?")),
+            other => other.unwrap_or("?").to_owned(),
+        })
+        .collect()
+}
+
+async fn messages_reach_every_device_and_receipts_reach_the_sender() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let carol = h.register("carol").await;
+    h.befriend(&alice, &bob).await;
+    let mut phone = open(&h, &bob).await;
+    let mut laptop = open(&h, &bob).await;
+    let mut sender = open(&h, &alice).await;
+
+    let sent = h.send(&alice, &bob, "hello").await;
+    let id = sent["message_id"].clone();
+    for device in [&mut phone, &mut laptop] {
+        let frame = next_of(device, "message").await;
+        let m = &frame["message"];
+        assert_eq!(m["message_id"], id);
+        assert_eq!(m["text"], "hello");
+        assert_eq!(m["seq"], 1, "pushed with its place in the conversation");
+        assert_eq!(m["status"], "pending");
+        assert_eq!(m["client_msg_id"], Value::Null);
+    }
+    // The sender's own devices see the message too (multi-device sync).
+    assert_eq!(
+        next_of(&mut sender, "message").await["message"]["message_id"],
+        id
+    );
+
+    // One device acknowledges: the sender is told once, even when both devices acknowledge.
+    assert_eq!(ack(&mut phone, &[&id]).await["message_ids"], json!([id]));
+    let status = next_of(&mut sender, "status").await;
+    assert_eq!(
+        status,
+        json!({"type": "status", "message_id": id, "conversation_id": sent["conversation_id"],
+               "status": "delivered"})
+    );
+    assert_eq!(ack(&mut laptop, &[&id]).await["message_ids"], json!([id]));
+    let history = format!(
+        "/v1/conversations/{}/messages",
+        sent["conversation_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        h.get(&history, &alice).await.items()[0]["status"],
+        "delivered"
+    );
+
+    // Nobody acknowledges for someone else, and unknown ids are refused, each with its reason.
+    let unknown = json!(uuid::Uuid::now_v7());
+    send_json(
+        &mut sender,
+        json!({"type": "ack", "message_ids": [id, unknown]}),
+    )
+    .await;
+    let acked = next_json(&mut sender).await;
+    assert_eq!(acked, json!({"type": "acked", "message_ids": []}));
+    let refused = next_json(&mut sender).await;
+    assert_eq!(refused["code"], "ack_refused", "{refused}");
+    assert_eq!(
+        refused["refused"].as_array().map(Vec::len),
+        Some(2),
+        "{refused}"
+    );
+    assert!(
+        refused["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("recipient"),
+        "{refused}"
+    );
+    send_json(
+        &mut sender,
+        json!({"type": "ack", "message_ids": ["not-a-uuid"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut sender).await["code"], "bad_frame");
+    // Carol, a stranger with a session, is told nothing.
+    let mut stranger = open(&h, &carol).await;
+
+    // Bob reads: alice's devices see "read", bob's other device moves its read marker.
+    let read = h
+        .post(
+            &format!(
+                "/v1/conversations/{}/read",
+                sent["conversation_id"].as_str().unwrap()
+            ),
+            &bob,
+            json!({"up_to": id}),
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
+    let marker = next_of(&mut laptop, "read_marker").await;
+    assert_eq!(marker["up_to"], id);
+    // A later message of the conversation shows everything before it arrived, once.
+    h.send(&bob, &alice, "later").await;
+    let frames = until_message(&mut sender, "later").await;
+    assert_eq!(
+        kinds(&frames),
+        ["status:read", "message:later"],
+        "{frames:?}"
+    );
+    assert_eq!(frames[0]["message_id"], id);
+    assert_eq!(h.get(&history, &alice).await.items()[1]["status"], "read");
+    assert_eq!(
+        drain(&mut stranger).await,
+        Vec::<Value>::new(),
+        "carol is not concerned"
+    );
+}
+
+async fn pending_messages_arrive_once_in_order_without_a_gap() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let carol = h.register("carol").await;
+    h.befriend(&alice, &bob).await;
+    h.befriend(&carol, &bob).await;
+    let mut sent = Vec::new();
+    for i in 0..4 {
+        sent.push(h.send(&alice, &bob, &format!("a{i}")).await["message_id"].clone());
+        if i == 1 {
+            sent.push(h.send(&carol, &bob, "c").await["message_id"].clone());
+        }
+    }
+    // Offline: everything waits, oldest first across conversations.
+    let (socket, pending) = connect(&h, &bob).await;
+    let ids: Vec<Value> = pending.iter().map(|m| m["message_id"].clone()).collect();
+    assert_eq!(ids, sent);
+    assert!(pending.iter().all(|m| m["status"] == "pending"));
+    drop(socket);
+    // Not acknowledged: pending again on the next session; acknowledged ones no longer are.
+    let (mut socket, again) = connect(&h, &bob).await;
+    assert_eq!(again.len(), sent.len());
+    let first_two: Vec<&Value> = sent[..2].iter().collect();
+    ack(&mut socket, &first_two).await;
+    socket.close(None).await.expect("close");
+    let (mut socket, rest) = connect(&h, &bob).await;
+    let rest: Vec<Value> = rest.iter().map(|m| m["message_id"].clone()).collect();
+    assert_eq!(rest, sent[2..]);
+    let all: Vec<&Value> = sent.iter().collect();
+    ack(&mut socket, &all).await;
+    socket.close(None).await.expect("close");
+
+    // While alice keeps sending, bob connects: every message comes exactly once, either as
+    // pending or live, in order.
+    let sender = {
+        let (base, alice) = (h.base.clone(), alice.token.clone());
+        let bob = bob.id;
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 0..60 {
+                let answer = client
+                    .post(format!("{base}/v1/conversations/direct/{bob}/messages"))
+                    .bearer_auth(&alice)
+                    .json(&json!({"text": format!("live {i}")}))
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(answer.status(), StatusCode::CREATED);
+                if i % 20 == 10 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (mut socket, pending) = connect(&h, &bob).await;
+    let mut texts: Vec<String> = pending
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    sender.await.expect("the sender finished");
+    while texts.len() < 60 {
+        let frame = next_of(&mut socket, "message").await;
+        texts.push(frame["message"]["text"].as_str().unwrap().to_owned());
+    }
+    let expected: Vec<String> = (0..60).map(|i| format!("live {i}")).collect();
+    assert_eq!(texts, expected, "{} were pending", pending.len());
+    assert_eq!(
+        drain(&mut socket).await,
+        Vec::<Value>::new(),
+        "no duplicate follows"
+    );
+}
+
+async fn presence_and_friendship_changes_are_pushed() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let mut a = open(&h, &alice).await;
+    let mut b = open(&h, &bob).await;
+
+    // A request, its acceptance: both sides see their own view of the friendship.
+    let requested = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/friends/{}", alice.id),
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert_eq!(requested.status, StatusCode::OK, "{requested:?}");
+    let to_alice = next_of(&mut a, "friendship").await;
+    assert_eq!(to_alice["user_id"], json!(bob.id));
+    assert_eq!(to_alice["relation"], "incoming_request");
+    assert_eq!(
+        next_of(&mut b, "friendship").await["relation"],
+        "outgoing_request"
+    );
+    let accepted = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/friends/{}/accept", bob.id),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{accepted:?}");
+    assert_eq!(next_of(&mut a, "friendship").await["relation"], "friend");
+    assert_eq!(next_of(&mut b, "friendship").await["relation"], "friend");
+
+    // Now friends: bob's second device changes nothing; closing his last one does.
+    let mut b2 = open(&h, &bob).await;
+    b.close(None).await.expect("close");
+    b2.close(None).await.expect("close");
+    let offline = next_of(&mut a, "presence").await;
+    assert_eq!(offline["user_id"], json!(bob.id));
+    assert_eq!(offline["status"], "offline");
+    let profile = wait_for_status(&h, &alice, &bob, "offline").await;
+    assert_eq!(
+        offline["last_seen"], profile["last_seen"],
+        "exact last-seen"
+    );
+    let _b3 = open(&h, &bob).await;
+    let online = next_of(&mut a, "presence").await;
+    assert_eq!(online["status"], "online");
+    assert_eq!(online["user_id"], json!(bob.id));
+
+    // Unfriending is pushed with its reason; presence is then private again.
+    let removed = h
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/friends/{}", bob.id),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{removed:?}");
+    let gone = next_of(&mut a, "friendship").await;
+    assert_eq!(
+        (gone["relation"].as_str(), gone["reason"].as_str()),
+        (Some("none"), Some("unfriended"))
+    );
+}
+
+async fn deletions_are_pushed_to_those_they_concern() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    h.befriend(&alice, &bob).await;
+    let mut a = open(&h, &alice).await;
+    let mut b = open(&h, &bob).await;
+    let one = h.send(&alice, &bob, "one").await;
+    let two = h.send(&alice, &bob, "two").await;
+    until_message(&mut b, "two").await;
+    until_message(&mut a, "two").await;
+    let delete = |id: &Value, scope: &str| {
+        let path = format!("/v1/messages/{}?scope={scope}", id.as_str().unwrap());
+        let token = match scope {
+            "me" => bob.token.clone(),
+            _ => alice.token.clone(),
+        };
+        let h = &h;
+        async move {
+            h.call(reqwest::Method::DELETE, &path, Some(&token), None)
+                .await
+        }
+    };
+    assert_eq!(
+        delete(&one["message_id"], "me").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        delete(&two["message_id"], "everyone").await.status,
+        StatusCode::OK
+    );
+    h.send(&alice, &bob, "three").await;
+    let to_bob = until_message(&mut b, "three").await;
+    assert_eq!(
+        kinds(&to_bob),
+        ["status:deleted", "status:deleted", "message:three"]
+    );
+    assert_eq!(
+        (to_bob[0]["message_id"].clone(), to_bob[0]["scope"].clone()),
+        (one["message_id"].clone(), json!("for_me"))
+    );
+    assert_eq!(
+        (to_bob[1]["message_id"].clone(), to_bob[1]["scope"].clone()),
+        (two["message_id"].clone(), json!("for_everyone"))
+    );
+    let to_alice = until_message(&mut a, "three").await;
+    assert_eq!(
+        kinds(&to_alice),
+        ["status:deleted", "message:three"],
+        "bob's own hide is his"
+    );
+    assert_eq!(to_alice[0]["message_id"], two["message_id"]);
+}
+
+async fn a_slow_client_is_closed_without_holding_up_others() {
+    let h = Harness::start_with(|c| c.ws.session_buffer = 256).await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    h.befriend(&alice, &bob).await;
+    // Bob's first device never reads; his second and alice's read as they should.
+    let mut stalled = open(&h, &bob).await;
+    let reading = open(&h, &bob).await;
+    let a = open(&h, &alice).await;
+    // 16 KB per message (4,000 four-byte characters): 24 MB in all, more than the socket
+    // buffers of the stalled connection hold, so its queue overflows.
+    let text = "🦀".repeat(4000);
+    let count = 1500;
+    let read_all = |mut socket: Socket| {
+        tokio::spawn(async move {
+            for _ in 0..count {
+                next_of(&mut socket, "message").await;
+            }
+            socket
+        })
+    };
+    let (reader, sender_reader) = (read_all(reading), read_all(a));
+    for _ in 0..count {
+        h.send(&alice, &bob, &text).await;
+    }
+    let mut reading = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the reading device got every message")
+        .expect("reader");
+    tokio::time::timeout(Duration::from_secs(60), sender_reader)
+        .await
+        .expect("the sender's device got every message")
+        .expect("reader");
+    // The stalled device was closed (4001) once its queue overflowed: reading it now ends
+    // in that close frame, or in a dropped connection if even the close could not be sent.
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(30), stalled.next())
+            .await
+            .expect("the stalled session ends")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => break None,
+        }
+    };
+    if let Some(code) = ended {
+        assert_eq!(code, CloseCode::Library(4001));
+    }
+    let metrics = h
+        .client
+        .get(format!("{}/metrics", h.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"missive_ws_sessions_closed_total{reason="too_slow"}"#),
+        "the slow session was closed as too slow"
+    );
+    // Bob is still online through his reading device, which still works.
+    send_json(&mut reading, json!({"type": "ping"})).await;
+    assert_eq!(next_of(&mut reading, "pong").await["type"], "pong");
+    assert_eq!(
+        h.get(&format!("/v1/users/{}", bob.id), &alice).await.body["status"],
+        "online"
+    );
+}
+
+async fn offline_users_get_one_notification_per_burst() {
+    let h = Harness::start_with(|c| c.notify_interval = Duration::from_secs(3600)).await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let carol = h.register("carol").await;
+    h.befriend(&alice, &bob).await;
+    h.befriend(&carol, &bob).await;
+    h.befriend(&alice, &carol).await;
+    let _carol_online = open(&h, &carol).await;
+    wait_for_status(&h, &alice, &carol, "online").await;
+    // A burst to offline bob in one conversation, one message in another; carol is online.
+    let first = h.send(&alice, &bob, "1").await;
+    h.send(&alice, &bob, "2").await;
+    h.send(&alice, &bob, "3").await;
+    let from_carol = h.send(&carol, &bob, "hey").await;
+    h.send(&alice, &carol, "you are online").await;
+
+    let log = h
+        .config
+        .log
+        .open(&h.config.data_dir)
+        .await
+        .expect("the log");
+    let mut reader = log
+        .consumer("test-notification-reader")
+        .await
+        .expect("consumer");
+    let mut notifications = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while notifications.len() < 2 && std::time::Instant::now() < deadline {
+        for record in reader
+            .poll(100, Duration::from_millis(200))
+            .await
+            .expect("poll")
+        {
+            if record.event_type == "NotificationRequested" {
+                let envelope = missive_events::decode(&record.payload).expect("decodes");
+                notifications.push((record.stream, envelope.event));
+            }
+        }
+    }
+    // Let anything extra arrive before checking there is none.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for record in reader
+        .poll(1000, Duration::from_millis(200))
+        .await
+        .expect("poll")
+    {
+        if record.event_type == "NotificationRequested" {
+            notifications.push((
+                record.stream,
+                missive_events::decode(&record.payload)
+                    .expect("decodes")
+                    .event,
+            ));
+        }
+    }
+    let id = |v: &Value| v.as_str().unwrap().parse::<uuid::Uuid>().unwrap();
+    let expected = |m: &Value, from: &Client| missive_events::Event::NotificationRequested {
+        user_id: bob.id,
+        kind: missive_events::NotificationKind::Message,
+        subject_id: id(&m["conversation_id"]),
+        item_id: id(&m["message_id"]),
+        from_id: from.id,
+    };
+    let mut events: Vec<_> = notifications
+        .iter()
+        .map(|(s, e)| {
+            assert_eq!(*s, missive_events::Stream::Notifications);
+            e.clone()
+        })
+        .collect();
+    events.sort_by_key(|e| format!("{e:?}"));
+    let mut want = vec![expected(&first, &alice), expected(&from_carol, &carol)];
+    want.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        events, want,
+        "one per conversation for offline bob, none for online carol"
+    );
 }

@@ -20,8 +20,10 @@
 //! - [`Service`]: commands and queries.
 //! - [`ServiceError`]: why one failed, in terms an API can map to a status.
 //! - [`locks`]: keyed async locks.
+//! - [`notifier`]: offline notifications for an external push service.
 
 pub mod locks;
+pub mod notifier;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,13 +32,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use missive_domain::friends::FriendCommand;
-use missive_domain::messages::{Send, SendState, Visible};
+use missive_domain::messages::{Deliverable, Send, SendState, Visible};
 use missive_domain::{DomainError, FriendshipState};
 use missive_events::{DeleteScope, Envelope, Event, Presence, codec};
 use missive_log::{EventLog, LogError, Position, Record};
 use missive_projector::Progress;
 use missive_store::{
-    Conversation, FeedPage, FriendEntry, HistoryQuery, Message, Page, ReadStore, StoreError, User,
+    Conversation, FeedPage, FriendEntry, HistoryQuery, Message, MessageStatus, Page, ReadStore,
+    StoreError, User,
 };
 use parking_lot::Mutex;
 use tokio::sync::{OnceCell, watch};
@@ -66,6 +69,18 @@ pub enum ServiceError {
 }
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// The most message ids one acknowledgement may carry.
+pub const MAX_ACK_IDS: usize = 1000;
+
+/// What an acknowledgement did, id by id.
+#[derive(Debug, Default)]
+pub struct Acknowledged {
+    /// Delivered now, or already (also read or deleted ones: nothing is left to do).
+    pub delivered: Vec<Uuid>,
+    /// Refused, with why: unknown to the caller, or not sent to them.
+    pub refused: Vec<(Uuid, DomainError)>,
+}
 
 /// Settings of the application layer.
 #[derive(Debug, Clone)]
@@ -623,6 +638,67 @@ impl Service {
             scope,
         )?;
         self.append(actor, events, Utc::now()).await
+    }
+
+    /// Waits until the read models hold everything appended so far (bounded by the
+    /// configured projection wait); a WebSocket session does before it reads what is pending,
+    /// so that its own device's earlier acknowledgements count.
+    pub async fn caught_up(&self) -> Result<()> {
+        self.catch_up().await
+    }
+
+    /// Messages waiting for the actor: sent to them and not acknowledged, read, hidden or
+    /// deleted; oldest first.
+    pub async fn pending(
+        &self,
+        actor: Actor,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Message>> {
+        Ok(self.store.pending(actor.user_id, after, limit).await?)
+    }
+
+    /// A device of the actor acknowledges messages it received: each one sent to the actor
+    /// and still pending becomes delivered by one `MessageDelivered` event. Acknowledging again
+    /// changes nothing. The actor's acknowledgements are decided one at a time and each waits
+    /// for its events to be projected, so two devices acknowledging the same message append
+    /// one event.
+    pub async fn acknowledge(&self, actor: Actor, message_ids: &[Uuid]) -> Result<Acknowledged> {
+        if message_ids.len() > MAX_ACK_IDS {
+            return Err(DomainError::Invalid {
+                field: "message_ids",
+                rule: format!("at most {MAX_ACK_IDS} ids per acknowledgement"),
+            }
+            .into());
+        }
+        let mut ids = message_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let _guard = self.locks.lock(&format!("ack:{}", actor.user_id)).await;
+        // A message pushed by the gateway may be a moment ahead of the read models.
+        self.catch_up().await?;
+        let mut outcome = Acknowledged::default();
+        let mut events = Vec::new();
+        for id in ids {
+            let message = self.store.message(actor.user_id, id).await?;
+            let deliverable = message.map(|m| Deliverable {
+                message_id: m.message_id,
+                conversation_id: m.conversation_id,
+                sender_id: m.sender_id,
+                recipient_id: m.recipient_id,
+                delivered: m.status != MessageStatus::Pending,
+                deleted_for_everyone: m.deleted_for_everyone,
+            });
+            match missive_domain::messages::decide_acknowledge(actor.user_id, id, deliverable) {
+                Ok(decided) => {
+                    events.extend(decided);
+                    outcome.delivered.push(id);
+                }
+                Err(refusal) => outcome.refused.push((id, refusal)),
+            }
+        }
+        self.append_and_project(actor, events).await?;
+        Ok(outcome)
     }
 
     pub async fn set_presence(

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub projector_batch_seconds: HistogramVec,
     pub projector_position: IntGaugeVec,
     pub projector_lag: IntGaugeVec,
+    pub ws_sessions: IntGaugeVec,
+    pub ws_pushes: IntCounterVec,
+    pub ws_closed: IntCounterVec,
+    pub notifications: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -131,6 +135,30 @@ impl Metrics {
                 "missive_projector_lag",
                 "Events appended to the log but not yet applied by the projection, per partition.",
                 &["projection", "partition"],
+            ),
+            ws_sessions: gauge(
+                r,
+                "missive_ws_sessions",
+                "WebSocket sessions open in this process.",
+                &[],
+            ),
+            ws_pushes: counter(
+                r,
+                "missive_ws_pushes_total",
+                "Frames the gateway queued for WebSocket sessions, by frame type.",
+                &["frame"],
+            ),
+            ws_closed: counter(
+                r,
+                "missive_ws_sessions_closed_total",
+                "WebSocket sessions ended, by reason (client, heartbeat, too_slow, send_failed, refused, unavailable).",
+                &["reason"],
+            ),
+            notifications: counter(
+                r,
+                "missive_notifications_total",
+                "Messages for users without a live session: requested as push notifications, or suppressed by the per-conversation interval.",
+                &["outcome"],
             ),
             registry,
         }

@@ -1,0 +1,197 @@
+//! Offline notifications: a message for a user with no live session becomes a
+//! `NotificationRequested` event on the notifications stream (Kafka topic
+//! `missive.notifications`), for an external push-notification service to deliver.
+//!
+//! The notifier is one consumer group ([`GROUP`]) over the log, so with several processes each
+//! message is looked at once. A recipient counts as offline when the read models say so
+//! (presence follows WebSocket sessions, across every process). Bursts are coalesced: per
+//! conversation and recipient, at most one notification per interval, measured in event time
+//! (the message's `occurred_at`), so a replayed or late batch decides the same way.
+//! Conversations are partition keys, so one conversation is always handled by the same
+//! consumer and its interval is kept in that consumer's memory.
+//!
+//! Delivery is at least once: the group's checkpoint moves after the batch's notifications
+//! are appended, so a crash in between requests them again, and a restart forgets the
+//! intervals (at most one extra notification per conversation).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use missive_events::{Envelope, Event, NotificationKind, codec};
+use missive_log::{EventLog, LogError, Position, Record, StoredRecord};
+use missive_store::ReadStore;
+use uuid::Uuid;
+
+/// The consumer group of the notifier.
+pub const GROUP: &str = "notifications";
+
+const BATCH: usize = 512;
+const POLL_WAIT: Duration = Duration::from_millis(500);
+
+/// Why the notifier stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifierError {
+    #[error("the notifier could not use the event log")]
+    Log(#[from] LogError),
+    #[error("an event could not be encoded")]
+    Codec(#[from] codec::CodecError),
+    #[error("the read models could not be read")]
+    Store(#[from] missive_store::StoreError),
+}
+
+/// Turns messages for offline users into notification requests.
+pub struct Notifier {
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn ReadStore>,
+    /// At most one notification per conversation and recipient per this interval.
+    interval: chrono::Duration,
+    /// Per (conversation, recipient): the event time of the last notification.
+    last: HashMap<(Uuid, Uuid), DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+impl Notifier {
+    pub fn new(log: Arc<dyn EventLog>, store: Arc<dyn ReadStore>, interval: Duration) -> Self {
+        Notifier {
+            log,
+            store,
+            interval: chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX),
+            last: HashMap::new(),
+        }
+    }
+
+    /// Runs until `stop` resolves. Transient failures are logged and retried.
+    pub async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), NotifierError> {
+        let mut consumer = self.log.consumer(GROUP).await?;
+        // A new group starts at the log's end: notifications are about now, not history.
+        if consumer.committed().await?.is_empty() {
+            for end in self.log.end_positions().await? {
+                consumer.seek(end)?;
+            }
+        }
+        tokio::pin!(stop);
+        loop {
+            let records = tokio::select! {
+                _ = &mut stop => return Ok(()),
+                polled = consumer.poll(BATCH, POLL_WAIT) => match polled {
+                    Ok(records) => records,
+                    Err(LogError::Closed) => return Ok(()),
+                    Err(error) => {
+                        tracing::warn!(%error, "the notifier could not read the log; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            if records.is_empty() {
+                continue;
+            }
+            loop {
+                match self.handle(&records).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "the notifier failed on a batch; retrying it");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            let mut next: HashMap<u32, u64> = HashMap::new();
+            for r in &records {
+                next.insert(r.position.partition, r.position.offset + 1);
+            }
+            let next: Vec<Position> = next.into_iter().map(|(p, o)| Position::new(p, o)).collect();
+            if let Err(error) = consumer.commit(&next).await {
+                tracing::warn!(%error, "the notifier could not commit its position");
+            }
+            self.forget_old();
+        }
+    }
+
+    /// Appends the notifications one batch calls for.
+    async fn handle(&mut self, records: &[StoredRecord]) -> Result<(), NotifierError> {
+        let metrics = &missive_telemetry::metrics().notifications;
+        let mut out = Vec::new();
+        let mut decided: HashMap<(Uuid, Uuid), DateTime<Utc>> = HashMap::new();
+        for record in records {
+            if record.event_type != "MessageSent" {
+                continue;
+            }
+            let Ok(envelope) = missive_events::decode(&record.payload) else {
+                continue;
+            };
+            let Event::MessageSent {
+                message_id,
+                conversation_id,
+                sender_id,
+                recipient_id,
+                ..
+            } = envelope.event
+            else {
+                continue;
+            };
+            let key = (conversation_id, recipient_id);
+            let at = envelope.occurred_at;
+            let last = decided.get(&key).or_else(|| self.last.get(&key));
+            if last.is_some_and(|last| at < *last + self.interval) {
+                metrics.with_label_values(&["coalesced"]).inc();
+                continue;
+            }
+            let online = self
+                .store
+                .user(recipient_id)
+                .await?
+                .is_some_and(|u| u.online);
+            if online {
+                metrics.with_label_values(&["online"]).inc();
+                continue;
+            }
+            let event = Event::NotificationRequested {
+                user_id: recipient_id,
+                kind: NotificationKind::Message,
+                subject_id: conversation_id,
+                item_id: message_id,
+                from_id: sender_id,
+            };
+            let envelope = Envelope::new(event, sender_id, envelope.correlation_id, Utc::now());
+            let event_type = envelope.event_type();
+            out.push(Record {
+                stream: envelope.stream(),
+                key: envelope.partition_key(),
+                event_type,
+                schema_version: codec::schema_version(event_type).unwrap_or(1),
+                payload: codec::encode(&envelope)?,
+            });
+            decided.insert(key, at);
+        }
+        if !out.is_empty() {
+            self.log.append(out).await?;
+            metrics
+                .with_label_values(&["requested"])
+                .inc_by(decided.len() as u64);
+        }
+        self.last.extend(decided);
+        Ok(())
+    }
+
+    /// Drops intervals that ended, so memory follows recent activity only.
+    fn forget_old(&mut self) {
+        if self.last.len() < 10_000 {
+            return;
+        }
+        let now = Utc::now();
+        let interval = self.interval;
+        self.last.retain(|_, at| *at + interval > now);
+    }
+}
