@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use missive_events::{DeleteScope, Envelope, Event, Presence, RemovalReason};
-use missive_log::{EventLog, LogError, Position, StoredRecord};
+use missive_log::{EventLog, LogError, Position, StoredRecord, poll_until_stopped};
 use missive_service::Service;
 use missive_store::{ReadStore, Relation};
 use serde_json::{Value, json};
@@ -174,17 +174,15 @@ impl Gateway {
                     consumer.seek(Position::new(partition, *offset))?;
                 }
             }
-            let records = tokio::select! {
-                _ = &mut stop => return Ok(()),
-                polled = consumer.poll(batch, POLL_WAIT) => match polled {
-                    Ok(records) => records,
-                    Err(LogError::Closed) => return Ok(()),
-                    Err(error) => {
-                        tracing::warn!(%error, "the gateway could not read the log; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
+            let polled = poll_until_stopped(
+                consumer.as_mut(),
+                batch,
+                POLL_WAIT,
+                stop.as_mut(),
+                "gateway",
+            );
+            let Some(records) = polled.await else {
+                return Ok(());
             };
             for record in &records {
                 next.insert(record.position.partition, record.position.offset + 1);

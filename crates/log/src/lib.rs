@@ -168,6 +168,30 @@ pub trait EventLog: Send + Sync + 'static {
     async fn resolve_dead_letter(&self, projection: &str, source: Position) -> Result<()>;
 }
 
+/// One poll of a long-running reader (the gateway, the notifier): the records, or `None` once
+/// `stop` resolves or the log is closed. A failed poll is logged for `reader`, and after a
+/// pause answers with no records, so the caller simply polls again.
+pub async fn poll_until_stopped(
+    consumer: &mut dyn LogConsumer,
+    max: usize,
+    timeout: Duration,
+    stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    reader: &'static str,
+) -> Option<Vec<StoredRecord>> {
+    tokio::select! {
+        _ = stop => None,
+        polled = consumer.poll(max, timeout) => match polled {
+            Ok(records) => Some(records),
+            Err(LogError::Closed) => None,
+            Err(error) => {
+                tracing::warn!(reader, %error, "could not read the log; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Some(Vec::new())
+            }
+        },
+    }
+}
+
 /// Reads the log in order for one consumer group.
 #[async_trait]
 pub trait LogConsumer: Send {

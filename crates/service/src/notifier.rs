@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use missive_events::{Envelope, Event, NotificationKind, codec};
-use missive_log::{EventLog, LogError, Position, Record, StoredRecord};
+use missive_log::{EventLog, LogError, Position, Record, StoredRecord, poll_until_stopped};
 use missive_store::ReadStore;
 use uuid::Uuid;
 
@@ -83,17 +83,15 @@ impl Notifier {
         }
         tokio::pin!(stop);
         loop {
-            let records = tokio::select! {
-                _ = &mut stop => return Ok(()),
-                polled = consumer.poll(BATCH, POLL_WAIT) => match polled {
-                    Ok(records) => records,
-                    Err(LogError::Closed) => return Ok(()),
-                    Err(error) => {
-                        tracing::warn!(%error, "the notifier could not read the log; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
+            let polled = poll_until_stopped(
+                consumer.as_mut(),
+                BATCH,
+                POLL_WAIT,
+                stop.as_mut(),
+                "notifier",
+            );
+            let Some(records) = polled.await else {
+                return Ok(());
             };
             if records.is_empty() {
                 continue;
