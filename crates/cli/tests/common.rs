@@ -111,8 +111,11 @@ where
 
 pub struct Harness {
     pub server: Option<Running>,
-    /// Keeps the Kafka cluster of a Kafka test alive as long as the server.
-    pub kafka: Option<TestCluster>,
+    /// The Kafka cluster of a Kafka test, alive until the test process exits: the server's
+    /// tasks are not stopped when a test drops its harness, and a synchronous Kafka commit to
+    /// a cluster that is gone blocks its thread for good, which would hold up the runtime's
+    /// shutdown (each test is its own process under nextest, so nothing accumulates).
+    pub kafka: Option<&'static TestCluster>,
     pub base: String,
     pub client: reqwest::Client,
     pub config: ServerConfig,
@@ -177,7 +180,7 @@ impl Harness {
             Ok(Backend::Kafka) => {
                 let cluster = TestCluster::start();
                 config.log = LogBackend::Kafka(cluster.fresh_log_config().await);
-                kafka = Some(cluster);
+                kafka = Some(&*Box::leak(Box::new(cluster)));
             }
             Ok(Backend::Scylla(store)) => config.store = StoreBackend::Scylla(store),
             Ok(Backend::Embedded) | Err(_) => {}
