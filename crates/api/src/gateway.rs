@@ -2,15 +2,23 @@
 //! sessions of this process that it concerns.
 //!
 //! Every process that serves WebSockets runs one gateway. It reads the whole log from the log's
-//! end at start-up, as its own consumer (Kafka: a consumer group of its own, never committed;
-//! embedded: a subscription to the log), so every instance sees every event. For each event it
+//! end at start-up (read before the process accepts its first session), as its own consumer
+//! (Kafka: a consumer group of its own, never committed, that resumes where it was when a
+//! rebalance hands a partition back; embedded: a subscription to the log), so every instance
+//! sees every event. For each event it
 //! works out which users it concerns, skips those with no session here, builds each of them
 //! their frame (serialized once per user), and queues it on each of their sessions. Frames of
 //! one partition reach a session in log order.
 //!
 //! A session's queue is bounded: when a client reads too slowly and its queue is full, the
-//! gateway drops the session's subscription and tells it to close ([`Subscription::kicked`]),
-//! so one slow client never holds up the others.
+//! gateway drops the session's subscription and tells it to close ([`Kick::TooSlow`]), so one
+//! slow client never holds up the others.
+//!
+//! A pushed message carries its place in the conversation (`seq`), which the read models
+//! assign, so the gateway waits (a bounded time per batch) until the projector has applied the
+//! batch's messages. A message still not applied then, or one the read models cannot be asked
+//! about, is not pushed: the sessions it concerns are told to close ([`Kick::OutOfSync`]) and
+//! receive it when they reconnect, as pending. Nothing is dropped silently.
 //!
 //! No gap, no duplicate: a session subscribes *before* reading what is pending for its user,
 //! and the gateway claims a batch of records (notes which subscriptions exist) before it looks
@@ -27,11 +35,11 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use missive_events::{DeleteScope, Envelope, Event, Presence, RemovalReason};
-use missive_log::{EventLog, LogError, Position, StoredRecord, poll_until_stopped};
+use missive_log::{EventLog, LogConsumer, LogError, Position, StoredRecord, poll_until_stopped};
 use missive_service::Service;
 use missive_store::{ReadStore, Relation};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::routes::{message_json, relation_name, ts};
@@ -51,10 +59,28 @@ pub struct Push {
     pub pending_message: Option<Uuid>,
 }
 
+/// Why the gateway dropped a session's subscription; the session closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The session's queue overflowed: its client reads too slowly.
+    TooSlow,
+    /// An event for the session could not be pushed (its message was not projected in time,
+    /// or the read models could not be read): the client reconnects and receives it then.
+    OutOfSync,
+}
+
 struct Subscriber {
     id: u64,
     tx: mpsc::Sender<Push>,
-    kicked: Arc<Notify>,
+    kick: Option<oneshot::Sender<Kick>>,
+}
+
+impl Subscriber {
+    fn kick(&mut self, why: Kick) {
+        if let Some(kick) = self.kick.take() {
+            let _ = kick.send(why);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -79,14 +105,15 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// A session's subscription: its queue of frames, and the signal that the gateway dropped it
-/// because the queue overflowed. Dropping it unsubscribes.
+/// A session's subscription: its queue of frames, and the word that the gateway dropped it.
+/// Dropping it unsubscribes.
 pub struct Subscription {
     gateway: Arc<Gateway>,
     user: Uuid,
     id: u64,
     pub frames: mpsc::Receiver<Push>,
-    pub kicked: Arc<Notify>,
+    /// Resolves when the gateway drops the subscription, with the reason.
+    pub kicked: oneshot::Receiver<Kick>,
 }
 
 impl Drop for Subscription {
@@ -101,8 +128,14 @@ impl Drop for Subscription {
     }
 }
 
-/// The frames one event makes: for each user it concerns, their frame.
-type Frames = Vec<(Uuid, &'static str, Value, Option<Uuid>)>;
+/// What one event means for one user of this process.
+enum Out {
+    /// A frame for the user's sessions: the metric label, the frame, and for a message pushed
+    /// to its recipient its id.
+    Frame(Uuid, &'static str, Value, Option<Uuid>),
+    /// The event could not be turned into the user's frame: their sessions close and resync.
+    Resync(Uuid),
+}
 
 impl Gateway {
     /// A gateway whose sessions queue at most `buffer` frames each.
@@ -113,17 +146,22 @@ impl Gateway {
         }
     }
 
+    /// Frames a session's queue holds at most.
+    pub fn buffer(&self) -> usize {
+        self.buffer
+    }
+
     /// Subscribes a session of `user` to the pushes of every batch claimed from now on.
     pub fn subscribe(self: &Arc<Self>, user: Uuid) -> Subscription {
         let (tx, frames) = mpsc::channel(self.buffer);
-        let kicked = Arc::new(Notify::new());
+        let (kick, kicked) = oneshot::channel();
         let mut routes = self.routes.lock();
         let id = routes.next_id;
         routes.next_id += 1;
         routes.users.entry(user).or_default().push(Subscriber {
             id,
             tx,
-            kicked: kicked.clone(),
+            kick: Some(kick),
         });
         Subscription {
             gateway: self.clone(),
@@ -138,18 +176,10 @@ impl Gateway {
         self.routes.lock().users.contains_key(&user)
     }
 
-    /// Follows the log from its end until `stop` resolves, pushing what each event means to
-    /// the sessions it concerns. `service` tells when the read models have applied a message
-    /// (pushed messages carry their place in the conversation); `store` answers who an event
-    /// concerns.
-    pub async fn run(
-        self: Arc<Self>,
-        log: Arc<dyn EventLog>,
-        store: Arc<dyn ReadStore>,
-        service: Arc<Service>,
-        projection_wait: Duration,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> Result<(), LogError> {
+    /// Starts following the log at its current end. Call it before the process accepts
+    /// sessions: an event appended after this point is pushed, one before it is in the read
+    /// models a new session reads.
+    pub async fn follow(self: &Arc<Self>, log: &dyn EventLog) -> Result<Follower, LogError> {
         let group = format!("missive-gateway-{}", Uuid::now_v7());
         let mut consumer = log.consumer(&group).await?;
         let mut next: HashMap<u32, u64> = HashMap::new();
@@ -157,37 +187,84 @@ impl Gateway {
             consumer.seek(end)?;
             next.insert(end.partition, end.offset);
         }
-        let gateway = Dispatch {
-            gateway: &self,
+        Ok(Follower {
+            gateway: self.clone(),
+            consumer,
+            next,
+        })
+    }
+}
+
+/// A gateway's reader of the log, from [`Gateway::follow`].
+pub struct Follower {
+    gateway: Arc<Gateway>,
+    consumer: Box<dyn LogConsumer>,
+    /// Per partition, the next offset to push.
+    next: HashMap<u32, u64>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl Follower {
+    /// Follows the log until `stop` resolves, pushing what each event means to the sessions
+    /// it concerns. `service` tells when the read models have applied a message (pushed
+    /// messages carry their place in the conversation), waiting at most `projection_wait` per
+    /// batch; `store` answers who an event concerns.
+    pub async fn run(
+        mut self,
+        store: Arc<dyn ReadStore>,
+        service: Arc<Service>,
+        projection_wait: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), LogError> {
+        let dispatch = Dispatch {
+            gateway: &self.gateway,
             store: store.as_ref(),
             service: &service,
             projection_wait,
         };
         // A batch queues at most one frame per record on a session: half a queue at most, so
         // a client that keeps up is never closed because the gateway fell behind for a moment.
-        let batch = BATCH.min((self.buffer / 2).max(1));
+        let batch = BATCH.min((self.gateway.buffer / 2).max(1));
         tokio::pin!(stop);
         loop {
-            // Kafka: a partition given (back) to this consumer resumes where the gateway was.
-            for partition in consumer.take_assigned() {
-                if let Some(offset) = next.get(&partition) {
-                    consumer.seek(Position::new(partition, *offset))?;
-                }
-            }
             let polled = poll_until_stopped(
-                consumer.as_mut(),
+                self.consumer.as_mut(),
                 batch,
                 POLL_WAIT,
                 stop.as_mut(),
                 "gateway",
             );
-            let Some(records) = polled.await else {
+            let Some(mut records) = polled.await else {
                 return Ok(());
             };
-            for record in &records {
-                next.insert(record.position.partition, record.position.offset + 1);
+            // Kafka: a partition handed back to this consumer by a rebalance restarts where the
+            // group says (nowhere: the gateway never commits, so at the log's start): resume
+            // it where the gateway was instead.
+            let assigned = self.consumer.take_assigned();
+            if !assigned.is_empty() {
+                let next = &self.next;
+                missive_log::resume_assigned(
+                    self.consumer.as_mut(),
+                    &assigned,
+                    &mut records,
+                    |p| next.get(&p).copied(),
+                )?;
             }
-            gateway.dispatch(&records).await;
+            for record in &records {
+                self.next
+                    .insert(record.position.partition, record.position.offset + 1);
+            }
+            tokio::select! {
+                () = dispatch.dispatch(&records) => {}
+                () = stop.as_mut() => return Ok(()),
+            }
         }
     }
 }
@@ -202,57 +279,103 @@ struct Dispatch<'a> {
 impl Dispatch<'_> {
     /// Pushes one batch: claims it, builds the frames, queues them.
     async fn dispatch(&self, records: &[StoredRecord]) {
-        if records.is_empty() {
-            return;
-        }
         // Sessions that subscribe from here on read this batch's effects from the read models.
-        let claimed = self.gateway.routes.lock().next_id;
-        let mut frames: Frames = Vec::new();
+        let claimed = {
+            let routes = self.gateway.routes.lock();
+            if routes.users.is_empty() {
+                // Nobody here to push to, and whoever comes reads the batch from the read models.
+                return;
+            }
+            routes.next_id
+        };
+        let mut events = Vec::with_capacity(records.len());
         for record in records {
-            let envelope = match missive_events::decode(&record.payload) {
-                Ok(envelope) => envelope,
+            match missive_events::decode(&record.payload) {
+                Ok(envelope) => events.push((record.position, envelope)),
                 Err(error) => {
                     tracing::warn!(position = %record.position, %error, "the gateway skips an event it cannot decode");
-                    continue;
                 }
-            };
-            match self.frames(&envelope, record.position).await {
-                Ok(more) => frames.extend(more),
+            }
+        }
+        // Pushed messages carry their place in the conversation: wait (once for the batch)
+        // until the read models hold the last message of each partition with a viewer here.
+        let mut last_message: HashMap<u32, Position> = HashMap::new();
+        for (position, envelope) in &events {
+            if let Event::MessageSent {
+                sender_id,
+                recipient_id,
+                ..
+            } = &envelope.event
+                && (self.gateway.is_local(*sender_id) || self.gateway.is_local(*recipient_id))
+            {
+                last_message.insert(position.partition, *position);
+            }
+        }
+        if !last_message.is_empty() {
+            let positions: Vec<Position> = last_message.into_values().collect();
+            if !self
+                .service
+                .wait_for_all(&positions, self.projection_wait)
+                .await
+            {
+                tracing::warn!(
+                    ?positions,
+                    "messages were not projected in time; their recipients' sessions resync"
+                );
+            }
+        }
+        let mut out = Vec::new();
+        for (position, envelope) in &events {
+            match self.frames(envelope, *position).await {
+                Ok(more) => out.extend(more),
                 Err(error) => tracing::warn!(
-                    position = %record.position,
+                    %position,
                     event_type = envelope.event_type(),
                     %error,
                     "the gateway could not look up whom an event concerns; not pushed"
                 ),
             }
         }
-        self.push(claimed, frames);
+        self.push(claimed, out);
     }
 
     /// Queues each frame on its user's sessions that subscribed before the batch was claimed.
-    fn push(&self, claimed: u64, frames: Frames) {
+    fn push(&self, claimed: u64, out: Vec<Out>) {
         let metrics = missive_telemetry::metrics();
         let mut routes = self.gateway.routes.lock();
-        for (user, kind, frame, pending_message) in frames {
+        for out in out {
+            let (user, push) = match out {
+                Out::Frame(user, kind, frame, pending_message) => (
+                    user,
+                    Some((
+                        kind,
+                        Push {
+                            text: frame.to_string().into(),
+                            pending_message,
+                        },
+                    )),
+                ),
+                Out::Resync(user) => (user, None),
+            };
             let Some(subscribers) = routes.users.get_mut(&user) else {
                 continue;
             };
-            let push = Push {
-                text: frame.to_string().into(),
-                pending_message,
-            };
-            subscribers.retain(|s| {
+            subscribers.retain_mut(|s| {
                 if s.id >= claimed {
                     return true;
                 }
+                let Some((kind, push)) = &push else {
+                    s.kick(Kick::OutOfSync);
+                    return false;
+                };
                 match s.tx.try_send(push.clone()) {
                     Ok(()) => {
-                        metrics.ws_pushes.with_label_values(&[kind]).inc();
+                        metrics.ws_pushes.with_label_values(&[*kind]).inc();
                         true
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         tracing::info!(%user, "a WebSocket session reads too slowly; closing it");
-                        s.kicked.notify_one();
+                        s.kick(Kick::TooSlow);
                         false
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -264,14 +387,14 @@ impl Dispatch<'_> {
         }
     }
 
-    /// The frames `envelope` makes for the users of this process it concerns.
+    /// What `envelope` means for the users of this process it concerns.
     async fn frames(
         &self,
         envelope: &Envelope,
         position: Position,
-    ) -> missive_store::Result<Frames> {
+    ) -> missive_store::Result<Vec<Out>> {
         let local = |user: &Uuid| self.gateway.is_local(*user);
-        let mut out: Frames = Vec::new();
+        let mut out = Vec::new();
         match &envelope.event {
             Event::MessageSent {
                 message_id,
@@ -279,25 +402,29 @@ impl Dispatch<'_> {
                 recipient_id,
                 ..
             } => {
-                let viewers: Vec<Uuid> = [*recipient_id, *sender_id]
+                let viewers = [*recipient_id, *sender_id]
                     .into_iter()
                     .collect::<HashSet<_>>()
                     .into_iter()
-                    .filter(local)
-                    .collect();
-                if viewers.is_empty() {
-                    return Ok(out);
-                }
-                // A pushed message has its place in the conversation: wait until it is applied.
-                if !self.service.wait_for(position, self.projection_wait).await {
-                    tracing::warn!(%position, "a message was not projected in time; pushing it anyway");
-                }
+                    .filter(local);
+                let applied = self.service.applied(position);
                 for viewer in viewers {
-                    let Some(m) = self.store.message(viewer, *message_id).await? else {
+                    if !applied {
+                        out.push(Out::Resync(viewer));
                         continue;
+                    }
+                    let m = match self.store.message(viewer, *message_id).await {
+                        Ok(Some(m)) => m,
+                        // Deleted for the viewer since: nothing to show.
+                        Ok(None) => continue,
+                        Err(error) => {
+                            tracing::warn!(%position, %error, "a pushed message could not be read; its viewer's sessions resync");
+                            out.push(Out::Resync(viewer));
+                            continue;
+                        }
                     };
                     let pending = (viewer == *recipient_id).then_some(*message_id);
-                    out.push((
+                    out.push(Out::Frame(
                         viewer,
                         "message",
                         json!({ "type": "message", "message": message_json(&m, viewer) }),
@@ -310,7 +437,7 @@ impl Dispatch<'_> {
                 conversation_id,
                 sender_id,
                 ..
-            } if local(sender_id) => out.push((
+            } if local(sender_id) => out.push(Out::Frame(
                 *sender_id,
                 "status",
                 status(*message_id, *conversation_id, "delivered"),
@@ -322,7 +449,7 @@ impl Dispatch<'_> {
                 up_to,
             } => {
                 if local(reader_id) {
-                    out.push((
+                    out.push(Out::Frame(
                         *reader_id,
                         "read_marker",
                         json!({
@@ -336,7 +463,7 @@ impl Dispatch<'_> {
                 if let Some((a, b)) = self.store.participants(*conversation_id).await? {
                     let peer = if a == *reader_id { b } else { a };
                     if peer != *reader_id && local(&peer) {
-                        out.push((
+                        out.push(Out::Frame(
                             peer,
                             "status",
                             status(*up_to, *conversation_id, "read"),
@@ -367,7 +494,7 @@ impl Dispatch<'_> {
                 for user in users.into_iter().filter(local) {
                     let mut frame = status(*message_id, *conversation_id, "deleted");
                     frame["scope"] = json!(scope);
-                    out.push((user, "status", frame, None));
+                    out.push(Out::Frame(user, "status", frame, None));
                 }
             }
             Event::PresenceChanged { user_id, status } => {
@@ -378,7 +505,7 @@ impl Dispatch<'_> {
                 };
                 for friend in friends {
                     if friend.relation == Relation::Friend && local(&friend.user.id) {
-                        out.push((
+                        out.push(Out::Frame(
                             friend.user.id,
                             "presence",
                             json!({
@@ -411,14 +538,15 @@ impl Dispatch<'_> {
                 };
                 for (me, other) in [(a, b), (b, a)] {
                     if local(&me) {
-                        out.push((
+                        out.push(Out::Frame(
                             me,
                             "friendship",
                             json!({
                                 "type": "friendship",
                                 "user_id": other,
                                 "relation": relation_name(state, me),
-                                "by": a,
+                                // Who requested, accepted, declined, cancelled or unfriended.
+                                "by": envelope.actor_id,
                                 "reason": reason,
                                 "at": ts(envelope.occurred_at),
                             }),
@@ -440,4 +568,90 @@ fn status(message_id: Uuid, conversation_id: Uuid, status: &str) -> Value {
         "conversation_id": conversation_id,
         "status": status,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use missive_events::codec;
+    use missive_log::Record;
+    use missive_log::sqlite::{Durability, SqliteLog};
+    use missive_projector::Progress;
+    use missive_store::sqlite::SqliteStore;
+    use tokio::sync::watch;
+
+    use super::*;
+
+    fn message(sender_id: Uuid, recipient_id: Uuid) -> Record {
+        let envelope = Envelope::new(
+            Event::MessageSent {
+                message_id: Uuid::now_v7(),
+                conversation_id: Uuid::now_v7(),
+                sender_id,
+                recipient_id,
+                text: "hi".into(),
+                client_msg_id: None,
+            },
+            sender_id,
+            Uuid::now_v7(),
+            Utc::now(),
+        );
+        let event_type = envelope.event_type();
+        Record {
+            stream: envelope.stream(),
+            key: envelope.partition_key(),
+            event_type,
+            schema_version: codec::schema_version(event_type).expect("known type"),
+            payload: codec::encode(&envelope).expect("encode"),
+        }
+    }
+
+    /// A message the read models never apply is not dropped silently: the recipient's
+    /// session, which cannot be given its place in the conversation, is told to resync, and
+    /// a session of someone else is left alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_not_projected_in_time_makes_its_recipients_sessions_resync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log: Arc<dyn EventLog> =
+            Arc::new(SqliteLog::open(&dir.path().join("log.db"), Durability::Normal).expect("log"));
+        let store: Arc<dyn ReadStore> =
+            Arc::new(SqliteStore::open(&dir.path().join("read.db")).expect("store"));
+        // No projector runs: progress never moves.
+        let (_progress, progress_rx) = watch::channel(Progress::default());
+        let service = Arc::new(
+            Service::new(log.clone(), store.clone(), progress_rx, Default::default())
+                .await
+                .expect("service"),
+        );
+        let gateway = Arc::new(Gateway::new(8));
+        let follower = gateway.follow(log.as_ref()).await.expect("follow");
+        let (alice, bob, carol) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut bobs = gateway.subscribe(bob);
+        let mut carols = gateway.subscribe(carol);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task =
+            tokio::spawn(
+                follower.run(store, service, Duration::from_millis(50), async move {
+                    let _ = stopped.await;
+                }),
+            );
+        log.append(vec![message(alice, bob)]).await.expect("append");
+
+        let kick = tokio::time::timeout(Duration::from_secs(30), &mut bobs.kicked)
+            .await
+            .expect("the gateway acts on the message")
+            .expect("a reason");
+        assert_eq!(kick, Kick::OutOfSync);
+        assert!(bobs.frames.try_recv().is_err(), "nothing was pushed");
+        assert!(carols.kicked.try_recv().is_err(), "carol is not concerned");
+        assert!(gateway.is_local(carol) && !gateway.is_local(bob));
+
+        stop.send(()).expect("running");
+        task.await.expect("joined").expect("stopped cleanly");
+        drop(carols);
+        assert!(
+            !gateway.is_local(carol),
+            "a dropped subscription unsubscribes"
+        );
+    }
 }

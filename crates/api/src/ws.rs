@@ -1,20 +1,27 @@
-//! `GET /v1/ws`: real-time sessions over WebSocket (issue 5, first part: sessions, heartbeats
-//! and presence; message push comes next).
+//! `GET /v1/ws`: real-time sessions over WebSocket.
 //!
 //! A session is opened with the bearer token in the `Authorization` header, or in the
 //! `access_token` query parameter for browsers (which cannot set headers on a WebSocket).
-//! Frames are JSON objects with a `type`:
-//! - client -> server: `{"type":"ping"}`; the server answers `{"type":"pong"}`. Any frame (and
-//!   WebSocket pings) counts as a heartbeat.
-//! - server -> client: `{"type":"pong"}`, and `{"type":"error","code":..,"message":..}` for a
-//!   frame the server cannot read (the session stays open).
+//! Frames are JSON objects with a `type`; the README has the full reference. A session first
+//! sends every message pending for the user (then `{"type":"synced"}`), then what the
+//! [gateway](crate::gateway) pushes: new messages, status changes of the user's messages,
+//! read markers, presence of friends and friendship changes. The client acknowledges delivered
+//! messages (`{"type":"ack","message_ids":[..]}`) and sends heartbeats (`{"type":"ping"}`;
+//! any frame, and WebSocket pings, count as one).
 //!
-//! Presence follows the sessions: a user's first session makes them `online`, closing their last
-//! one (or its heartbeat timing out) makes them `offline`, each as a `PresenceChanged` event.
-//! Opening and closing are serialized per user, so the events are in the order the sessions
-//! opened and closed.
+//! A session never waits on its client for long: every send has a timeout, a session that
+//! misses heartbeats is closed, and frames the gateway pushes while the session is busy (its
+//! pending phase, an acknowledgement being recorded) are held for it rather than overflowing
+//! its queue.
+//!
+//! Presence follows this process's sessions: a user's first session here makes them `online`,
+//! closing their last one (or its heartbeat timing out) makes them `offline`, each as a
+//! `PresenceChanged` event. Opening and closing are serialized per user, so the events are in
+//! the order the sessions opened and closed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,14 +31,14 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use missive_events::Presence;
-use missive_service::{Actor, ServiceError};
+use missive_service::{Actor, Service, ServiceError};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::gateway::Subscription;
+use crate::gateway::{Kick, Push, Subscription};
 use crate::routes::message_json;
 
 /// Close code for a session whose client stopped sending heartbeats.
@@ -40,8 +47,12 @@ pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4000;
 pub const CLOSE_UNAVAILABLE: u16 = 1011;
 /// Close code when the user already holds as many sessions as they may.
 pub const CLOSE_TOO_MANY_SESSIONS: u16 = 4008;
-/// Close code for a session whose client read too slowly: its queue of frames overflowed.
+/// Close code for a session whose client read too slowly: its queue of frames overflowed, or
+/// a frame could not be sent within the send timeout.
 pub const CLOSE_TOO_SLOW: u16 = 4001;
+/// Close code for a session the server could not push an event to (the read models were not
+/// ready in time): the client reconnects and receives what it missed as pending.
+pub const CLOSE_OUT_OF_SYNC: u16 = 4002;
 /// How long the server tries to send a close frame.
 const CLOSE_SEND_WAIT: Duration = Duration::from_secs(1);
 /// Pending messages read at once while a session starts.
@@ -61,6 +72,8 @@ pub struct WsConfig {
     /// Frames waiting for one session at most; a client that falls further behind is
     /// disconnected with [`CLOSE_TOO_SLOW`].
     pub session_buffer: usize,
+    /// A frame the client does not take within this long closes the session.
+    pub send_timeout: Duration,
 }
 
 impl Default for WsConfig {
@@ -70,6 +83,7 @@ impl Default for WsConfig {
             max_sessions_per_user: 10,
             heartbeat_timeout: Duration::from_secs(60),
             session_buffer: 1024,
+            send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -229,22 +243,19 @@ async fn session(
     gauge.inc();
     // Subscribe first, then read what is pending: see the gateway's module docs.
     let subscription = state.gateway.subscribe(user);
-    let (reason, close) = match deliver_pending(&state, actor, &mut socket).await {
-        Ok(sent) => {
-            Live {
-                state: &state,
-                actor,
-                socket: &mut socket,
-                sent,
-            }
-            .run(subscription)
-            .await
-        }
-        Err(ended) => {
-            drop(subscription);
-            ended
-        }
+    let mut live = Live {
+        state: &state,
+        actor,
+        socket: &mut socket,
+        subscription,
+        held: VecDeque::new(),
+        sent: HashSet::new(),
     };
+    let (reason, close) = match live.deliver_pending().await {
+        Ok(()) => live.run().await,
+        Err(ended) => ended,
+    };
+    drop(live);
     closed.with_label_values(&[reason]).inc();
     if let Some((code, why)) = close {
         close_with(&mut socket, code, why).await;
@@ -278,60 +289,6 @@ fn frame(value: serde_json::Value) -> WsMessage {
     WsMessage::Text(value.to_string().into())
 }
 
-/// Sends every message pending for the user, oldest first, then `{"type":"synced"}`. Returns
-/// the ids sent, so that the live phase can skip them if the gateway pushes them too.
-async fn deliver_pending(
-    state: &AppState,
-    actor: Actor,
-    socket: &mut WebSocket,
-) -> Result<HashSet<Uuid>, Ended> {
-    const UNAVAILABLE: Ended = (
-        "unavailable",
-        Some((
-            CLOSE_UNAVAILABLE,
-            "pending messages could not be read; retry shortly",
-        )),
-    );
-    const GONE: Ended = ("send_failed", None);
-    // The read models must hold every event before the subscription, and this user's own
-    // acknowledgements from another session.
-    if let Err(error) = state.service.caught_up().await {
-        tracing::warn!(user = %actor.user_id, %error, "cannot deliver pending messages now");
-        return Err(UNAVAILABLE);
-    }
-    let mut sent = HashSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = match state
-            .service
-            .pending(actor, cursor.as_deref(), PENDING_PAGE)
-            .await
-        {
-            Ok(page) => page,
-            Err(error) => {
-                tracing::warn!(user = %actor.user_id, %error, "cannot read pending messages");
-                return Err(UNAVAILABLE);
-            }
-        };
-        for m in &page.items {
-            let text = json!({ "type": "message", "message": message_json(m, actor.user_id) });
-            if socket.send(frame(text)).await.is_err() {
-                return Err(GONE);
-            }
-            sent.insert(m.message_id);
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    let synced = json!({ "type": "synced", "pending": sent.len() });
-    if socket.send(frame(synced)).await.is_err() {
-        return Err(GONE);
-    }
-    Ok(sent)
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientFrame {
@@ -339,102 +296,237 @@ enum ClientFrame {
     Ack { message_ids: Vec<Uuid> },
 }
 
-/// The live phase of a session.
+/// What a client frame calls for.
+enum Answer {
+    /// These replies.
+    Now(Vec<serde_json::Value>),
+    /// An acknowledgement to record; its replies follow.
+    Ack(Vec<Uuid>),
+}
+
+/// An acknowledgement being recorded: its replies.
+type AckInFlight = Pin<Box<dyn Future<Output = Vec<serde_json::Value>> + Send>>;
+
+const UNAVAILABLE: Ended = (
+    "unavailable",
+    Some((
+        CLOSE_UNAVAILABLE,
+        "pending messages could not be read; retry shortly",
+    )),
+);
+const TOO_SLOW: Ended = (
+    "too_slow",
+    Some((
+        CLOSE_TOO_SLOW,
+        "the client read too slowly and its queue overflowed; reconnect",
+    )),
+);
+const SEND_TIMEOUT: Ended = (
+    "send_timeout",
+    Some((CLOSE_TOO_SLOW, "the client did not take a frame in time")),
+);
+const OUT_OF_SYNC: Ended = (
+    "out_of_sync",
+    Some((
+        CLOSE_OUT_OF_SYNC,
+        "an event could not be pushed in time; reconnect to receive it",
+    )),
+);
+
+/// A session once it has started.
 struct Live<'a> {
     state: &'a AppState,
     actor: Actor,
     socket: &'a mut WebSocket,
+    subscription: Subscription,
+    /// Frames taken off the subscription's queue while the session was busy (reading what
+    /// was pending), to send before the queue's.
+    held: VecDeque<Push>,
     /// Messages sent while delivering what was pending, not to be sent again.
     sent: HashSet<Uuid>,
 }
 
 impl Live<'_> {
-    /// Serves pushes and the client's frames until the session ends.
-    async fn run(mut self, mut subscription: Subscription) -> Ended {
-        const TOO_SLOW: Ended = (
-            "too_slow",
-            Some((
-                CLOSE_TOO_SLOW,
-                "the client read too slowly and its queue overflowed; reconnect",
-            )),
-        );
-        let heartbeat = self.state.config.ws.heartbeat_timeout;
-        let kicked = subscription.kicked.clone();
-        let mut deadline = tokio::time::Instant::now() + heartbeat;
+    /// Sends one frame within the send timeout.
+    async fn send(&mut self, message: WsMessage) -> Result<(), Ended> {
+        match tokio::time::timeout(self.state.config.ws.send_timeout, self.socket.send(message))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(("send_failed", None)),
+            Err(_) => Err(SEND_TIMEOUT),
+        }
+    }
+
+    /// Moves what the gateway queued meanwhile to `held`, so that a long pending phase does
+    /// not overflow the queue; a session that falls further behind than a few queues' worth
+    /// is too slow all the same.
+    fn hold(&mut self) -> Result<(), Ended> {
+        if let Ok(kick) = self.subscription.kicked.try_recv() {
+            return Err(kicked(Ok(kick)));
+        }
+        let limit = 4 * self.state.gateway.buffer();
+        while let Ok(push) = self.subscription.frames.try_recv() {
+            if self.held.len() >= limit {
+                return Err(TOO_SLOW);
+            }
+            self.held.push_back(push);
+        }
+        Ok(())
+    }
+
+    /// Sends every message pending for the user, oldest first, then `{"type":"synced"}`,
+    /// noting the ids sent so that the live phase skips them if the gateway pushes them too.
+    async fn deliver_pending(&mut self) -> Result<(), Ended> {
+        let user = self.actor.user_id;
+        // The read models must hold every event before the subscription, and this user's own
+        // acknowledgements from another session.
+        if let Err(error) = self.state.service.caught_up().await {
+            tracing::warn!(%user, %error, "cannot deliver pending messages now");
+            return Err(UNAVAILABLE);
+        }
+        let mut cursor: Option<String> = None;
         loop {
-            tokio::select! {
+            let page = match self
+                .state
+                .service
+                .pending(self.actor, cursor.as_deref(), PENDING_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%user, %error, "cannot read pending messages");
+                    return Err(UNAVAILABLE);
+                }
+            };
+            for m in &page.items {
+                let text = json!({ "type": "message", "message": message_json(m, user) });
+                self.send(frame(text)).await?;
+                self.sent.insert(m.message_id);
+                self.hold()?;
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let synced = json!({ "type": "synced", "pending": self.sent.len() });
+        self.send(frame(synced)).await?;
+        self.hold()
+    }
+
+    /// Serves pushes and the client's frames until the session ends.
+    async fn run(&mut self) -> Ended {
+        let heartbeat = self.state.config.ws.heartbeat_timeout;
+        let mut deadline = tokio::time::Instant::now() + heartbeat;
+        let mut ack: Option<AckInFlight> = None;
+        loop {
+            // The client's frames before pushes, so a busy stream of pushes cannot starve them;
+            // while an acknowledgement is recorded the client's next frames wait, pushes not.
+            let step = tokio::select! {
                 biased;
-                _ = kicked.notified() => return TOO_SLOW,
+                kick = &mut self.subscription.kicked => Err(kicked(kick)),
                 _ = tokio::time::sleep_until(deadline) => {
-                    return ("heartbeat", Some((CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat")));
+                    Err(("heartbeat", Some((CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat"))))
                 }
-                push = subscription.frames.recv() => {
-                    let Some(push) = push else { return TOO_SLOW };
-                    if push.pending_message.is_some_and(|id| self.sent.remove(&id)) {
-                        continue;
-                    }
-                    tokio::select! {
-                        biased;
-                        _ = kicked.notified() => return TOO_SLOW,
-                        sent = self.socket.send(WsMessage::Text(push.text)) => {
-                            if sent.is_err() {
-                                return ("send_failed", None);
-                            }
-                        }
-                    }
+                replies = async { ack.as_mut().expect("guarded").await }, if ack.is_some() => {
+                    ack = None;
+                    // The client's frames waited for this one: its heartbeat clock starts again.
+                    deadline = tokio::time::Instant::now() + heartbeat;
+                    self.reply(replies).await
                 }
-                received = self.socket.recv() => {
+                received = self.socket.recv(), if ack.is_none() => {
                     let message = match received {
                         None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => {
                             return ("client", None);
                         }
                         Some(Ok(message)) => message,
                     };
-                    // Any frame, and WebSocket pings (answered by the protocol layer), count as
-                    // heartbeats.
                     deadline = tokio::time::Instant::now() + heartbeat;
-                    for reply in self.answer(message).await {
-                        if self.socket.send(frame(reply)).await.is_err() {
-                            return ("send_failed", None);
+                    match answer(message) {
+                        Answer::Now(replies) => self.reply(replies).await,
+                        Answer::Ack(ids) => {
+                            let service = self.state.service.clone();
+                            ack = Some(Box::pin(acknowledge(service, self.actor, ids)));
+                            Ok(())
                         }
                     }
                 }
+                push = next_push(&mut self.held, &mut self.subscription.frames) => {
+                    match push {
+                        None => Err(OUT_OF_SYNC),
+                        Some(push) if push.pending_message.is_some_and(|id| self.sent.remove(&id)) => Ok(()),
+                        Some(push) => self.send(WsMessage::Text(push.text)).await,
+                    }
+                }
+            };
+            if let Err(ended) = step {
+                return ended;
             }
         }
     }
 
-    /// The replies to one client frame.
-    async fn answer(&mut self, message: WsMessage) -> Vec<serde_json::Value> {
-        let text = match message {
-            WsMessage::Text(text) => text,
-            WsMessage::Binary(_) => {
-                return vec![error_frame(
-                    "bad_frame",
-                    "binary frames are not supported; send JSON text frames".into(),
-                )];
-            }
-            _ => return Vec::new(),
-        };
-        match serde_json::from_str::<ClientFrame>(text.as_str()) {
-            Ok(ClientFrame::Ping) => vec![json!({ "type": "pong" })],
-            Ok(ClientFrame::Ack { message_ids }) => self.acknowledge(&message_ids).await,
-            Err(e) => vec![error_frame(
+    async fn reply(&mut self, replies: Vec<serde_json::Value>) -> Result<(), Ended> {
+        for reply in replies {
+            self.send(frame(reply)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The next frame to send: a held one first, then the queue's. `None` once the gateway
+/// dropped the subscription.
+async fn next_push(
+    held: &mut VecDeque<Push>,
+    frames: &mut tokio::sync::mpsc::Receiver<Push>,
+) -> Option<Push> {
+    match held.pop_front() {
+        Some(push) => Some(push),
+        None => frames.recv().await,
+    }
+}
+
+/// How a session the gateway dropped ends.
+fn kicked(kick: Result<Kick, tokio::sync::oneshot::error::RecvError>) -> Ended {
+    match kick {
+        Ok(Kick::TooSlow) => TOO_SLOW,
+        Ok(Kick::OutOfSync) | Err(_) => OUT_OF_SYNC,
+    }
+}
+
+/// What one client frame calls for.
+fn answer(message: WsMessage) -> Answer {
+    let text = match message {
+        WsMessage::Text(text) => text,
+        WsMessage::Binary(_) => {
+            return Answer::Now(vec![error_frame(
                 "bad_frame",
-                format!(
-                    "unreadable frame: {e}; send a JSON object such as {{\"type\":\"ping\"}} or \
-                     {{\"type\":\"ack\",\"message_ids\":[...]}}"
-                ),
-            )],
+                "binary frames are not supported; send JSON text frames".into(),
+            )]);
         }
+        _ => return Answer::Now(Vec::new()),
+    };
+    match serde_json::from_str::<ClientFrame>(text.as_str()) {
+        Ok(ClientFrame::Ping) => Answer::Now(vec![json!({ "type": "pong" })]),
+        Ok(ClientFrame::Ack { message_ids }) => Answer::Ack(message_ids),
+        Err(e) => Answer::Now(vec![error_frame(
+            "bad_frame",
+            format!(
+                "unreadable frame: {e}; send a JSON object such as {{\"type\":\"ping\"}} or \
+                     {{\"type\":\"ack\",\"message_ids\":[...]}}"
+            ),
+        )]),
     }
+}
 
-    async fn acknowledge(&mut self, message_ids: &[Uuid]) -> Vec<serde_json::Value> {
-        match self
-            .state
-            .service
-            .acknowledge(self.actor, message_ids)
-            .await
-        {
+/// Records an acknowledgement; its replies.
+async fn acknowledge(
+    service: Arc<Service>,
+    actor: Actor,
+    message_ids: Vec<Uuid>,
+) -> Vec<serde_json::Value> {
+    {
+        match service.acknowledge(actor, &message_ids).await {
             Ok(outcome) => {
                 let mut replies =
                     vec![json!({ "type": "acked", "message_ids": outcome.delivered })];
@@ -456,7 +548,7 @@ impl Live<'_> {
             }
             Err(ServiceError::Domain(e)) => vec![error_frame("bad_frame", e.to_string())],
             Err(error) => {
-                tracing::warn!(user = %self.actor.user_id, %error, "an acknowledgement failed");
+                tracing::warn!(user = %actor.user_id, %error, "an acknowledgement failed");
                 vec![error_frame(
                     "unavailable",
                     "the acknowledgement could not be recorded; send it again shortly".into(),

@@ -151,16 +151,22 @@ struct ServeArgs {
     /// A WebSocket session that sends nothing (no frame, no ping) for this many seconds is
     /// closed with code 4000; the user goes offline when it was their last.
     #[arg(long, env = "MISSIVE_WS_HEARTBEAT_TIMEOUT_SECS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     ws_heartbeat_timeout_secs: u64,
     /// Frames queued for one WebSocket session at most; a client that falls further behind
     /// is disconnected with close code 4001 and reconnects.
     #[arg(long, env = "MISSIVE_WS_SESSION_BUFFER", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     ws_session_buffer: u64,
+    /// A WebSocket session whose client does not take a frame within this many seconds is
+    /// closed with code 4001.
+    #[arg(long, env = "MISSIVE_WS_SEND_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    ws_send_timeout_secs: u64,
     /// At most one offline notification (on the notifications stream) per conversation and
-    /// recipient per this many seconds.
-    #[arg(long, env = "MISSIVE_NOTIFY_INTERVAL_SECS", default_value_t = 60)]
+    /// recipient per this many seconds (0: one per message).
+    #[arg(long, env = "MISSIVE_NOTIFY_INTERVAL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=7 * 86_400))]
     notify_interval_secs: u64,
 }
 
@@ -181,6 +187,7 @@ impl ServeArgs {
             max_sessions_per_user: self.ws_max_sessions_per_user as usize,
             heartbeat_timeout: Duration::from_secs(self.ws_heartbeat_timeout_secs),
             session_buffer: self.ws_session_buffer as usize,
+            send_timeout: Duration::from_secs(self.ws_send_timeout_secs),
         };
         config.notify_interval = Duration::from_secs(self.notify_interval_secs);
         Ok(config)

@@ -256,15 +256,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         );
         let gateway = Arc::new(Gateway::new(config.ws.session_buffer));
         {
-            let (gateway, log, store, service) =
-                (gateway.clone(), log.clone(), store.clone(), service.clone());
+            // Before the listener: no event between the log's end read here and a session's
+            // first read of the read models escapes the gateway.
+            let follower = gateway.follow(log.as_ref()).await?;
+            let (store, service) = (store.clone(), service.clone());
             let wait = config.service.projection_wait;
             let stop = stopped(stop_rx.clone());
             tasks.push((
                 "gateway",
-                tokio::spawn(
-                    async move { Ok(gateway.run(log, store, service, wait, stop).await?) },
-                ),
+                tokio::spawn(async move { Ok(follower.run(store, service, wait, stop).await?) }),
             ));
         }
         let notifier = Notifier::new(log.clone(), store.clone(), config.notify_interval);

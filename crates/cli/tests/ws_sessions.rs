@@ -24,6 +24,7 @@ both_logs!(
     presence_and_friendship_changes_are_pushed,
     deletions_are_pushed_to_those_they_concern,
     a_slow_client_is_closed_without_holding_up_others,
+    a_busy_session_holds_pushes_rather_than_closing,
     offline_users_get_one_notification_per_burst,
 );
 
@@ -502,6 +503,7 @@ async fn presence_and_friendship_changes_are_pushed() {
     let to_alice = next_of(&mut a, "friendship").await;
     assert_eq!(to_alice["user_id"], json!(bob.id));
     assert_eq!(to_alice["relation"], "incoming_request");
+    assert_eq!(to_alice["by"], json!(bob.id), "bob requested");
     assert_eq!(
         next_of(&mut b, "friendship").await["relation"],
         "outgoing_request"
@@ -515,8 +517,11 @@ async fn presence_and_friendship_changes_are_pushed() {
         )
         .await;
     assert_eq!(accepted.status, StatusCode::OK, "{accepted:?}");
-    assert_eq!(next_of(&mut a, "friendship").await["relation"], "friend");
-    assert_eq!(next_of(&mut b, "friendship").await["relation"], "friend");
+    for socket in [&mut a, &mut b] {
+        let friends = next_of(socket, "friendship").await;
+        assert_eq!(friends["relation"], "friend");
+        assert_eq!(friends["by"], json!(alice.id), "alice accepted");
+    }
 
     // Now friends: bob's second device changes nothing; closing his last one does.
     let mut b2 = open(&h, &bob).await;
@@ -639,7 +644,8 @@ async fn a_slow_client_is_closed_without_holding_up_others() {
         .await
         .expect("the sender's device got every message")
         .expect("reader");
-    // The stalled device was closed (4001) once its queue overflowed: reading it now ends
+    // The stalled device was closed (4001) once its queue overflowed or a frame to it timed
+    // out: reading it now ends
     // in that close frame, or in a dropped connection if even the close could not be sent.
     let ended = loop {
         match tokio::time::timeout(Duration::from_secs(30), stalled.next())
@@ -663,8 +669,10 @@ async fn a_slow_client_is_closed_without_holding_up_others() {
         .text()
         .await
         .expect("text");
+    // Its queue overflowed, or a frame waited on it longer than the send timeout first.
     assert!(
-        metrics.contains(r#"missive_ws_sessions_closed_total{reason="too_slow"}"#),
+        metrics.contains(r#"missive_ws_sessions_closed_total{reason="too_slow"}"#)
+            || metrics.contains(r#"missive_ws_sessions_closed_total{reason="send_timeout"}"#),
         "the slow session was closed as too slow"
     );
     // Bob is still online through his reading device, which still works.
@@ -673,6 +681,92 @@ async fn a_slow_client_is_closed_without_holding_up_others() {
     assert_eq!(
         h.get(&format!("/v1/users/{}", bob.id), &alice).await.body["status"],
         "online"
+    );
+}
+
+/// Alice sends `range` to bob, one by one, from a task of its own.
+fn send_in_background(
+    h: &Harness,
+    alice: &Client,
+    bob: &Client,
+    range: std::ops::Range<usize>,
+) -> tokio::task::JoinHandle<()> {
+    let (base, alice) = (h.base.clone(), alice.token.clone());
+    let bob = bob.id;
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        for i in range {
+            let answer = client
+                .post(format!("{base}/v1/conversations/direct/{bob}/messages"))
+                .bearer_auth(&alice)
+                .json(&json!({"text": format!("m{i}")}))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(answer.status(), StatusCode::CREATED);
+        }
+    })
+}
+
+/// A session busy with its own work (sending a long backlog of pending messages, recording an
+/// acknowledgement) keeps what the gateway pushes meanwhile, with a small queue (64 frames)
+/// and a stream of live messages: every message arrives once, in order, and the session
+/// stays open. (Whether a push meets the session in its pending phase is up to timing; the
+/// outcome asserted is the same either way.)
+async fn a_busy_session_holds_pushes_rather_than_closing() {
+    let h = Harness::start_with(|c| c.ws.session_buffer = 64).await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    h.befriend(&alice, &bob).await;
+    // More than one page of pending messages, and live ones arriving while they are sent.
+    send_in_background(&h, &alice, &bob, 0..250)
+        .await
+        .expect("sent");
+    let live = send_in_background(&h, &alice, &bob, 250..290);
+    let (mut socket, pending) = connect(&h, &bob).await;
+    let mut messages = pending;
+    live.await.expect("sent");
+    while messages.len() < 290 {
+        messages.push(next_of(&mut socket, "message").await["message"].clone());
+    }
+    let texts: Vec<&str> = messages
+        .iter()
+        .map(|m| m["text"].as_str().expect("text"))
+        .collect();
+    let expected: Vec<String> = (0..290).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, expected, "every message once, in order");
+
+    // An acknowledgement of all of them, recorded while alice keeps sending.
+    let ids: Vec<&Value> = messages.iter().map(|m| &m["message_id"]).collect();
+    let more = send_in_background(&h, &alice, &bob, 290..330);
+    send_json(&mut socket, json!({"type": "ack", "message_ids": ids})).await;
+    let mut acked = None;
+    let mut texts = Vec::new();
+    while acked.is_none() || texts.len() < 40 {
+        let frame = next_json(&mut socket).await;
+        match frame["type"].as_str() {
+            Some("acked") => acked = Some(frame),
+            Some("message") => texts.push(frame["message"]["text"].clone()),
+            _ => {}
+        }
+    }
+    more.await.expect("sent");
+    assert_eq!(
+        acked.expect("acked")["message_ids"]
+            .as_array()
+            .map(Vec::len),
+        Some(290)
+    );
+    let expected: Vec<Value> = (290..330).map(|i| json!(format!("m{i}"))).collect();
+    assert_eq!(texts, expected);
+    let (_, pending) = {
+        socket.close(None).await.expect("close");
+        connect(&h, &bob).await
+    };
+    assert_eq!(
+        pending.len(),
+        40,
+        "only the unacknowledged ones are pending"
     );
 }
 

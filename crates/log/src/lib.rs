@@ -192,6 +192,36 @@ pub async fn poll_until_stopped(
     }
 }
 
+/// Repositions partitions a consumer group just assigned ([`LogConsumer::take_assigned`]) at
+/// the reader's own next offset, `next_of(partition)`, rather than where the group's commit
+/// (or, with none, the log's start) put them: the records of `records` below it are dropped,
+/// and if the partition's records would not start exactly there, they are all dropped and the
+/// consumer is sought there. A partition `next_of` knows nothing about is left as it is.
+/// Returns how many records were dropped.
+pub fn resume_assigned(
+    consumer: &mut dyn LogConsumer,
+    assigned: &[u32],
+    records: &mut Vec<StoredRecord>,
+    next_of: impl Fn(u32) -> Option<u64>,
+) -> Result<usize> {
+    let before = records.len();
+    for &partition in assigned {
+        let Some(next) = next_of(partition) else {
+            continue;
+        };
+        records.retain(|r| r.position.partition != partition || r.position.offset >= next);
+        let first = records
+            .iter()
+            .find(|r| r.position.partition == partition)
+            .map(|r| r.position.offset);
+        if first != Some(next) {
+            records.retain(|r| r.position.partition != partition);
+            consumer.seek(Position::new(partition, next))?;
+        }
+    }
+    Ok(before - records.len())
+}
+
 /// Reads the log in order for one consumer group.
 #[async_trait]
 pub trait LogConsumer: Send {
@@ -215,5 +245,96 @@ pub trait LogConsumer: Send {
     /// before the partition was assigned). Adapters without consumer groups never reassign.
     fn take_assigned(&mut self) -> Vec<u32> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A consumer that only records seeks.
+    #[derive(Default)]
+    struct Seeks(Vec<Position>);
+
+    #[async_trait]
+    impl LogConsumer for Seeks {
+        fn seek(&mut self, next: Position) -> Result<()> {
+            self.0.push(next);
+            Ok(())
+        }
+        async fn poll(&mut self, _max: usize, _timeout: Duration) -> Result<Vec<StoredRecord>> {
+            Ok(Vec::new())
+        }
+        async fn commit(&mut self, _next: &[Position]) -> Result<()> {
+            Ok(())
+        }
+        async fn committed(&self) -> Result<Vec<Position>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn records(positions: &[(u32, u64)]) -> Vec<StoredRecord> {
+        positions
+            .iter()
+            .map(|&(partition, offset)| StoredRecord {
+                position: Position::new(partition, offset),
+                stream: Stream::Messages,
+                key: String::new(),
+                event_type: "MessageSent".into(),
+                schema_version: 1,
+                payload: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn positions(records: &[StoredRecord]) -> Vec<(u32, u64)> {
+        records
+            .iter()
+            .map(|r| (r.position.partition, r.position.offset))
+            .collect()
+    }
+
+    #[test]
+    fn assigned_partitions_resume_at_the_readers_own_position() {
+        let mut consumer = Seeks::default();
+        // Partition 0 was handed back and restarted at the log's start; 1 restarted exactly
+        // where the reader was; 2 restarted past it; 3 is unknown to the reader; 4 was not
+        // reassigned.
+        let mut batch = records(&[
+            (0, 0),
+            (0, 1),
+            (0, 2),
+            (0, 3),
+            (1, 5),
+            (1, 6),
+            (2, 9),
+            (3, 0),
+            (4, 0),
+        ]);
+        let next = HashMap::from([(0, 2), (1, 5), (2, 7), (4, 100)]);
+        let dropped = resume_assigned(&mut consumer, &[0, 1, 2, 3], &mut batch, |p| {
+            next.get(&p).copied()
+        })
+        .expect("resume");
+        assert_eq!(
+            positions(&batch),
+            [(0, 2), (0, 3), (1, 5), (1, 6), (3, 0), (4, 0)]
+        );
+        assert_eq!(dropped, 3);
+        // Partition 2's records start past where the reader was: it is sought back there.
+        assert_eq!(consumer.0, [Position::new(2, 7)]);
+    }
+
+    #[test]
+    fn an_assigned_partition_with_no_records_in_hand_is_sought() {
+        let mut consumer = Seeks::default();
+        let mut batch = records(&[(1, 0)]);
+        let dropped =
+            resume_assigned(&mut consumer, &[0], &mut batch, |_| Some(42)).expect("resume");
+        assert_eq!(dropped, 0);
+        assert_eq!(positions(&batch), [(1, 0)]);
+        assert_eq!(consumer.0, [Position::new(0, 42)]);
     }
 }

@@ -345,26 +345,19 @@ impl Projector {
                 Err(error) => return Err(error.into()),
             }
         };
-        for &partition in assigned {
-            let next = checkpoints
+        let next_of = |partition: u32| {
+            checkpoints
                 .iter()
                 .find(|cp| cp.partition == partition)
-                .map_or(0, |cp| cp.offset);
-            let before = records.len();
-            records.retain(|r| r.position.partition != partition || r.position.offset >= next);
-            let first = records
-                .iter()
-                .find(|r| r.position.partition == partition)
-                .map(|r| r.position.offset);
-            if first != Some(next) {
-                records.retain(|r| r.position.partition != partition);
-                consumer.seek(Position::new(partition, next))?;
-            }
-            let skipped = before - records.len();
-            if skipped > 0 {
-                tracing::info!(projection = %self.name, partition, next, skipped, "assigned partition resumes at the store's checkpoint");
-            }
-            progress.0.insert(partition, next);
+                .map_or(0, |cp| cp.offset)
+        };
+        let skipped =
+            missive_log::resume_assigned(consumer, assigned, records, |p| Some(next_of(p)))?;
+        if skipped > 0 {
+            tracing::info!(projection = %self.name, ?assigned, skipped, "assigned partitions resume at the store's checkpoint");
+        }
+        for &partition in assigned {
+            progress.0.insert(partition, next_of(partition));
         }
         Ok(())
     }

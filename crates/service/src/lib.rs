@@ -237,18 +237,34 @@ impl Service {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Whether the event at `position` is applied to the read models.
+    pub fn applied(&self, position: Position) -> bool {
+        self.progress.borrow().has_applied(position)
+    }
+
+    /// Waits until every event of `positions` is applied to the read models, at most
+    /// `timeout` in all. Returns whether they were.
+    pub async fn wait_for_all(&self, positions: &[Position], timeout: Duration) -> bool {
+        let mut rx = self.progress.clone();
+        let all = async {
+            for &position in positions {
+                if rx.wait_for(|p| p.has_applied(position)).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, all).await.unwrap_or(false)
+    }
+
     /// Waits until every position in `ends` (next offsets) is applied.
     async fn wait_for_ends(&self, ends: &[Position], timeout: Duration) -> bool {
-        for end in ends {
-            if end.offset > 0
-                && !self
-                    .wait_for(Position::new(end.partition, end.offset - 1), timeout)
-                    .await
-            {
-                return false;
-            }
-        }
-        true
+        let last: Vec<Position> = ends
+            .iter()
+            .filter(|end| end.offset > 0)
+            .map(|end| Position::new(end.partition, end.offset - 1))
+            .collect();
+        self.wait_for_all(&last, timeout).await
     }
 
     /// The first of `positions` that names no event the log holds (it is at or beyond the end

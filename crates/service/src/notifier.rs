@@ -13,6 +13,10 @@
 //! Delivery is at least once: the group's checkpoint moves after the batch's notifications
 //! are appended, so a crash in between requests them again, and a restart forgets the
 //! intervals (at most one extra notification per conversation).
+//!
+//! Notifications are about now, not history: a partition the group has no checkpoint for
+//! starts where the notifier found the log's end when it started (Kafka would start it at the
+//! log's beginning), also when a rebalance hands it to this consumer later.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +53,8 @@ pub struct Notifier {
     interval: chrono::Duration,
     /// Per (conversation, recipient): the event time of the last notification.
     last: HashMap<(Uuid, Uuid), DateTime<Utc>>,
+    /// The latest event time seen.
+    latest: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -66,6 +72,7 @@ impl Notifier {
             store,
             interval: chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX),
             last: HashMap::new(),
+            latest: None,
         }
     }
 
@@ -75,11 +82,14 @@ impl Notifier {
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<(), NotifierError> {
         let mut consumer = self.log.consumer(GROUP).await?;
-        // A new group starts at the log's end: notifications are about now, not history.
-        if consumer.committed().await?.is_empty() {
-            for end in self.log.end_positions().await? {
+        // Per partition, where this notifier is: the log's end at start, then past each batch.
+        let mut next: HashMap<u32, u64> = HashMap::new();
+        let committed = consumer.committed().await?;
+        for end in self.log.end_positions().await? {
+            if !committed.iter().any(|c| c.partition == end.partition) {
                 consumer.seek(end)?;
             }
+            next.insert(end.partition, end.offset);
         }
         tokio::pin!(stop);
         loop {
@@ -90,27 +100,52 @@ impl Notifier {
                 stop.as_mut(),
                 "notifier",
             );
-            let Some(records) = polled.await else {
+            let Some(mut records) = polled.await else {
                 return Ok(());
             };
+            let assigned = consumer.take_assigned();
+            if !assigned.is_empty() {
+                // A partition with a checkpoint resumes there (Kafka does it); one without would
+                // start at the log's beginning: it starts where this notifier is.
+                let committed = match consumer.committed().await {
+                    Ok(committed) => committed,
+                    Err(error) => {
+                        tracing::warn!(%error, "the notifier could not read its group's checkpoints");
+                        Vec::new()
+                    }
+                };
+                missive_log::resume_assigned(consumer.as_mut(), &assigned, &mut records, |p| {
+                    let checkpointed = committed.iter().any(|c| c.partition == p);
+                    (!checkpointed).then(|| next.get(&p).copied()).flatten()
+                })?;
+            }
             if records.is_empty() {
                 continue;
             }
             loop {
-                match self.handle(&records).await {
-                    Ok(()) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, "the notifier failed on a batch; retrying it");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+                let error = tokio::select! {
+                    handled = self.handle(&records) => match handled {
+                        Ok(()) => break,
+                        Err(error) => error,
+                    },
+                    () = stop.as_mut() => return Ok(()),
+                };
+                tracing::warn!(%error, "the notifier failed on a batch; retrying it");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.as_mut() => return Ok(()),
                 }
             }
-            let mut next: HashMap<u32, u64> = HashMap::new();
+            let mut batch_next: HashMap<u32, u64> = HashMap::new();
             for r in &records {
-                next.insert(r.position.partition, r.position.offset + 1);
+                batch_next.insert(r.position.partition, r.position.offset + 1);
             }
-            let next: Vec<Position> = next.into_iter().map(|(p, o)| Position::new(p, o)).collect();
-            if let Err(error) = consumer.commit(&next).await {
+            next.extend(&batch_next);
+            let batch_next: Vec<Position> = batch_next
+                .into_iter()
+                .map(|(p, o)| Position::new(p, o))
+                .collect();
+            if let Err(error) = consumer.commit(&batch_next).await {
                 tracing::warn!(%error, "the notifier could not commit its position");
             }
             self.forget_old();
@@ -141,8 +176,9 @@ impl Notifier {
             };
             let key = (conversation_id, recipient_id);
             let at = envelope.occurred_at;
+            self.latest = self.latest.max(Some(at));
             let last = decided.get(&key).or_else(|| self.last.get(&key));
-            if last.is_some_and(|last| at < *last + self.interval) {
+            if last.is_some_and(|last| self.within_interval(*last, at)) {
                 metrics.with_label_values(&["coalesced"]).inc();
                 continue;
             }
@@ -183,13 +219,25 @@ impl Notifier {
         Ok(())
     }
 
-    /// Drops intervals that ended, so memory follows recent activity only.
+    /// Whether `at` falls in the interval that began at `last`.
+    fn within_interval(&self, last: DateTime<Utc>, at: DateTime<Utc>) -> bool {
+        last.checked_add_signed(self.interval)
+            .is_none_or(|end| at < end)
+    }
+
+    /// Drops intervals that ended by the latest event time seen, so memory follows recent
+    /// activity only.
     fn forget_old(&mut self) {
+        let Some(latest) = self.latest else {
+            return;
+        };
         if self.last.len() < 10_000 {
             return;
         }
-        let now = Utc::now();
         let interval = self.interval;
-        self.last.retain(|_, at| *at + interval > now);
+        self.last.retain(|_, at| {
+            at.checked_add_signed(interval)
+                .is_none_or(|end| end > latest)
+        });
     }
 }
