@@ -17,8 +17,11 @@
 //! A pushed message carries its place in the conversation (`seq`), which the read models
 //! assign, so the gateway waits (a bounded time per batch) until the projector has applied the
 //! batch's messages. A message still not applied then, or one the read models cannot be asked
-//! about, is not pushed: the sessions it concerns are told to close ([`Kick::OutOfSync`]) and
-//! receive it when they reconnect, as pending. Nothing is dropped silently.
+//! about, is not pushed: its recipient's sessions are told to close ([`Kick::OutOfSync`]) and
+//! receive it when they reconnect, as pending, so no message is lost for its recipient (the
+//! sender's other devices miss the echo, logged, and find it in history). Other frames whose
+//! audience cannot be looked up (a store error) are logged and not pushed; clients refetch
+//! state over REST after reconnecting.
 //!
 //! No gap, no duplicate: a session subscribes *before* reading what is pending for its user,
 //! and the gateway claims a batch of records (notes which subscriptions exist) before it looks
@@ -409,8 +412,18 @@ impl Dispatch<'_> {
                     .filter(local);
                 let applied = self.service.applied(position);
                 for viewer in viewers {
+                    // The recipient gets a message it missed as pending when it reconnects;
+                    // the sender's other devices have it in history, and are left open.
+                    let missed = || {
+                        if viewer == *recipient_id {
+                            Some(Out::Resync(viewer))
+                        } else {
+                            tracing::warn!(%position, sender = %viewer, "a message is not echoed to its sender's other devices (not projected in time, or unreadable); it is in their history");
+                            None
+                        }
+                    };
                     if !applied {
-                        out.push(Out::Resync(viewer));
+                        out.extend(missed());
                         continue;
                     }
                     let m = match self.store.message(viewer, *message_id).await {
@@ -418,8 +431,8 @@ impl Dispatch<'_> {
                         // Deleted for the viewer since: nothing to show.
                         Ok(None) => continue,
                         Err(error) => {
-                            tracing::warn!(%position, %error, "a pushed message could not be read; its viewer's sessions resync");
-                            out.push(Out::Resync(viewer));
+                            tracing::warn!(%position, %error, "a pushed message could not be read");
+                            out.extend(missed());
                             continue;
                         }
                     };

@@ -9,10 +9,11 @@
 //! messages (`{"type":"ack","message_ids":[..]}`) and sends heartbeats (`{"type":"ping"}`;
 //! any frame, and WebSocket pings, count as one).
 //!
-//! A session never waits on its client for long: every send has a timeout, a session that
-//! misses heartbeats is closed, and frames the gateway pushes while the session is busy (its
-//! pending phase, an acknowledgement being recorded) are held for it rather than overflowing
-//! its queue.
+//! A session never waits on its client for long: every send has a timeout and a session that
+//! misses heartbeats is closed. Frames the gateway pushes while the session is busy (reading
+//! what is pending, waiting for its client to take a frame) are held for it rather than
+//! overflowing its queue, up to a bound; an acknowledgement is recorded while pushes keep
+//! going out. A reply (`pong`, `acked`) follows every frame pushed before its request was read.
 //!
 //! Presence follows this process's sessions: a user's first session here makes them `online`,
 //! closing their last one (or its heartbeat timing out) makes them `offline`, each as a
@@ -347,30 +348,68 @@ struct Live<'a> {
 }
 
 impl Live<'_> {
-    /// Sends one frame within the send timeout.
+    /// Frames held for the session at most (on top of its queue).
+    fn hold_limit(&self) -> usize {
+        4 * self.state.gateway.buffer()
+    }
+
+    /// Runs `work`, taking what the gateway pushes meanwhile off the queue into `held`, so
+    /// that a session busy with its own work (a send its client is slow to take, reading what
+    /// is pending) does not overflow its queue; a session that falls further behind than
+    /// [`Self::hold_limit`] is too slow all the same.
+    async fn holding<T>(
+        subscription: &mut Subscription,
+        held: &mut VecDeque<Push>,
+        limit: usize,
+        work: impl Future<Output = T>,
+    ) -> Result<T, Ended> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return Ok(out),
+                push = subscription.frames.recv() => match push {
+                    Some(push) if held.len() < limit => held.push_back(push),
+                    Some(_) => return Err(TOO_SLOW),
+                    None => return Err(kicked(subscription.kicked.try_recv().ok())),
+                },
+            }
+        }
+    }
+
+    /// Sends one frame within the send timeout, holding pushes meanwhile.
     async fn send(&mut self, message: WsMessage) -> Result<(), Ended> {
-        match tokio::time::timeout(self.state.config.ws.send_timeout, self.socket.send(message))
-            .await
-        {
+        let limit = self.hold_limit();
+        let send =
+            tokio::time::timeout(self.state.config.ws.send_timeout, self.socket.send(message));
+        match Self::holding(&mut self.subscription, &mut self.held, limit, send).await? {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(("send_failed", None)),
             Err(_) => Err(SEND_TIMEOUT),
         }
     }
 
-    /// Moves what the gateway queued meanwhile to `held`, so that a long pending phase does
-    /// not overflow the queue; a session that falls further behind than a few queues' worth
-    /// is too slow all the same.
-    fn hold(&mut self) -> Result<(), Ended> {
-        if let Ok(kick) = self.subscription.kicked.try_recv() {
-            return Err(kicked(Ok(kick)));
+    /// Sends a pushed frame, unless it is a message already sent as pending.
+    async fn push(&mut self, push: Push) -> Result<(), Ended> {
+        if push.pending_message.is_some_and(|id| self.sent.remove(&id)) {
+            return Ok(());
         }
-        let limit = 4 * self.state.gateway.buffer();
-        while let Ok(push) = self.subscription.frames.try_recv() {
-            if self.held.len() >= limit {
-                return Err(TOO_SLOW);
-            }
-            self.held.push_back(push);
+        self.send(WsMessage::Text(push.text)).await
+    }
+
+    /// Sends every frame held or queued now (not those pushed while it sends).
+    async fn flush(&mut self) -> Result<(), Ended> {
+        let mut count = self.held.len() + self.subscription.frames.len();
+        while count > 0 {
+            let push = match self.held.pop_front() {
+                Some(push) => push,
+                None => match self.subscription.frames.try_recv() {
+                    Ok(push) => push,
+                    Err(_) => return Ok(()),
+                },
+            };
+            self.push(push).await?;
+            count -= 1;
         }
         Ok(())
     }
@@ -379,31 +418,32 @@ impl Live<'_> {
     /// noting the ids sent so that the live phase skips them if the gateway pushes them too.
     async fn deliver_pending(&mut self) -> Result<(), Ended> {
         let user = self.actor.user_id;
+        let limit = self.hold_limit();
+        let service = self.state.service.clone();
         // The read models must hold every event before the subscription, and this user's own
         // acknowledgements from another session.
-        if let Err(error) = self.state.service.caught_up().await {
+        let caught_up = service.caught_up();
+        if let Err(error) =
+            Self::holding(&mut self.subscription, &mut self.held, limit, caught_up).await?
+        {
             tracing::warn!(%user, %error, "cannot deliver pending messages now");
             return Err(UNAVAILABLE);
         }
         let mut cursor: Option<String> = None;
         loop {
-            let page = match self
-                .state
-                .service
-                .pending(self.actor, cursor.as_deref(), PENDING_PAGE)
-                .await
-            {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(%user, %error, "cannot read pending messages");
-                    return Err(UNAVAILABLE);
-                }
-            };
+            let page = service.pending(self.actor, cursor.as_deref(), PENDING_PAGE);
+            let page =
+                match Self::holding(&mut self.subscription, &mut self.held, limit, page).await? {
+                    Ok(page) => page,
+                    Err(error) => {
+                        tracing::warn!(%user, %error, "cannot read pending messages");
+                        return Err(UNAVAILABLE);
+                    }
+                };
             for m in &page.items {
                 let text = json!({ "type": "message", "message": message_json(m, user) });
                 self.send(frame(text)).await?;
                 self.sent.insert(m.message_id);
-                self.hold()?;
             }
             match page.next {
                 Some(next) => cursor = Some(next),
@@ -411,8 +451,7 @@ impl Live<'_> {
             }
         }
         let synced = json!({ "type": "synced", "pending": self.sent.len() });
-        self.send(frame(synced)).await?;
-        self.hold()
+        self.send(frame(synced)).await
     }
 
     /// Serves pushes and the client's frames until the session ends.
@@ -421,17 +460,18 @@ impl Live<'_> {
         let mut deadline = tokio::time::Instant::now() + heartbeat;
         let mut ack: Option<AckInFlight> = None;
         loop {
-            // The client's frames before pushes, so a busy stream of pushes cannot starve them;
-            // while an acknowledgement is recorded the client's next frames wait, pushes not.
+            // The client's frames before pushes, so a busy stream of pushes cannot starve
+            // them. While an acknowledgement is recorded the client's next frames (and its
+            // heartbeat clock) wait; pushes do not.
             let step = tokio::select! {
                 biased;
-                kick = &mut self.subscription.kicked => Err(kicked(kick)),
-                _ = tokio::time::sleep_until(deadline) => {
-                    Err(("heartbeat", Some((CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat"))))
-                }
+                kick = &mut self.subscription.kicked => match kick.ok() {
+                    // What was queued before the event that could not be pushed still goes.
+                    Some(Kick::OutOfSync) => self.flush().await.and(Err(OUT_OF_SYNC)),
+                    kick => Err(kicked(kick)),
+                },
                 replies = async { ack.as_mut().expect("guarded").await }, if ack.is_some() => {
                     ack = None;
-                    // The client's frames waited for this one: its heartbeat clock starts again.
                     deadline = tokio::time::Instant::now() + heartbeat;
                     self.reply(replies).await
                 }
@@ -452,13 +492,13 @@ impl Live<'_> {
                         }
                     }
                 }
-                push = next_push(&mut self.held, &mut self.subscription.frames) => {
-                    match push {
-                        None => Err(OUT_OF_SYNC),
-                        Some(push) if push.pending_message.is_some_and(|id| self.sent.remove(&id)) => Ok(()),
-                        Some(push) => self.send(WsMessage::Text(push.text)).await,
-                    }
+                _ = tokio::time::sleep_until(deadline), if ack.is_none() => {
+                    Err(("heartbeat", Some((CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat"))))
                 }
+                push = next_push(&mut self.held, &mut self.subscription.frames) => match push {
+                    Some(push) => self.push(push).await,
+                    None => Err(kicked(self.subscription.kicked.try_recv().ok())),
+                },
             };
             if let Err(ended) = step {
                 return ended;
@@ -466,7 +506,13 @@ impl Live<'_> {
         }
     }
 
+    /// Sends the replies to a client frame, after every frame pushed before it was read: a
+    /// `pong` tells the client it has everything pushed until its `ping`.
     async fn reply(&mut self, replies: Vec<serde_json::Value>) -> Result<(), Ended> {
+        if replies.is_empty() {
+            return Ok(());
+        }
+        self.flush().await?;
         for reply in replies {
             self.send(frame(reply)).await?;
         }
@@ -487,10 +533,10 @@ async fn next_push(
 }
 
 /// How a session the gateway dropped ends.
-fn kicked(kick: Result<Kick, tokio::sync::oneshot::error::RecvError>) -> Ended {
+fn kicked(kick: Option<Kick>) -> Ended {
     match kick {
-        Ok(Kick::TooSlow) => TOO_SLOW,
-        Ok(Kick::OutOfSync) | Err(_) => OUT_OF_SYNC,
+        Some(Kick::TooSlow) => TOO_SLOW,
+        Some(Kick::OutOfSync) | None => OUT_OF_SYNC,
     }
 }
 

@@ -10,7 +10,9 @@
 //! - [`server`]: configuration and start-up of the server, and the choice of log and store.
 //! - [`secret`]: the JWT secret kept in the data directory.
 //! - [`dlq`]: listing and retrying dead letters.
+//! - [`loadtest`]: the load harness (`missive loadtest`).
 
 pub mod dlq;
+pub mod loadtest;
 pub mod secret;
 pub mod server;

@@ -349,6 +349,78 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         ttl_days: u64,
     },
+    /// Drive a running Missive over HTTP and WebSocket like real users, and report what it
+    /// cost. `--connections N` registers users, opens N idle WebSocket sessions, holds them
+    /// for `--duration` (heartbeats only), and reports the server's resident memory before and
+    /// with them open (its `process_resident_memory_bytes` metric), per session, and how long
+    /// sessions took to open. Registration must be open on the target. The message-traffic
+    /// mode (sends, reads, deletes over a Zipf distribution) is not built yet.
+    Loadtest(LoadtestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadtestArgs {
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// Open this many idle WebSocket sessions and measure their cost to the server.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Users to register; sessions are spread over them (default: one session per user).
+    /// At most --ws-max-sessions-per-user sessions per user are accepted by the server.
+    #[arg(long)]
+    users: Option<usize>,
+    /// How long to hold the sessions open before measuring: e.g. `10s`, `2m`, `500ms`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Registrations and session openings in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    concurrency: u64,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `10s`, `2m`, `500ms`, `1h`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 10s, 2m or 500ms"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("{text:?}: the unit is one of ms, s, m, h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
+    let Some(connections) = args.connections else {
+        anyhow::bail!(
+            "only the connections mode is built so far: pass --connections N (the message \
+             traffic mode is not built yet)"
+        );
+    };
+    let mut plan = missive_cli::loadtest::ConnectionsPlan::new(&args.target, connections);
+    if let Some(users) = args.users {
+        plan.users = users;
+    }
+    plan.hold = args.duration;
+    plan.concurrency = args.concurrency as usize;
+    let report = missive_cli::loadtest::connections(&plan).await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -361,6 +433,7 @@ async fn main() -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Serve(args) => run(args.config(Role::All)?).await,
+        Command::Loadtest(args) => loadtest(args).await,
         Command::Api(args) => run(args.config(Role::Api)?).await,
         Command::Project(args) => run(args.config(Role::Projector)?).await,
         Command::Dlq(DlqCommand::List { log, data_dir }) => {

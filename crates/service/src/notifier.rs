@@ -105,19 +105,28 @@ impl Notifier {
             };
             let assigned = consumer.take_assigned();
             if !assigned.is_empty() {
-                // A partition with a checkpoint resumes there (Kafka does it); one without would
-                // start at the log's beginning: it starts where this notifier is.
-                let committed = match consumer.committed().await {
-                    Ok(committed) => committed,
-                    Err(error) => {
-                        tracing::warn!(%error, "the notifier could not read its group's checkpoints");
-                        Vec::new()
+                // Every assigned partition is positioned explicitly, overriding whatever an
+                // earlier seek left pending: at the group's checkpoint when it has one,
+                // otherwise where this notifier is (Kafka would start at the log's beginning).
+                match consumer.committed().await {
+                    Ok(committed) => {
+                        missive_log::resume_assigned(
+                            consumer.as_mut(),
+                            &assigned,
+                            &mut records,
+                            |p| {
+                                committed
+                                    .iter()
+                                    .find(|c| c.partition == p)
+                                    .map(|c| c.offset)
+                                    .or_else(|| next.get(&p).copied())
+                            },
+                        )?;
                     }
-                };
-                missive_log::resume_assigned(consumer.as_mut(), &assigned, &mut records, |p| {
-                    let checkpointed = committed.iter().any(|c| c.partition == p);
-                    (!checkpointed).then(|| next.get(&p).copied()).flatten()
-                })?;
+                    Err(error) => {
+                        tracing::warn!(%error, "the notifier could not read its group's checkpoints; assigned partitions resume where the group put them");
+                    }
+                }
             }
             if records.is_empty() {
                 continue;

@@ -75,6 +75,13 @@ const LATENCY_BUCKETS: [f64; 14] = [
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
+        // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process collector registers once");
         let r = &registry;
         Metrics {
             http_requests: counter(

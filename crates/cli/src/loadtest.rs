@@ -1,0 +1,460 @@
+//! `missive loadtest`: drives a running Missive over HTTP and WebSocket like real users.
+//!
+//! Built so far: the connections mode (`--connections N`), which registers users, opens N
+//! WebSocket sessions and keeps them idle (heartbeats only) for `--duration`, then reports what
+//! they cost the server: its resident memory before and with the sessions open (read from the
+//! server's own `process_resident_memory_bytes` metric), per session, and how long sessions
+//! took to open. Message traffic (the send/read/delete mix over a Zipf distribution of
+//! conversations) is issue 7's next part.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Requests (registrations, session openings) in flight at once.
+const DEFAULT_CONCURRENCY: usize = 64;
+/// How often an idle session sends a heartbeat: well inside the server's default 60 s.
+const HEARTBEAT: Duration = Duration::from_secs(20);
+/// The longest wait for a session to open (upgrade and pending phase).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `--connections` does.
+#[derive(Debug, Clone)]
+pub struct ConnectionsPlan {
+    /// The server's base URL, `http://host:port`.
+    pub target: String,
+    /// Sessions to open.
+    pub connections: usize,
+    /// Users to register; sessions are spread over them round-robin.
+    pub users: usize,
+    /// How long the sessions stay open once all are.
+    pub hold: Duration,
+    /// Registrations and openings in flight at once.
+    pub concurrency: usize,
+}
+
+impl ConnectionsPlan {
+    pub fn new(target: &str, connections: usize) -> Self {
+        ConnectionsPlan {
+            target: target.trim_end_matches('/').to_owned(),
+            connections,
+            users: connections,
+            hold: Duration::from_secs(10),
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+/// What `--connections` measured.
+#[derive(Debug, Clone)]
+pub struct ConnectionsReport {
+    pub requested: usize,
+    pub users: usize,
+    pub opened: usize,
+    /// Failures by kind (`register: 409`, `open: timeout`, ...).
+    pub errors: BTreeMap<String, usize>,
+    /// The server's WebSocket sessions gauge with every session open.
+    pub server_sessions: Option<f64>,
+    /// The server's resident memory before the sessions opened and with them open, in bytes.
+    pub rss_before: Option<f64>,
+    pub rss_with_sessions: Option<f64>,
+    /// Time to open one session (upgrade until its `synced` frame).
+    pub open_latency: Latency,
+    pub registration_time: Duration,
+    pub opening_time: Duration,
+}
+
+impl ConnectionsReport {
+    /// The server's resident memory per open session, in bytes.
+    pub fn bytes_per_session(&self) -> Option<f64> {
+        let (before, after) = (self.rss_before?, self.rss_with_sessions?);
+        (self.opened > 0).then(|| (after - before) / self.opened as f64)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "mode": "connections",
+            "requested": self.requested,
+            "users": self.users,
+            "opened": self.opened,
+            "errors": self.errors,
+            "server_sessions": self.server_sessions,
+            "server_rss_bytes_before": self.rss_before,
+            "server_rss_bytes_with_sessions": self.rss_with_sessions,
+            "server_bytes_per_session": self.bytes_per_session(),
+            "open_latency_ms": self.open_latency.to_json(),
+            "registration_seconds": self.registration_time.as_secs_f64(),
+            "opening_seconds": self.opening_time.as_secs_f64(),
+        })
+    }
+
+    pub fn to_table(&self) -> String {
+        let mb = |b: Option<f64>| b.map_or("unknown".to_owned(), |b| format!("{:.1} MB", b / 1e6));
+        let mut out = String::new();
+        out.push_str(&format!(
+            "sessions opened      {} of {} ({} users)\n",
+            self.opened, self.requested, self.users
+        ));
+        out.push_str(&format!(
+            "server sessions      {}\n",
+            self.server_sessions
+                .map_or("unknown".to_owned(), |s| format!("{s}"))
+        ));
+        out.push_str(&format!("server RSS before    {}\n", mb(self.rss_before)));
+        out.push_str(&format!(
+            "server RSS open      {}\n",
+            mb(self.rss_with_sessions)
+        ));
+        out.push_str(&format!(
+            "per session          {}\n",
+            self.bytes_per_session()
+                .map_or("unknown".to_owned(), |b| format!("{:.1} KB", b / 1e3))
+        ));
+        let l = &self.open_latency;
+        out.push_str(&format!(
+            "open latency (ms)    p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        ));
+        out.push_str(&format!(
+            "time                 {:.1} s registering, {:.1} s opening\n",
+            self.registration_time.as_secs_f64(),
+            self.opening_time.as_secs_f64()
+        ));
+        if self.errors.is_empty() {
+            out.push_str("errors               none\n");
+        }
+        for (kind, n) in &self.errors {
+            out.push_str(&format!("error                {kind}: {n}\n"));
+        }
+        out
+    }
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    /// The percentiles of `samples` (nearest rank).
+    pub fn of(mut samples: Vec<Duration>) -> Self {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[rank - 1].as_secs_f64() * 1e3
+        };
+        Latency {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: at(1.0),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({ "p50": self.p50, "p90": self.p90, "p99": self.p99, "p99.9": self.p999, "max": self.max })
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Runs the connections mode.
+pub async fn connections(plan: &ConnectionsPlan) -> anyhow::Result<ConnectionsReport> {
+    anyhow::ensure!(plan.connections > 0, "--connections must be at least 1");
+    let users = plan.users.clamp(1, plan.connections);
+    let http = reqwest::Client::new();
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let rss_before = metric(&http, &plan.target, "process_resident_memory_bytes").await?;
+
+    let started = Instant::now();
+    let bar = progress(users, "registering users");
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let run = &run[run.len() - 8..];
+    let registered: Vec<Result<String, String>> = futures::stream::iter(0..users)
+        .map(|i| {
+            let (http, target) = (&http, &plan.target);
+            let username = format!("lt{run}_{i}");
+            async move { register(http, target, &username).await }
+        })
+        .buffer_unordered(plan.concurrency.max(1))
+        .inspect(|_| bar.inc(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let registration_time = started.elapsed();
+    let mut tokens = Vec::new();
+    for outcome in registered {
+        match outcome {
+            Ok(token) => tokens.push(token),
+            Err(kind) => *errors.entry(kind).or_default() += 1,
+        }
+    }
+    anyhow::ensure!(
+        !tokens.is_empty(),
+        "no user could be registered at {} ({errors:?}); is registration open?",
+        plan.target
+    );
+
+    let started = Instant::now();
+    let bar = progress(plan.connections, "opening sessions");
+    let ws_url = format!(
+        "{}/v1/ws",
+        plan.target
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1)
+    );
+    let opened: Vec<Result<(Socket, Duration), String>> =
+        futures::stream::iter(0..plan.connections)
+            .map(|i| {
+                let token = &tokens[i % tokens.len()];
+                let url = &ws_url;
+                async move { open(url, token).await }
+            })
+            .buffer_unordered(plan.concurrency.max(1))
+            .inspect(|_| bar.inc(1))
+            .collect()
+            .await;
+    bar.finish_and_clear();
+    let opening_time = started.elapsed();
+    let mut sockets = Vec::new();
+    let mut latencies = Vec::new();
+    for outcome in opened {
+        match outcome {
+            Ok((socket, latency)) => {
+                sockets.push(socket);
+                latencies.push(latency);
+            }
+            Err(kind) => *errors.entry(kind).or_default() += 1,
+        }
+    }
+    let opened = sockets.len();
+
+    // Idle: heartbeats only, until the hold ends; then the server is measured with every
+    // session still open.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let idlers: Vec<_> = sockets
+        .into_iter()
+        .map(|socket| tokio::spawn(idle(socket, stopped.clone())))
+        .collect();
+    tokio::time::sleep(plan.hold).await;
+    let rss_with_sessions = metric(&http, &plan.target, "process_resident_memory_bytes").await?;
+    let server_sessions = metric(&http, &plan.target, "missive_ws_sessions").await?;
+    let _ = stop.send(true);
+    let mut dropped = 0;
+    for idler in idlers {
+        if !idler.await.unwrap_or(false) {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        errors.insert("closed by the server while idle".into(), dropped);
+    }
+    Ok(ConnectionsReport {
+        requested: plan.connections,
+        users: tokens.len(),
+        opened,
+        errors,
+        server_sessions,
+        rss_before,
+        rss_with_sessions,
+        open_latency: Latency::of(latencies),
+        registration_time,
+        opening_time,
+    })
+}
+
+fn progress(len: usize, what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:20} [{bar:40}] {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what);
+    bar
+}
+
+/// Registers a user; its token, or the kind of failure.
+async fn register(http: &reqwest::Client, target: &str, username: &str) -> Result<String, String> {
+    let answer = http
+        .post(format!("{target}/v1/users"))
+        .json(&json!({ "username": username }))
+        .send()
+        .await
+        .map_err(|e| format!("register: {}", kind_of(&e)))?;
+    let status = answer.status();
+    if !status.is_success() {
+        return Err(format!("register: HTTP {}", status.as_u16()));
+    }
+    let body: Value = answer
+        .json()
+        .await
+        .map_err(|_| "register: unreadable answer".to_owned())?;
+    body["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "register: no token in the answer".to_owned())
+}
+
+fn kind_of(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connection refused"
+    } else {
+        "transport"
+    }
+}
+
+/// Opens a session and reads what was pending, up to `synced`.
+async fn open(url: &str, token: &str) -> Result<(Socket, Duration), String> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("open: bad URL ({e})"))?;
+    let header = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "open: bad token".to_owned())?;
+    request.headers_mut().insert("authorization", header);
+    let started = Instant::now();
+    let opening = async {
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(request)
+                .await
+                .map_err(|e| match e {
+                    tokio_tungstenite::tungstenite::Error::Http(response) => {
+                        format!("open: HTTP {}", response.status().as_u16())
+                    }
+                    tokio_tungstenite::tungstenite::Error::Io(e) => format!("open: {}", e.kind()),
+                    _ => "open: handshake failed".to_owned(),
+                })?;
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(text.as_str())
+                        .map_err(|_| "open: unreadable frame".to_owned())?;
+                    if frame["type"] == "synced" {
+                        return Ok(socket);
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map_or(0, |f| u16::from(f.code));
+                    return Err(format!("open: closed with {code}"));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Err("open: connection lost".to_owned()),
+            }
+        }
+    };
+    match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
+        Ok(Ok(socket)) => Ok((socket, started.elapsed())),
+        Ok(Err(kind)) => Err(kind),
+        Err(_) => Err("open: timeout".to_owned()),
+    }
+}
+
+/// Keeps a session alive (a ping every [`HEARTBEAT`], frames read and dropped) until `stop`;
+/// then closes it. Returns whether it was still open.
+async fn idle(mut socket: Socket, mut stop: tokio::sync::watch::Receiver<bool>) -> bool {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = heartbeat.tick() => {
+                let ping = Message::Text(json!({ "type": "ping" }).to_string().into());
+                if socket.send(ping).await.is_err() {
+                    return false;
+                }
+            }
+            frame = socket.next() => match frame {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return false,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.close(None)).await;
+    true
+}
+
+/// The value of an unlabelled metric (or the sum over its labels) on the server's `/metrics`;
+/// `None` when the server does not expose it.
+async fn metric(http: &reqwest::Client, target: &str, name: &str) -> anyhow::Result<Option<f64>> {
+    let text = http
+        .get(format!("{target}/metrics"))
+        .send()
+        .await
+        .with_context(|| format!("reading {target}/metrics"))?
+        .error_for_status()
+        .with_context(|| format!("reading {target}/metrics"))?
+        .text()
+        .await?;
+    Ok(parse_metric(&text, name))
+}
+
+fn parse_metric(text: &str, name: &str) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let value = if let Some(labelled) = rest.strip_prefix('{') {
+            labelled.split_once('}').map(|(_, v)| v)
+        } else {
+            rest.starts_with(' ').then_some(rest)
+        };
+        if let Some(v) = value.and_then(|v| v.trim().parse::<f64>().ok()) {
+            total = Some(total.unwrap_or(0.0) + v);
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<Duration> = (1..=1000).map(Duration::from_millis).collect();
+        let l = Latency::of(samples);
+        assert_eq!(
+            (l.p50, l.p90, l.p99, l.p999, l.max),
+            (500.0, 900.0, 990.0, 999.0, 1000.0)
+        );
+        assert_eq!(Latency::of(Vec::new()), Latency::default());
+        let one = Latency::of(vec![Duration::from_millis(7)]);
+        assert_eq!((one.p50, one.max), (7.0, 7.0));
+    }
+
+    #[test]
+    fn metrics_are_read_with_or_without_labels() {
+        let text = "# HELP x\nprocess_resident_memory_bytes 1.5e6\n\
+                    missive_ws_sessions 3\nmissive_ws_sessions_closed_total{reason=\"client\"} 2\n\
+                    missive_ws_sessions_closed_total{reason=\"heartbeat\"} 1\n";
+        assert_eq!(
+            parse_metric(text, "process_resident_memory_bytes"),
+            Some(1.5e6)
+        );
+        assert_eq!(parse_metric(text, "missive_ws_sessions"), Some(3.0));
+        assert_eq!(
+            parse_metric(text, "missive_ws_sessions_closed_total"),
+            Some(3.0)
+        );
+        assert_eq!(parse_metric(text, "missive_http_requests_total"), None);
+    }
+}
