@@ -60,6 +60,8 @@ const CLOSE_SEND_WAIT: Duration = Duration::from_secs(1);
 const PENDING_PAGE: usize = 200;
 /// The largest frame a client may send.
 const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// The read and write buffers a session starts with.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Limits and timeouts of WebSocket sessions.
 #[derive(Debug, Clone)]
@@ -191,6 +193,10 @@ pub(crate) async fn upgrade(
     Ok(upgrade
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        // Small buffers: an idle session then costs a few KB (tungstenite reserves 128 KiB for
+        // reading by default); they grow while a larger frame passes.
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             session(state, actor, &entry, socket).await;
             drop(entry);

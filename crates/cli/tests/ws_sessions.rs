@@ -85,9 +85,8 @@ async fn send_json(socket: &mut Socket, frame: Value) {
 /// Acknowledges messages and returns the `acked` answer.
 async fn ack(socket: &mut Socket, ids: &[&Value]) -> Value {
     send_json(socket, json!({"type": "ack", "message_ids": ids})).await;
-    let answer = next_json(socket).await;
-    assert_eq!(answer["type"], "acked", "{answer}");
-    answer
+    // Pushes queued before the ack was read come first (a friend's presence, say).
+    next_of(socket, "acked").await
 }
 
 /// Frames until `{"type":"pong"}`: a ping's answer comes after every frame queued before it,
@@ -175,15 +174,14 @@ async fn sessions_authenticate_answer_pings_and_drive_presence() {
         .send(Message::Text("not json".into()))
         .await
         .expect("send");
-    let error = next_json(&mut phone).await;
-    assert_eq!(error["type"], "error");
+    let error = next_of(&mut phone, "error").await;
     assert_eq!(error["code"], "bad_frame");
     // The session survives a bad frame.
     phone
         .send(Message::Text(r#"{"type":"ping"}"#.into()))
         .await
         .expect("ping");
-    assert_eq!(next_json(&mut phone).await["type"], "pong");
+    assert_eq!(next_of(&mut phone, "pong").await["type"], "pong");
 
     phone.close(None).await.expect("close");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -213,7 +211,7 @@ async fn a_silent_session_times_out_and_limits_hold() {
         .send(Message::Text(r#"{"type":"ping"}"#.into()))
         .await
         .expect("ping");
-    assert_eq!(next_json(&mut silent).await["type"], "pong");
+    assert_eq!(next_of(&mut silent, "pong").await["type"], "pong");
     // A second session of the same user is refused while the first is open.
     let request = upgrade_request(&h, &alice);
     match tokio_tungstenite::connect_async(request).await {
@@ -243,7 +241,7 @@ async fn a_silent_session_times_out_and_limits_hold() {
         .send(Message::Text(r#"{"type":"ping"}"#.into()))
         .await
         .expect("ping");
-    assert_eq!(next_json(&mut again).await["type"], "pong");
+    assert_eq!(next_of(&mut again, "pong").await["type"], "pong");
 }
 
 async fn the_process_limit_refuses_with_503_and_frees_on_close() {
@@ -351,7 +349,7 @@ async fn messages_reach_every_device_and_receipts_reach_the_sender() {
         json!({"type": "ack", "message_ids": [id, unknown]}),
     )
     .await;
-    let acked = next_json(&mut sender).await;
+    let acked = next_of(&mut sender, "acked").await;
     assert_eq!(acked, json!({"type": "acked", "message_ids": []}));
     let refused = next_json(&mut sender).await;
     assert_eq!(refused["code"], "ack_refused", "{refused}");
@@ -372,7 +370,7 @@ async fn messages_reach_every_device_and_receipts_reach_the_sender() {
         json!({"type": "ack", "message_ids": ["not-a-uuid"]}),
     )
     .await;
-    assert_eq!(next_json(&mut sender).await["code"], "bad_frame");
+    assert_eq!(next_of(&mut sender, "error").await["code"], "bad_frame");
     // Carol, a stranger with a session, is told nothing.
     let mut stranger = open(&h, &carol).await;
 
