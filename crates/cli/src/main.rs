@@ -168,6 +168,23 @@ struct ServeArgs {
     #[arg(long, env = "MISSIVE_NOTIFY_INTERVAL_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(0..=7 * 86_400))]
     notify_interval_secs: u64,
+    /// Before listening, mark offline every user the read models show online (a process that
+    /// died left them online): `auto` does it with the embedded log only, where one process
+    /// holds every session. Turn it off when several API processes share an embedded log.
+    #[arg(
+        long,
+        env = "MISSIVE_RESET_PRESENCE",
+        value_enum,
+        default_value = "auto"
+    )]
+    reset_presence: Switch,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Switch {
+    Auto,
+    On,
+    Off,
 }
 
 impl ServeArgs {
@@ -190,6 +207,11 @@ impl ServeArgs {
             send_timeout: Duration::from_secs(self.ws_send_timeout_secs),
         };
         config.notify_interval = Duration::from_secs(self.notify_interval_secs);
+        config.reset_presence = match self.reset_presence {
+            Switch::Auto => None,
+            Switch::On => Some(true),
+            Switch::Off => Some(false),
+        };
         Ok(config)
     }
 }

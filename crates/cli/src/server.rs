@@ -8,18 +8,20 @@ use std::time::Duration;
 use anyhow::Context;
 use missive_api::gateway::Gateway;
 use missive_api::{ApiConfig, AppState, Secret};
+use missive_events::Presence;
 use missive_log::EventLog;
 use missive_log::kafka::{KafkaConfig, KafkaLog, TopicSettings, check_topic_settings};
 use missive_log::sqlite::{Durability, SqliteLog};
 use missive_projector::{Projector, READ_MODELS};
 use missive_service::notifier::Notifier;
-use missive_service::{Config, Service};
+use missive_service::{Actor, Config, Service};
 use missive_store::ReadStore;
 use missive_store::scylla::{ScyllaConfig, ScyllaStore};
 use missive_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 /// Which event log to use.
 #[derive(Debug, Clone)]
@@ -162,6 +164,10 @@ pub struct ServerConfig {
     pub ws: missive_api::ws::WsConfig,
     /// At most one offline notification per conversation and recipient per this interval.
     pub notify_interval: Duration,
+    /// Whether an API process marks `offline`, before it listens, every user the read models
+    /// show online: right when it is the only process holding sessions (a predecessor that
+    /// died left its users online). `None`: only with the embedded log.
+    pub reset_presence: Option<bool>,
 }
 
 impl ServerConfig {
@@ -181,6 +187,7 @@ impl ServerConfig {
             max_read_wait: missive_api::routes::DEFAULT_READ_WAIT,
             ws: missive_api::ws::WsConfig::default(),
             notify_interval: Duration::from_secs(60),
+            reset_presence: None,
         }
     }
 }
@@ -254,6 +261,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         let service = Arc::new(
             Service::new(log.clone(), store.clone(), progress, config.service.clone()).await?,
         );
+        let reset = config
+            .reset_presence
+            .unwrap_or(matches!(config.log, LogBackend::Embedded { .. }));
+        if reset {
+            reset_presence(&service, store.as_ref()).await?;
+        }
         let gateway = Arc::new(Gateway::new(config.ws.session_buffer));
         {
             // Before the listener: no event between the log's end read here and a session's
@@ -307,6 +320,36 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         stop,
         tasks,
     })
+}
+
+/// Marks offline every user the read models show online: no session of theirs is open, as
+/// this process has not started listening and holds every session there is. Their `last_seen`
+/// becomes now (when the earlier process died is not known).
+async fn reset_presence(service: &Service, store: &dyn ReadStore) -> anyhow::Result<()> {
+    if let Err(error) = service.caught_up().await {
+        tracing::warn!(%error, "the read models are behind the log; users whose last presence change is not projected yet may stay online");
+    }
+    let online = store
+        .online_users()
+        .await
+        .context("listing the users left online")?;
+    for &user_id in &online {
+        let actor = Actor {
+            user_id,
+            correlation_id: Uuid::now_v7(),
+        };
+        service
+            .set_presence(actor, Presence::Offline)
+            .await
+            .with_context(|| format!("marking {user_id} offline"))?;
+    }
+    if !online.is_empty() {
+        tracing::info!(
+            users = online.len(),
+            "users left online by an earlier run are marked offline"
+        );
+    }
+    Ok(())
 }
 
 impl Running {

@@ -854,3 +854,33 @@ async fn offline_users_get_one_notification_per_burst() {
         "one per conversation for offline bob, none for online carol"
     );
 }
+
+/// A process that dies leaves its users online. With the embedded log one process holds every
+/// session, so a restart marks them offline before it listens; told not to, it leaves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_marks_users_left_online_offline() {
+    for reset in [None, Some(false)] {
+        let mut h = Harness::start_with(|c| c.reset_presence = reset).await;
+        let alice = h.register("alice").await;
+        let bob = h.register("bob").await;
+        h.befriend(&alice, &bob).await;
+        // Online as far as the read models know, with no session to close (as after a crash).
+        let online = h
+            .post("/v1/presence", &alice, json!({"status": "online"}))
+            .await;
+        assert_eq!(online.status, StatusCode::OK, "{online:?}");
+        let before = wait_for_status(&h, &bob, &alice, "online").await;
+        h.restart().await;
+        let after = h.get(&format!("/v1/users/{}", alice.id), &bob).await;
+        match reset {
+            None => {
+                assert_eq!(after.body["status"], "offline", "{after:?}");
+                assert!(
+                    after.body["last_seen"].as_str() > before["last_seen"].as_str(),
+                    "{before} then {after:?}"
+                );
+            }
+            _ => assert_eq!(after.body["status"], "online", "{after:?}"),
+        }
+    }
+}

@@ -441,6 +441,9 @@ impl ReadStore for Faulty {
     ) -> missive_store::Result<missive_store::Page<missive_store::Message>> {
         self.inner.pending(u, a, l).await
     }
+    async fn online_users(&self) -> missive_store::Result<Vec<Uuid>> {
+        self.inner.online_users().await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -245,6 +245,29 @@ pub async fn users_profiles_and_presence(store: Arc<dyn ReadStore>) {
             .expect("checkpoints")
             .is_empty()
     );
+
+    // Alice went offline; bob comes online: only he is listed.
+    assert_eq!(
+        store.online_users().await.expect("online users"),
+        Vec::<Uuid>::new()
+    );
+    store
+        .apply(
+            P,
+            vec![Change::SetPresence {
+                user_id: s.bob,
+                online: true,
+                at: t(70),
+                version: 23,
+            }],
+            vec![pos(23)],
+        )
+        .await
+        .expect("apply");
+    assert_eq!(
+        store.online_users().await.expect("online users"),
+        vec![s.bob]
+    );
 }
 
 /// Friendship states and the friend list as each side sees it.

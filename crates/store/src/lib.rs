@@ -158,6 +158,10 @@ pub trait ReadStore: Send + Sync + 'static {
     /// previous page's `next`.
     async fn pending(&self, user: Uuid, after: Option<&str>, limit: usize)
     -> Result<Page<Message>>;
+
+    /// Every user the read models show `online`. A scan of all users: for recovery at
+    /// start-up (a process that died left its users online), not for requests.
+    async fn online_users(&self) -> Result<Vec<Uuid>>;
 }
 
 /// The two users of a pair in a fixed order (smaller id first).

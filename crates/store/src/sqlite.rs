@@ -1159,4 +1159,15 @@ impl ReadStore for SqliteStore {
             Ok(page(items, limit, pending_cursor))
         })
     }
+
+    async fn online_users(&self) -> Result<Vec<Uuid>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT user_id FROM users WHERE online = 1 ORDER BY user_id")
+                .and_then(|mut s| {
+                    s.query_map([], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<Uuid>>>()
+                })
+                .map_err(sql("listing online users"))
+        })
+    }
 }

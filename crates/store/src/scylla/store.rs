@@ -159,6 +159,9 @@ statements! {
         VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
     USER_NAME_SET = "UPDATE users USING TIMESTAMP ? SET display_name = ? WHERE user_id = ?";
     USER_ONLINE_SET = "UPDATE users USING TIMESTAMP ? SET online = ? WHERE user_id = ?";
+    /// A paged scan of every user (start-up recovery only; filtered in the adapter, as
+    /// `online` has no index).
+    USERS_PRESENCE_SCAN = "SELECT user_id, online FROM users";
     USER_LAST_SEEN_SET = "UPDATE users USING TIMESTAMP ? SET last_seen_us = ? WHERE user_id = ?";
     USERNAME_CLAIM = "INSERT INTO users_by_username (username_key, registered_at_us, user_id) \
         VALUES (?, ?, ?) USING TIMESTAMP ?";
@@ -2372,6 +2375,25 @@ impl ReadStore for ScyllaStore {
             Some(loc) => self.message_at(None, loc).await,
             None => Ok(None),
         }
+    }
+
+    async fn online_users(&self) -> Result<Vec<Uuid>> {
+        const ACTION: &str = "listing online users";
+        let mut online: Vec<Uuid> = self
+            .inner
+            .session
+            .execute_iter(self.st().USERS_PRESENCE_SCAN.clone(), ())
+            .await
+            .map_err(pager_err(ACTION))?
+            .rows_stream::<(Uuid, Option<bool>)>()
+            .map_err(|e| e.to_string())
+            .map_err(shape_err(ACTION))?
+            .map_err(row_err(ACTION))
+            .try_filter_map(|(id, online)| async move { Ok(online.unwrap_or(false).then_some(id)) })
+            .try_collect()
+            .await?;
+        online.sort_unstable();
+        Ok(online)
     }
 
     async fn pending(
