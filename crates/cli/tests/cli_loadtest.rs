@@ -66,15 +66,6 @@ async fn connections_mode_opens_holds_and_reports_sessions() {
     );
 
     // The sessions were closed at the end: the server holds none.
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
     let mut open = None;
     for _ in 0..100 {
         open = metrics_value(&h, "missive_ws_sessions ").await;
@@ -83,20 +74,13 @@ async fn connections_mode_opens_holds_and_reports_sessions() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(open, Some(0.0), "{metrics}");
+    assert_eq!(open, Some(0.0), "sessions still open after the load test");
 }
 
 async fn metrics_value(h: &Harness, prefix: &str) -> Option<f64> {
-    let text = h
-        .client
-        .get(format!("{}/metrics", h.base))
-        .send()
+    h.metrics()
         .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(prefix))
         .and_then(|v| v.trim().parse().ok())
 }

@@ -198,6 +198,18 @@ impl Harness {
         }
     }
 
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Stops the server and starts a new one on the same data directory, log and read store.
     pub async fn restart(&mut self) {
         self.restart_after(async {}).await

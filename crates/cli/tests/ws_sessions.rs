@@ -657,15 +657,7 @@ async fn a_slow_client_is_closed_without_holding_up_others() {
     if let Some(code) = ended {
         assert_eq!(code, CloseCode::Library(4001));
     }
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = h.metrics().await;
     // Its queue overflowed, or a frame waited on it longer than the send timeout first.
     assert!(
         metrics.contains(r#"missive_ws_sessions_closed_total{reason="too_slow"}"#)
@@ -762,15 +754,7 @@ async fn a_session_busy_with_its_backlog_holds_live_pushes() {
     assert_eq!(live_texts, expected);
     send_json(&mut socket, json!({"type": "ping"})).await;
     assert_eq!(next_of(&mut socket, "pong").await["type"], "pong");
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = h.metrics().await;
     assert!(!metrics.contains(r#"reason="too_slow""#), "{metrics}");
 }
 
