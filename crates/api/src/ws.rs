@@ -370,14 +370,17 @@ impl Live<'_> {
         work: impl Future<Output = T>,
     ) -> Result<T, Ended> {
         tokio::pin!(work);
+        // Once the gateway dropped the subscription (a kick), the queue is empty and closed:
+        // `work` finishes, and the caller learns of the kick from `kicked`.
+        let mut open = true;
         loop {
             tokio::select! {
                 biased;
                 out = &mut work => return Ok(out),
-                push = subscription.frames.recv() => match push {
+                push = subscription.frames.recv(), if open => match push {
                     Some(push) if held.len() < limit => held.push_back(push),
                     Some(_) => return Err(TOO_SLOW),
-                    None => return Err(kicked(subscription.kicked.try_recv().ok())),
+                    None => open = false,
                 },
             }
         }
@@ -450,6 +453,10 @@ impl Live<'_> {
                 let text = json!({ "type": "message", "message": message_json(m, user) });
                 self.send(frame(text)).await?;
                 self.sent.insert(m.message_id);
+                // Kicked meanwhile: the session ends; what was pending comes again next time.
+                if let Ok(kick) = self.subscription.kicked.try_recv() {
+                    return Err(kicked(Some(kick)));
+                }
             }
             match page.next {
                 Some(next) => cursor = Some(next),

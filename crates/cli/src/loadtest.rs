@@ -2,9 +2,9 @@
 //!
 //! Built so far: the connections mode (`--connections N`), which registers users, opens N
 //! WebSocket sessions and keeps them idle (heartbeats only) for `--duration`, then reports what
-//! they cost the server: its resident memory before and with the sessions open (read from the
-//! server's own `process_resident_memory_bytes` metric), per session, and how long sessions
-//! took to open. Message traffic (the send/read/delete mix over a Zipf distribution of
+//! they cost the server: its resident memory before the users registered, before the sessions
+//! opened and with them open (read from the server's own `process_resident_memory_bytes`
+//! metric), per session, and how long sessions took to open. Message traffic (the send/read/delete mix over a Zipf distribution of
 //! conversations) is issue 7's next part.
 
 use std::collections::BTreeMap;
@@ -60,8 +60,10 @@ pub struct ConnectionsReport {
     pub errors: BTreeMap<String, usize>,
     /// The server's WebSocket sessions gauge with every session open.
     pub server_sessions: Option<f64>,
-    /// The server's resident memory before the sessions opened and with them open, in bytes.
+    /// The server's resident memory before the users registered, once they had (before the
+    /// sessions opened), and with the sessions open, in bytes.
     pub rss_before: Option<f64>,
+    pub rss_registered: Option<f64>,
     pub rss_with_sessions: Option<f64>,
     /// Time to open one session (upgrade until its `synced` frame).
     pub open_latency: Latency,
@@ -70,9 +72,10 @@ pub struct ConnectionsReport {
 }
 
 impl ConnectionsReport {
-    /// The server's resident memory per open session, in bytes.
+    /// The server's resident memory per open session, in bytes (growth from the sessions
+    /// alone: measured after the users registered).
     pub fn bytes_per_session(&self) -> Option<f64> {
-        let (before, after) = (self.rss_before?, self.rss_with_sessions?);
+        let (before, after) = (self.rss_registered?, self.rss_with_sessions?);
         (self.opened > 0).then(|| (after - before) / self.opened as f64)
     }
 
@@ -85,6 +88,7 @@ impl ConnectionsReport {
             "errors": self.errors,
             "server_sessions": self.server_sessions,
             "server_rss_bytes_before": self.rss_before,
+            "server_rss_bytes_registered": self.rss_registered,
             "server_rss_bytes_with_sessions": self.rss_with_sessions,
             "server_bytes_per_session": self.bytes_per_session(),
             "open_latency_ms": self.open_latency.to_json(),
@@ -106,6 +110,10 @@ impl ConnectionsReport {
                 .map_or("unknown".to_owned(), |s| format!("{s}"))
         ));
         out.push_str(&format!("server RSS before    {}\n", mb(self.rss_before)));
+        out.push_str(&format!(
+            "server RSS users     {}\n",
+            mb(self.rss_registered)
+        ));
         out.push_str(&format!(
             "server RSS open      {}\n",
             mb(self.rss_with_sessions)
@@ -209,6 +217,10 @@ pub async fn connections(plan: &ConnectionsPlan) -> anyhow::Result<ConnectionsRe
         "no user could be registered at {} ({errors:?}); is registration open?",
         plan.target
     );
+    let rss_registered = metric(&http, &plan.target, "process_resident_memory_bytes").await?;
+
+    // Each session is kept alive (heartbeats) from the moment it opens.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
 
     let started = Instant::now();
     let bar = progress(plan.connections, "opening sessions");
@@ -218,12 +230,15 @@ pub async fn connections(plan: &ConnectionsPlan) -> anyhow::Result<ConnectionsRe
             .replacen("http://", "ws://", 1)
             .replacen("https://", "wss://", 1)
     );
-    let opened: Vec<Result<(Socket, Duration), String>> =
+    let opened: Vec<Result<(tokio::task::JoinHandle<bool>, Duration), String>> =
         futures::stream::iter(0..plan.connections)
             .map(|i| {
                 let token = &tokens[i % tokens.len()];
-                let url = &ws_url;
-                async move { open(url, token).await }
+                let (url, stopped) = (&ws_url, stopped.clone());
+                async move {
+                    let (socket, latency) = open(url, token).await?;
+                    Ok((tokio::spawn(idle(socket, stopped)), latency))
+                }
             })
             .buffer_unordered(plan.concurrency.max(1))
             .inspect(|_| bar.inc(1))
@@ -231,26 +246,20 @@ pub async fn connections(plan: &ConnectionsPlan) -> anyhow::Result<ConnectionsRe
             .await;
     bar.finish_and_clear();
     let opening_time = started.elapsed();
-    let mut sockets = Vec::new();
+    let mut idlers = Vec::new();
     let mut latencies = Vec::new();
     for outcome in opened {
         match outcome {
-            Ok((socket, latency)) => {
-                sockets.push(socket);
+            Ok((idler, latency)) => {
+                idlers.push(idler);
                 latencies.push(latency);
             }
             Err(kind) => *errors.entry(kind).or_default() += 1,
         }
     }
-    let opened = sockets.len();
+    let opened = idlers.len();
 
-    // Idle: heartbeats only, until the hold ends; then the server is measured with every
-    // session still open.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let idlers: Vec<_> = sockets
-        .into_iter()
-        .map(|socket| tokio::spawn(idle(socket, stopped.clone())))
-        .collect();
+    // Idle until the hold ends; then the server is measured with every session still open.
     tokio::time::sleep(plan.hold).await;
     let rss_with_sessions = metric(&http, &plan.target, "process_resident_memory_bytes").await?;
     let server_sessions = metric(&http, &plan.target, "missive_ws_sessions").await?;
@@ -271,6 +280,7 @@ pub async fn connections(plan: &ConnectionsPlan) -> anyhow::Result<ConnectionsRe
         errors,
         server_sessions,
         rss_before,
+        rss_registered,
         rss_with_sessions,
         open_latency: Latency::of(latencies),
         registration_time,

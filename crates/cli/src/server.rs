@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::StreamExt;
 use missive_api::gateway::Gateway;
 use missive_api::{ApiConfig, AppState, Secret};
 use missive_events::Presence;
-use missive_log::EventLog;
 use missive_log::kafka::{KafkaConfig, KafkaLog, TopicSettings, check_topic_settings};
 use missive_log::sqlite::{Durability, SqliteLog};
+use missive_log::{EventLog, Position};
 use missive_projector::{Projector, READ_MODELS};
 use missive_service::notifier::Notifier;
 use missive_service::{Actor, Config, Service};
@@ -261,11 +262,17 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         let service = Arc::new(
             Service::new(log.clone(), store.clone(), progress, config.service.clone()).await?,
         );
+        // Bound (so that a second process on the same address fails here) but not served
+        // until the presence reset and the gateway are in place.
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        addr = Some(listener.local_addr()?);
         let reset = config
             .reset_presence
             .unwrap_or(matches!(config.log, LogBackend::Embedded { .. }));
         if reset {
-            reset_presence(&service, store.as_ref()).await?;
+            reset_presence(&service, store.as_ref(), config.service.projection_wait).await;
         }
         let gateway = Arc::new(Gateway::new(config.ws.session_buffer));
         {
@@ -286,10 +293,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             "notifier",
             tokio::spawn(async move { Ok(notifier.run(notifier_stop).await?) }),
         ));
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
-        addr = Some(listener.local_addr()?);
         let state = AppState {
             service,
             config: Arc::new(ApiConfig {
@@ -323,33 +326,56 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
 }
 
 /// Marks offline every user the read models show online: no session of theirs is open, as
-/// this process has not started listening and holds every session there is. Their `last_seen`
-/// becomes now (when the earlier process died is not known).
-async fn reset_presence(service: &Service, store: &dyn ReadStore) -> anyhow::Result<()> {
+/// this process is not serving yet and holds every session there is. Their `last_seen` becomes
+/// now (when the earlier process died is not known). Waits until the read models show it. A
+/// failure is logged, not fatal: the users stay online until they connect again.
+async fn reset_presence(service: &Service, store: &dyn ReadStore, wait: Duration) {
     if let Err(error) = service.caught_up().await {
         tracing::warn!(%error, "the read models are behind the log; users whose last presence change is not projected yet may stay online");
     }
-    let online = store
-        .online_users()
-        .await
-        .context("listing the users left online")?;
-    for &user_id in &online {
-        let actor = Actor {
-            user_id,
-            correlation_id: Uuid::now_v7(),
-        };
-        service
-            .set_presence(actor, Presence::Offline)
-            .await
-            .with_context(|| format!("marking {user_id} offline"))?;
+    let online = match store.online_users().await {
+        Ok(online) => online,
+        Err(error) => {
+            tracing::warn!(%error, "could not list the users left online; they stay online until they connect again");
+            return;
+        }
+    };
+    // Built up front (a closure in the stream trips the compiler's Send check).
+    let marks: Vec<_> = online
+        .iter()
+        .map(|&user_id| async move {
+            let actor = Actor {
+                user_id,
+                correlation_id: Uuid::now_v7(),
+            };
+            (
+                user_id,
+                service.set_presence(actor, Presence::Offline).await,
+            )
+        })
+        .collect();
+    let outcomes: Vec<_> = futures::stream::iter(marks)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut last: Vec<Position> = Vec::new();
+    for (user_id, outcome) in outcomes {
+        match outcome {
+            Ok((_, position)) => last.push(position),
+            Err(error) => {
+                tracing::warn!(%user_id, %error, "could not mark a user left online offline")
+            }
+        }
     }
-    if !online.is_empty() {
+    if !last.is_empty() {
+        if !service.wait_for_all(&last, wait).await {
+            tracing::warn!("the presence reset is not projected yet; it will be shortly");
+        }
         tracing::info!(
-            users = online.len(),
+            users = last.len(),
             "users left online by an earlier run are marked offline"
         );
     }
-    Ok(())
 }
 
 impl Running {

@@ -59,6 +59,13 @@ async fn connections_mode_opens_holds_and_reports_sessions() {
             "{report}"
         );
         assert!(report["server_bytes_per_session"].is_number(), "{report}");
+        assert!(
+            report["server_rss_bytes_registered"]
+                .as_f64()
+                .unwrap_or(0.0)
+                > 0.0,
+            "{report}"
+        );
     }
     assert!(
         report["open_latency_ms"]["max"].as_f64().unwrap_or(0.0) > 0.0,

@@ -108,25 +108,20 @@ impl Notifier {
                 // Every assigned partition is positioned explicitly, overriding whatever an
                 // earlier seek left pending: at the group's checkpoint when it has one,
                 // otherwise where this notifier is (Kafka would start at the log's beginning).
-                match consumer.committed().await {
-                    Ok(committed) => {
-                        missive_log::resume_assigned(
-                            consumer.as_mut(),
-                            &assigned,
-                            &mut records,
-                            |p| {
-                                committed
-                                    .iter()
-                                    .find(|c| c.partition == p)
-                                    .map(|c| c.offset)
-                                    .or_else(|| next.get(&p).copied())
-                            },
-                        )?;
-                    }
+                let committed = match consumer.committed().await {
+                    Ok(committed) => committed,
                     Err(error) => {
-                        tracing::warn!(%error, "the notifier could not read its group's checkpoints; assigned partitions resume where the group put them");
+                        tracing::warn!(%error, "the notifier could not read its group's checkpoints; assigned partitions resume where it is");
+                        Vec::new()
                     }
-                }
+                };
+                missive_log::resume_assigned(consumer.as_mut(), &assigned, &mut records, |p| {
+                    committed
+                        .iter()
+                        .find(|c| c.partition == p)
+                        .map(|c| c.offset)
+                        .or_else(|| next.get(&p).copied())
+                })?;
             }
             if records.is_empty() {
                 continue;

@@ -161,7 +161,7 @@ statements! {
     USER_ONLINE_SET = "UPDATE users USING TIMESTAMP ? SET online = ? WHERE user_id = ?";
     /// A paged scan of every user (start-up recovery only; filtered in the adapter, as
     /// `online` has no index).
-    USERS_PRESENCE_SCAN = "SELECT user_id, online FROM users";
+    USERS_PRESENCE_SCAN = "SELECT user_id, online, username FROM users";
     USER_LAST_SEEN_SET = "UPDATE users USING TIMESTAMP ? SET last_seen_us = ? WHERE user_id = ?";
     USERNAME_CLAIM = "INSERT INTO users_by_username (username_key, registered_at_us, user_id) \
         VALUES (?, ?, ?) USING TIMESTAMP ?";
@@ -2385,11 +2385,15 @@ impl ReadStore for ScyllaStore {
             .execute_iter(self.st().USERS_PRESENCE_SCAN.clone(), ())
             .await
             .map_err(pager_err(ACTION))?
-            .rows_stream::<(Uuid, Option<bool>)>()
+            .rows_stream::<(Uuid, Option<bool>, Option<String>)>()
             .map_err(|e| e.to_string())
             .map_err(shape_err(ACTION))?
             .map_err(row_err(ACTION))
-            .try_filter_map(|(id, online)| async move { Ok(online.unwrap_or(false).then_some(id)) })
+            // A row without a username is not a user (a presence change projected before the
+            // registration): not listed, as in the embedded store.
+            .try_filter_map(|(id, online, username)| async move {
+                Ok((online.unwrap_or(false) && username.is_some()).then_some(id))
+            })
             .try_collect()
             .await?;
         online.sort_unstable();
