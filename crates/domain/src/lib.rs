@@ -10,7 +10,9 @@
 //! - [`friends`]: friend requests, acceptance and removal.
 //! - [`messages`]: sending, reading and deleting direct messages.
 //! - [`presence`]: reporting online and offline status.
+//! - [`communities`]: servers, subscriptions, invitations, posts and channels.
 
+pub mod communities;
 pub mod friends;
 pub mod messages;
 pub mod presence;

@@ -27,7 +27,10 @@ use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{DeleteScope, Envelope, Event, NotificationKind, Presence, RemovalReason};
+use crate::{
+    ChannelLeaveReason, DeleteScope, Envelope, Event, NotificationKind, Presence, RemovalReason,
+    Visibility,
+};
 
 /// The two bytes that open every single-object encoded record.
 pub const MARKER: [u8; 2] = [0xC3, 0x01];
@@ -206,6 +209,16 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         })?;
     let reader = REGISTRY.current_of(writer);
     let (event_type, version) = (writer.event_type, writer.version);
+    // apache-avro reserves room for a whole array block as soon as it reads the block's item
+    // count: check every count against the bytes left before letting it read the body.
+    if writer.has_blocks
+        && let Err(BlockCheck::Overrun) = check_blocks(&writer.schema, &mut &body[..])
+    {
+        return Err(CodecError::Truncated {
+            event_type,
+            version,
+        });
+    }
 
     let mut input = Input {
         rest: body,
@@ -339,6 +352,22 @@ const SOURCES: &[Source] = &[
     source!("PresenceChanged", 1, "presence_changed.v1.avsc"),
     source!("MessageDelivered", 1, "message_delivered.v1.avsc"),
     source!("NotificationRequested", 1, "notification_requested.v1.avsc"),
+    source!("ServerCreated", 1, "server_created.v1.avsc"),
+    source!("ServerSubscribed", 1, "server_subscribed.v1.avsc"),
+    source!("ServerUnsubscribed", 1, "server_unsubscribed.v1.avsc"),
+    source!("ServerInvitationSent", 1, "server_invitation_sent.v1.avsc"),
+    source!(
+        "ServerInvitationAnswered",
+        1,
+        "server_invitation_answered.v1.avsc"
+    ),
+    source!("PostPublished", 1, "post_published.v1.avsc"),
+    source!("ChannelCreated", 1, "channel_created.v1.avsc"),
+    source!("ChannelDeleted", 1, "channel_deleted.v1.avsc"),
+    source!("ChannelJoined", 1, "channel_joined.v1.avsc"),
+    source!("ChannelLeft", 1, "channel_left.v1.avsc"),
+    source!("ChannelMessageSent", 1, "channel_message_sent.v1.avsc"),
+    source!("ChannelMessagesRead", 1, "channel_messages_read.v1.avsc"),
 ];
 
 /// A parsed schema version.
@@ -353,6 +382,9 @@ struct Kept {
     json: &'static str,
     /// The payload record's field names, in schema order.
     payload_fields: Vec<String>,
+    /// The schema has arrays or maps, whose blocks [`decode`] checks before apache-avro reads
+    /// them ([`check_blocks`]).
+    has_blocks: bool,
     /// Index in [`Registry::kept`] of the current version of this event type.
     current: usize,
 }
@@ -378,6 +410,10 @@ impl Registry {
                 .map_err(|problem| format!("{file}: {problem}"))?;
             let fingerprint =
                 schema_fingerprint(&schema).map_err(|problem| format!("{file}: {problem}"))?;
+            let has_blocks = has_blocks(&schema);
+            if has_blocks {
+                blocks_checkable(&schema).map_err(|problem| format!("{file}: {problem}"))?;
+            }
             kept.push(Kept {
                 event_type: source.event_type,
                 version: source.version,
@@ -387,6 +423,7 @@ impl Registry {
                 schema,
                 json: source.json,
                 payload_fields,
+                has_blocks,
                 current: 0,
             });
         }
@@ -685,6 +722,16 @@ fn optional_string(name: &str, text: Option<&str>) -> (String, Value) {
     field(name, value)
 }
 
+fn boolean(name: &str, value: bool) -> (String, Value) {
+    field(name, Value::Boolean(value))
+}
+
+/// An Avro `{"type":"array","items":"string"}`.
+fn strings(name: &str, items: &[String]) -> (String, Value) {
+    let items = items.iter().map(|s| Value::String(s.clone())).collect();
+    field(name, Value::Array(items))
+}
+
 /// The payload fields of the current schema version, in schema order.
 fn payload_fields(event: &Event) -> Vec<(String, Value)> {
     match event {
@@ -787,6 +834,120 @@ fn payload_fields(event: &Event) -> Vec<(String, Value)> {
             uuid("item_id", *item_id),
             uuid("from_id", *from_id),
         ],
+        Event::ServerCreated {
+            server_id,
+            owner_id,
+            name,
+            tags,
+            visibility,
+        } => vec![
+            uuid("server_id", *server_id),
+            uuid("owner_id", *owner_id),
+            string("name", name),
+            strings("tags", tags),
+            field("visibility", enum_value(visibility_symbols(), visibility)),
+        ],
+        Event::ServerSubscribed { server_id, user_id }
+        | Event::ServerUnsubscribed { server_id, user_id } => {
+            vec![uuid("server_id", *server_id), uuid("user_id", *user_id)]
+        }
+        Event::ServerInvitationSent {
+            server_id,
+            inviter_id,
+            invitee_id,
+        } => vec![
+            uuid("server_id", *server_id),
+            uuid("inviter_id", *inviter_id),
+            uuid("invitee_id", *invitee_id),
+        ],
+        Event::ServerInvitationAnswered {
+            server_id,
+            invitee_id,
+            accepted,
+        } => vec![
+            uuid("server_id", *server_id),
+            uuid("invitee_id", *invitee_id),
+            boolean("accepted", *accepted),
+        ],
+        Event::PostPublished {
+            post_id,
+            server_id,
+            author_id,
+            content,
+            tags,
+        } => vec![
+            uuid("post_id", *post_id),
+            uuid("server_id", *server_id),
+            uuid("author_id", *author_id),
+            string("content", content),
+            strings("tags", tags),
+        ],
+        Event::ChannelCreated {
+            channel_id,
+            server_id,
+            name,
+            created_by,
+        } => vec![
+            uuid("channel_id", *channel_id),
+            uuid("server_id", *server_id),
+            string("name", name),
+            uuid("created_by", *created_by),
+        ],
+        Event::ChannelDeleted {
+            channel_id,
+            server_id,
+            deleted_by,
+        } => vec![
+            uuid("channel_id", *channel_id),
+            uuid("server_id", *server_id),
+            uuid("deleted_by", *deleted_by),
+        ],
+        Event::ChannelJoined {
+            user_id,
+            server_id,
+            channel_id,
+        } => vec![
+            uuid("user_id", *user_id),
+            uuid("server_id", *server_id),
+            uuid("channel_id", *channel_id),
+        ],
+        Event::ChannelLeft {
+            user_id,
+            server_id,
+            channel_id,
+            reason,
+        } => vec![
+            uuid("user_id", *user_id),
+            uuid("server_id", *server_id),
+            uuid("channel_id", *channel_id),
+            field("reason", enum_value(channel_leave_reason_symbols(), reason)),
+        ],
+        Event::ChannelMessageSent {
+            message_id,
+            server_id,
+            channel_id,
+            sender_id,
+            text,
+            client_msg_id,
+        } => vec![
+            uuid("message_id", *message_id),
+            uuid("server_id", *server_id),
+            uuid("channel_id", *channel_id),
+            uuid("sender_id", *sender_id),
+            string("text", text),
+            optional_string("client_msg_id", client_msg_id.as_deref()),
+        ],
+        Event::ChannelMessagesRead {
+            server_id,
+            channel_id,
+            reader_id,
+            up_to,
+        } => vec![
+            uuid("server_id", *server_id),
+            uuid("channel_id", *channel_id),
+            uuid("reader_id", *reader_id),
+            uuid("up_to", *up_to),
+        ],
     }
 }
 
@@ -849,6 +1010,21 @@ fn notification_kind_symbols() -> Symbols<NotificationKind> {
     &[(NotificationKind::Message, "MESSAGE")]
 }
 
+fn visibility_symbols() -> Symbols<Visibility> {
+    &[
+        (Visibility::Public, "PUBLIC"),
+        (Visibility::Private, "PRIVATE"),
+    ]
+}
+
+fn channel_leave_reason_symbols() -> Symbols<ChannelLeaveReason> {
+    &[
+        (ChannelLeaveReason::Left, "LEFT"),
+        (ChannelLeaveReason::Switched, "SWITCHED"),
+        (ChannelLeaveReason::Unsubscribed, "UNSUBSCRIBED"),
+    ]
+}
+
 fn enum_value<T: PartialEq>(symbols: Symbols<T>, value: &T) -> Value {
     // Every variant is listed, so the fallback (rejected by schema validation) is never taken.
     let (index, symbol) = symbols
@@ -857,6 +1033,179 @@ fn enum_value<T: PartialEq>(symbols: Symbols<T>, value: &T) -> Value {
         .find_map(|((v, symbol), index)| (v == value).then_some((index, *symbol)))
         .unwrap_or((u32::MAX, ""));
     Value::Enum(index, symbol.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Array and map blocks.
+//
+// Avro writes an array (or map) as blocks, each an item count followed by the items. apache-avro
+// reserves room for a block's items (56 bytes each) as soon as it reads the count, before it
+// reads any item, so a record of a hundred bytes claiming half a billion tags would make it
+// allocate 28 GB, and abort the process. Every item takes at least one byte, so a block that
+// claims more items than bytes remain cannot be read: [`check_blocks`] walks the body and
+// rejects such a block before apache-avro sees it.
+
+/// Whether `schema` has an array or a map.
+fn has_blocks(schema: &Schema) -> bool {
+    match schema {
+        Schema::Array(_) | Schema::Map(_) => true,
+        Schema::Union(union) => union.variants().iter().any(has_blocks),
+        Schema::Record(record) => record.fields.iter().any(|f| has_blocks(&f.schema)),
+        _ => false,
+    }
+}
+
+/// Checks that [`check_blocks`] can walk every type in `schema`, and that every array item
+/// takes at least one byte (what bounds a block's count by the bytes left).
+fn blocks_checkable(schema: &Schema) -> Result<(), String> {
+    match schema {
+        Schema::Array(array) if !takes_a_byte(&array.items) => Err(
+            "an array's items must take at least one byte each (the codec bounds an array block's \
+             item count by the bytes left in the record)"
+                .into(),
+        ),
+        Schema::Array(array) => blocks_checkable(&array.items),
+        Schema::Map(map) => blocks_checkable(&map.types),
+        Schema::Union(union) => union.variants().iter().try_for_each(blocks_checkable),
+        Schema::Record(record) => record
+            .fields
+            .iter()
+            .try_for_each(|f| blocks_checkable(&f.schema)),
+        Schema::Null
+        | Schema::Boolean
+        | Schema::Int
+        | Schema::Long
+        | Schema::Float
+        | Schema::Double
+        | Schema::Bytes
+        | Schema::String
+        | Schema::Uuid
+        | Schema::Enum(_)
+        | Schema::Fixed(_)
+        | Schema::Date
+        | Schema::TimeMillis
+        | Schema::TimeMicros
+        | Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::TimestampNanos
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos => Ok(()),
+        other => Err(format!(
+            "a schema with arrays or maps may not use {other:?}: the codec cannot check its \
+             array blocks"
+        )),
+    }
+}
+
+/// Whether every value of `schema` takes at least one byte of Avro binary.
+fn takes_a_byte(schema: &Schema) -> bool {
+    match schema {
+        Schema::Null => false,
+        Schema::Fixed(fixed) => fixed.size > 0,
+        Schema::Record(record) => record.fields.iter().any(|f| takes_a_byte(&f.schema)),
+        _ => true,
+    }
+}
+
+/// Why [`check_blocks`] stopped before the end of the value.
+enum BlockCheck {
+    /// An array or map block claims more items than bytes remain.
+    Overrun,
+    /// The body is not valid Avro here; apache-avro fails at the same place, before any later
+    /// block, so nothing after it needs checking.
+    Invalid,
+}
+
+/// Walks one Avro binary value of `schema` at the start of `input`, checking that no array or
+/// map block claims more items than bytes remain. Only schemas [`blocks_checkable`] accepts.
+fn check_blocks(schema: &Schema, input: &mut &[u8]) -> Result<(), BlockCheck> {
+    match schema {
+        Schema::Null => Ok(()),
+        Schema::Boolean => skip(input, 1),
+        Schema::Float => skip(input, 4),
+        Schema::Double => skip(input, 8),
+        Schema::Fixed(fixed) => skip(input, fixed.size),
+        Schema::Int
+        | Schema::Long
+        | Schema::Enum(_)
+        | Schema::Date
+        | Schema::TimeMillis
+        | Schema::TimeMicros
+        | Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::TimestampNanos
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos => varint(input).map(drop),
+        // apache-avro reads a uuid as length-prefixed bytes, like a string.
+        Schema::Bytes | Schema::String | Schema::Uuid => {
+            let len = usize::try_from(varint(input)?).map_err(|_| BlockCheck::Invalid)?;
+            skip(input, len)
+        }
+        Schema::Union(union) => {
+            let branch = usize::try_from(varint(input)?)
+                .ok()
+                .and_then(|i| union.variants().get(i))
+                .ok_or(BlockCheck::Invalid)?;
+            check_blocks(branch, input)
+        }
+        Schema::Record(record) => record
+            .fields
+            .iter()
+            .try_for_each(|f| check_blocks(&f.schema, input)),
+        Schema::Array(array) => check_block_items(input, |input| check_blocks(&array.items, input)),
+        Schema::Map(map) => check_block_items(input, |input| {
+            check_blocks(&Schema::String, input)?;
+            check_blocks(&map.types, input)
+        }),
+        // Rejected by `blocks_checkable` when the registry loads.
+        _ => Err(BlockCheck::Invalid),
+    }
+}
+
+/// Walks the blocks of an array or map, ending with the empty block.
+fn check_block_items(
+    input: &mut &[u8],
+    mut item: impl FnMut(&mut &[u8]) -> Result<(), BlockCheck>,
+) -> Result<(), BlockCheck> {
+    loop {
+        let count = match varint(input)? {
+            0 => return Ok(()),
+            // A negative count is followed by the block's size in bytes.
+            n if n < 0 => {
+                varint(input)?;
+                n.checked_neg().ok_or(BlockCheck::Invalid)?
+            }
+            n => n,
+        };
+        // Each item (each map key, at least) takes a byte or more.
+        if count.unsigned_abs() > input.len() as u64 {
+            return Err(BlockCheck::Overrun);
+        }
+        for _ in 0..count {
+            item(input)?;
+        }
+    }
+}
+
+/// Reads a zig-zag varint as apache-avro does: at most 10 bytes.
+fn varint(input: &mut &[u8]) -> Result<i64, BlockCheck> {
+    let mut z = 0u64;
+    for shift in 0..10 {
+        let (&byte, rest) = input.split_first().ok_or(BlockCheck::Invalid)?;
+        *input = rest;
+        z |= u64::from(byte & 0x7f) << (shift * 7);
+        if byte & 0x80 == 0 {
+            return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+        }
+    }
+    Err(BlockCheck::Invalid)
+}
+
+fn skip(input: &mut &[u8], len: usize) -> Result<(), BlockCheck> {
+    *input = input.get(len..).ok_or(BlockCheck::Invalid)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -955,6 +1304,27 @@ impl Fields {
                 _ => Err(self.invalid(name, "is not null or a string")),
             },
             _ => Err(self.invalid(name, "is not a [null, string] union")),
+        }
+    }
+
+    fn boolean(&mut self, name: &'static str) -> Result<bool, CodecError> {
+        match self.next(name)? {
+            Value::Boolean(value) => Ok(value),
+            _ => Err(self.invalid(name, "is not a boolean")),
+        }
+    }
+
+    /// An `{"type":"array","items":"string"}` field.
+    fn strings(&mut self, name: &'static str) -> Result<Vec<String>, CodecError> {
+        match self.next(name)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(text) => Ok(text),
+                    _ => Err(self.invalid(name, "is an array with an item that is not a string")),
+                })
+                .collect(),
+            _ => Err(self.invalid(name, "is not an array of strings")),
         }
     }
 
@@ -1149,6 +1519,136 @@ fn event_from_payload(mut p: Fields) -> Result<Event, CodecError> {
                 from_id,
             }
         }
+        "ServerCreated" => {
+            let server_id = p.uuid("server_id")?;
+            let owner_id = p.uuid("owner_id")?;
+            let name = p.string("name")?;
+            let tags = p.strings("tags")?;
+            let visibility = p.enumeration("visibility", visibility_symbols())?;
+            Event::ServerCreated {
+                server_id,
+                owner_id,
+                name,
+                tags,
+                visibility,
+            }
+        }
+        "ServerSubscribed" => {
+            let server_id = p.uuid("server_id")?;
+            let user_id = p.uuid("user_id")?;
+            Event::ServerSubscribed { server_id, user_id }
+        }
+        "ServerUnsubscribed" => {
+            let server_id = p.uuid("server_id")?;
+            let user_id = p.uuid("user_id")?;
+            Event::ServerUnsubscribed { server_id, user_id }
+        }
+        "ServerInvitationSent" => {
+            let server_id = p.uuid("server_id")?;
+            let inviter_id = p.uuid("inviter_id")?;
+            let invitee_id = p.uuid("invitee_id")?;
+            Event::ServerInvitationSent {
+                server_id,
+                inviter_id,
+                invitee_id,
+            }
+        }
+        "ServerInvitationAnswered" => {
+            let server_id = p.uuid("server_id")?;
+            let invitee_id = p.uuid("invitee_id")?;
+            let accepted = p.boolean("accepted")?;
+            Event::ServerInvitationAnswered {
+                server_id,
+                invitee_id,
+                accepted,
+            }
+        }
+        "PostPublished" => {
+            let post_id = p.uuid("post_id")?;
+            let server_id = p.uuid("server_id")?;
+            let author_id = p.uuid("author_id")?;
+            let content = p.string("content")?;
+            let tags = p.strings("tags")?;
+            Event::PostPublished {
+                post_id,
+                server_id,
+                author_id,
+                content,
+                tags,
+            }
+        }
+        "ChannelCreated" => {
+            let channel_id = p.uuid("channel_id")?;
+            let server_id = p.uuid("server_id")?;
+            let name = p.string("name")?;
+            let created_by = p.uuid("created_by")?;
+            Event::ChannelCreated {
+                channel_id,
+                server_id,
+                name,
+                created_by,
+            }
+        }
+        "ChannelDeleted" => {
+            let channel_id = p.uuid("channel_id")?;
+            let server_id = p.uuid("server_id")?;
+            let deleted_by = p.uuid("deleted_by")?;
+            Event::ChannelDeleted {
+                channel_id,
+                server_id,
+                deleted_by,
+            }
+        }
+        "ChannelJoined" => {
+            let user_id = p.uuid("user_id")?;
+            let server_id = p.uuid("server_id")?;
+            let channel_id = p.uuid("channel_id")?;
+            Event::ChannelJoined {
+                user_id,
+                server_id,
+                channel_id,
+            }
+        }
+        "ChannelLeft" => {
+            let user_id = p.uuid("user_id")?;
+            let server_id = p.uuid("server_id")?;
+            let channel_id = p.uuid("channel_id")?;
+            let reason = p.enumeration("reason", channel_leave_reason_symbols())?;
+            Event::ChannelLeft {
+                user_id,
+                server_id,
+                channel_id,
+                reason,
+            }
+        }
+        "ChannelMessageSent" => {
+            let message_id = p.uuid("message_id")?;
+            let server_id = p.uuid("server_id")?;
+            let channel_id = p.uuid("channel_id")?;
+            let sender_id = p.uuid("sender_id")?;
+            let text = p.string("text")?;
+            let client_msg_id = p.optional_string("client_msg_id")?;
+            Event::ChannelMessageSent {
+                message_id,
+                server_id,
+                channel_id,
+                sender_id,
+                text,
+                client_msg_id,
+            }
+        }
+        "ChannelMessagesRead" => {
+            let server_id = p.uuid("server_id")?;
+            let channel_id = p.uuid("channel_id")?;
+            let reader_id = p.uuid("reader_id")?;
+            let up_to = p.uuid("up_to")?;
+            Event::ChannelMessagesRead {
+                server_id,
+                channel_id,
+                reader_id,
+                up_to,
+            }
+        }
         _ => {
             return Err(p.invalid(
                 "payload",
@@ -1264,6 +1764,116 @@ mod tests {
             problem.contains("expected missive.events.MessageDeleted"),
             "{problem}"
         );
+    }
+
+    fn payload(fields: Vec<(&str, Value)>) -> Fields {
+        let fields = fields.into_iter().map(|(n, v)| field(n, v)).collect();
+        Fields::of(Value::Record(fields), "PostPublished", 1, "payload").expect("a record")
+    }
+
+    #[test]
+    fn string_arrays_of_the_wrong_shape_are_named_errors() {
+        let ok = payload(vec![(
+            "tags",
+            Value::Array(vec![
+                Value::String("a".into()),
+                Value::String(String::new()),
+            ]),
+        )])
+        .strings("tags");
+        assert_eq!(ok.ok(), Some(vec!["a".to_owned(), String::new()]));
+        assert_eq!(
+            payload(vec![("tags", Value::Array(Vec::new()))])
+                .strings("tags")
+                .ok(),
+            Some(Vec::new())
+        );
+        for (value, problem) in [
+            (
+                Value::Array(vec![Value::String("a".into()), Value::Int(1)]),
+                "is an array with an item that is not a string",
+            ),
+            (Value::String("a".into()), "is not an array of strings"),
+            (Value::Null, "is not an array of strings"),
+        ] {
+            match payload(vec![("tags", value)]).strings("tags") {
+                Err(CodecError::InvalidField {
+                    field: "tags",
+                    problem: p,
+                    ..
+                }) => assert_eq!(p, problem),
+                other => panic!("expected InvalidField, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn booleans_of_the_wrong_shape_are_named_errors() {
+        for b in [true, false] {
+            let decoded = payload(vec![("accepted", Value::Boolean(b))]).boolean("accepted");
+            assert_eq!(decoded.ok(), Some(b));
+        }
+        for value in [Value::Int(1), Value::String("true".into())] {
+            match payload(vec![("accepted", value)]).boolean("accepted") {
+                Err(CodecError::InvalidField {
+                    field: "accepted",
+                    problem: "is not a boolean",
+                    ..
+                }) => {}
+                other => panic!("expected InvalidField, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_schemas_with_arrays_have_their_blocks_checked() {
+        for (event_type, expected) in [
+            ("ServerCreated", true),
+            ("PostPublished", true),
+            ("MessageSent", false),
+            ("ServerInvitationAnswered", false),
+        ] {
+            let kept = REGISTRY.current(event_type).expect("kept");
+            assert_eq!(kept.has_blocks, expected, "{event_type}");
+        }
+        let nulls = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"n","type":{"type":"array","items":"null"}}]}"#,
+        )
+        .expect("test schema parses");
+        assert!(has_blocks(&nulls));
+        assert!(blocks_checkable(&nulls).is_err());
+    }
+
+    #[test]
+    fn block_check_walks_maps_unions_and_negative_counts() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"o","type":["null","string"]},
+                {"name":"m","type":{"type":"map","values":{"type":"array","items":"long"}}},
+                {"name":"b","type":"boolean"}]}"#,
+        )
+        .expect("test schema parses");
+        assert!(has_blocks(&schema));
+        blocks_checkable(&schema).expect("checkable");
+        // o = "x"; m = {"k": [1, 2]} as one block of count -1 and size 6; b = true.
+        let good = [2, 2, b'x', 1, 12, 2, b'k', 4, 2, 4, 0, 0, 1];
+        let value =
+            apache_avro::from_avro_datum(&schema, &mut &good[..], None).expect("valid datum");
+        assert!(matches!(value, Value::Record(_)));
+        assert!(check_blocks(&schema, &mut &good[..]).is_ok());
+        // The map claims 20 entries, with 8 bytes left.
+        let over = [2, 2, b'x', 40, 2, b'k', 4, 2, 4, 0, 0, 1];
+        assert!(matches!(
+            check_blocks(&schema, &mut &over[..]),
+            Err(BlockCheck::Overrun)
+        ));
+        // A union branch that does not exist stops the walk: apache-avro reports it.
+        let bad_branch = [8, 0, 1];
+        assert!(matches!(
+            check_blocks(&schema, &mut &bad_branch[..]),
+            Err(BlockCheck::Invalid)
+        ));
     }
 
     #[test]

@@ -30,16 +30,20 @@ pub enum Stream {
     /// Requests for push notifications to users with no live session, keyed by user; read by
     /// an external push-notification service, never projected.
     Notifications,
+    /// Servers (communities): creation, subscriptions, invitations, posts and channels, keyed
+    /// by server; channel membership keyed by user.
+    Communities,
 }
 
 impl Stream {
     /// Every stream, in a fixed order.
     /// New streams go at the end: a stream's index numbers its Kafka partitions.
-    pub const ALL: [Stream; 4] = [
+    pub const ALL: [Stream; 5] = [
         Stream::Messages,
         Stream::Social,
         Stream::Presence,
         Stream::Notifications,
+        Stream::Communities,
     ];
 
     /// The stream's short name (the Kafka topic suffix).
@@ -49,6 +53,7 @@ impl Stream {
             Stream::Social => "social",
             Stream::Presence => "presence",
             Stream::Notifications => "notifications",
+            Stream::Communities => "communities",
         }
     }
 }
@@ -78,6 +83,26 @@ pub enum DeleteScope {
 pub enum Presence {
     Online,
     Offline,
+}
+
+/// Who may read a server's posts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Anyone signed in.
+    Public,
+    /// Subscribers only (and the owner).
+    Private,
+}
+
+/// Why a user left a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelLeaveReason {
+    /// They left it.
+    Left,
+    /// They joined another channel: a user is in at most one channel at a time.
+    Switched,
+    /// They unsubscribed from the channel's server.
+    Unsubscribed,
 }
 
 /// What a push notification is about.
@@ -156,6 +181,80 @@ pub enum Event {
         user_id: Uuid,
         status: Presence,
     },
+    /// A server (community) was created; its owner is subscribed from the start.
+    ServerCreated {
+        server_id: Uuid,
+        owner_id: Uuid,
+        name: String,
+        tags: Vec<String>,
+        visibility: Visibility,
+    },
+    ServerSubscribed {
+        server_id: Uuid,
+        user_id: Uuid,
+    },
+    ServerUnsubscribed {
+        server_id: Uuid,
+        user_id: Uuid,
+    },
+    /// One pending invitation per server and invitee.
+    ServerInvitationSent {
+        server_id: Uuid,
+        inviter_id: Uuid,
+        invitee_id: Uuid,
+    },
+    /// The invitee accepted (a `ServerSubscribed` follows) or declined.
+    ServerInvitationAnswered {
+        server_id: Uuid,
+        invitee_id: Uuid,
+        accepted: bool,
+    },
+    /// The owner published a post on the server.
+    PostPublished {
+        post_id: Uuid,
+        server_id: Uuid,
+        author_id: Uuid,
+        content: String,
+        tags: Vec<String>,
+    },
+    ChannelCreated {
+        channel_id: Uuid,
+        server_id: Uuid,
+        name: String,
+        created_by: Uuid,
+    },
+    /// The channel is gone; its members are no longer in it (no event per member).
+    ChannelDeleted {
+        channel_id: Uuid,
+        server_id: Uuid,
+        deleted_by: Uuid,
+    },
+    ChannelJoined {
+        user_id: Uuid,
+        server_id: Uuid,
+        channel_id: Uuid,
+    },
+    ChannelLeft {
+        user_id: Uuid,
+        server_id: Uuid,
+        channel_id: Uuid,
+        reason: ChannelLeaveReason,
+    },
+    ChannelMessageSent {
+        message_id: Uuid,
+        server_id: Uuid,
+        channel_id: Uuid,
+        sender_id: Uuid,
+        text: String,
+        client_msg_id: Option<String>,
+    },
+    /// The reader has read everything in the channel up to and including `up_to`.
+    ChannelMessagesRead {
+        server_id: Uuid,
+        channel_id: Uuid,
+        reader_id: Uuid,
+        up_to: Uuid,
+    },
 }
 
 impl Event {
@@ -173,6 +272,18 @@ impl Event {
             Event::MessageDelivered { .. } => "MessageDelivered",
             Event::NotificationRequested { .. } => "NotificationRequested",
             Event::PresenceChanged { .. } => "PresenceChanged",
+            Event::ServerCreated { .. } => "ServerCreated",
+            Event::ServerSubscribed { .. } => "ServerSubscribed",
+            Event::ServerUnsubscribed { .. } => "ServerUnsubscribed",
+            Event::ServerInvitationSent { .. } => "ServerInvitationSent",
+            Event::ServerInvitationAnswered { .. } => "ServerInvitationAnswered",
+            Event::PostPublished { .. } => "PostPublished",
+            Event::ChannelCreated { .. } => "ChannelCreated",
+            Event::ChannelDeleted { .. } => "ChannelDeleted",
+            Event::ChannelJoined { .. } => "ChannelJoined",
+            Event::ChannelLeft { .. } => "ChannelLeft",
+            Event::ChannelMessageSent { .. } => "ChannelMessageSent",
+            Event::ChannelMessagesRead { .. } => "ChannelMessagesRead",
         }
     }
 
@@ -182,10 +293,26 @@ impl Event {
             Event::MessageSent { .. }
             | Event::MessagesRead { .. }
             | Event::MessageDeleted { .. }
-            | Event::MessageDelivered { .. } => Stream::Messages,
+            | Event::MessageDelivered { .. }
+            | Event::ChannelMessageSent { .. }
+            | Event::ChannelMessagesRead { .. } => Stream::Messages,
             Event::PresenceChanged { .. } => Stream::Presence,
             Event::NotificationRequested { .. } => Stream::Notifications,
-            _ => Stream::Social,
+            Event::ServerCreated { .. }
+            | Event::ServerSubscribed { .. }
+            | Event::ServerUnsubscribed { .. }
+            | Event::ServerInvitationSent { .. }
+            | Event::ServerInvitationAnswered { .. }
+            | Event::PostPublished { .. }
+            | Event::ChannelCreated { .. }
+            | Event::ChannelDeleted { .. }
+            | Event::ChannelJoined { .. }
+            | Event::ChannelLeft { .. } => Stream::Communities,
+            Event::UserRegistered { .. }
+            | Event::ProfileUpdated { .. }
+            | Event::FriendRequested { .. }
+            | Event::FriendRequestAccepted { .. }
+            | Event::FriendshipRemoved { .. } => Stream::Social,
         }
     }
 
@@ -210,7 +337,10 @@ impl Event {
     }
 
     /// The partition key: the conversation for message events, the user for presence,
-    /// profile and notification events, the unordered user pair for friendship events.
+    /// profile and notification events, the unordered user pair for friendship events; the
+    /// server for server, post and channel events, the channel for channel messages and read
+    /// markers, and the user for joining and leaving channels (a user is in one channel at a
+    /// time, across servers, so their moves stay in order).
     pub fn partition_key(&self) -> String {
         if let Some((a, b)) = self.friendship_pair() {
             return ids::pair_key(a, b);
@@ -235,6 +365,19 @@ impl Event {
             Event::FriendRequested { requester_id, .. }
             | Event::FriendRequestAccepted { requester_id, .. } => requester_id.to_string(),
             Event::FriendshipRemoved { removed_by, .. } => removed_by.to_string(),
+            Event::ServerCreated { server_id, .. }
+            | Event::ServerSubscribed { server_id, .. }
+            | Event::ServerUnsubscribed { server_id, .. }
+            | Event::ServerInvitationSent { server_id, .. }
+            | Event::ServerInvitationAnswered { server_id, .. }
+            | Event::PostPublished { server_id, .. }
+            | Event::ChannelCreated { server_id, .. }
+            | Event::ChannelDeleted { server_id, .. } => server_id.to_string(),
+            Event::ChannelMessageSent { channel_id, .. }
+            | Event::ChannelMessagesRead { channel_id, .. } => channel_id.to_string(),
+            Event::ChannelJoined { user_id, .. } | Event::ChannelLeft { user_id, .. } => {
+                user_id.to_string()
+            }
         }
     }
 }

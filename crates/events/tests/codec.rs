@@ -10,8 +10,8 @@ use missive_events::codec::{
     self, CodecError, encode_with_version, fingerprint, known_schemas, schema_version,
 };
 use missive_events::{
-    DeleteScope, Envelope, Event, NotificationKind, Presence, RemovalReason, decode, encode,
-    truncate_to_micros,
+    ChannelLeaveReason, DeleteScope, Envelope, Event, NotificationKind, Presence, RemovalReason,
+    Visibility, decode, encode, truncate_to_micros,
 };
 use uuid::Uuid;
 
@@ -21,7 +21,13 @@ use uuid::Uuid;
 /// Fingerprints of every kept schema as wire bytes (header bytes 2..10) in hex, computed from
 /// the `.avsc` files by fastavro 1.13 (`fastavro.schema.fingerprint(to_parsing_canonical_form(..),
 /// "CRC-64-AVRO")`), an implementation independent of this crate.
-const INDEPENDENT_FINGERPRINTS: [(&str, u32, &str); 12] = [
+const INDEPENDENT_FINGERPRINTS: [(&str, u32, &str); 24] = [
+    ("ChannelCreated", 1, "54d19003e5c22c1f"),
+    ("ChannelDeleted", 1, "f814b14f46c86764"),
+    ("ChannelJoined", 1, "33faa576f4ab25e0"),
+    ("ChannelLeft", 1, "f6d1a37a22224090"),
+    ("ChannelMessageSent", 1, "b01008e2c12e2740"),
+    ("ChannelMessagesRead", 1, "460f71781cb2a808"),
     ("FriendRequestAccepted", 1, "e40fbe625f32a5aa"),
     ("FriendRequested", 1, "3f5671ff3b506950"),
     ("FriendshipRemoved", 1, "281640e562d273be"),
@@ -31,8 +37,14 @@ const INDEPENDENT_FINGERPRINTS: [(&str, u32, &str); 12] = [
     ("MessageSent", 2, "3f885b51e756c748"),
     ("MessagesRead", 1, "d09a60adbfcb1beb"),
     ("NotificationRequested", 1, "dabd962d4a0080c8"),
+    ("PostPublished", 1, "68c6468c5955baf0"),
     ("PresenceChanged", 1, "51d41e1f82ffc5eb"),
     ("ProfileUpdated", 1, "f267bf317815f7cc"),
+    ("ServerCreated", 1, "52d9fbc0aa879664"),
+    ("ServerInvitationAnswered", 1, "08a2cae215aa69ae"),
+    ("ServerInvitationSent", 1, "1ee3d5bf5eb0b3ff"),
+    ("ServerSubscribed", 1, "4029441ba2089a83"),
+    ("ServerUnsubscribed", 1, "e07afdfd5e008bd2"),
     ("UserRegistered", 1, "f22aeb16ac1ab072"),
 ];
 
@@ -84,8 +96,20 @@ fn message_sent(client_msg_id: Option<&str>, text: &str) -> Event {
     }
 }
 
-/// At least one envelope of every variant, every enum value, `Some` and `None` client message
-/// ids, unicode and empty text, and timestamps from the edges of the representable range.
+fn channel_message_sent(client_msg_id: Option<&str>, text: &str) -> Event {
+    Event::ChannelMessageSent {
+        message_id: id(60),
+        server_id: id(40),
+        channel_id: id(50),
+        sender_id: id(1),
+        text: text.to_owned(),
+        client_msg_id: client_msg_id.map(str::to_owned),
+    }
+}
+
+/// At least one envelope of every variant, every enum value and boolean, `Some` and `None`
+/// client message ids, empty, one-item and many-item tags, unicode and empty text, and
+/// timestamps from the edges of the representable range.
 fn samples() -> Vec<Envelope> {
     let long_text: String = "héllo wörld ✉️ 你好 🦀 ".repeat(500);
     let events = vec![
@@ -168,6 +192,103 @@ fn samples() -> Vec<Envelope> {
             item_id: id(30),
             from_id: id(1),
         },
+        Event::ServerCreated {
+            server_id: id(40),
+            owner_id: id(1),
+            name: "Rustaceans 🦀".into(),
+            tags: vec![
+                "rust".into(),
+                "programmation-français".into(),
+                String::new(),
+            ],
+            visibility: Visibility::Public,
+        },
+        Event::ServerCreated {
+            server_id: id(41),
+            owner_id: id(2),
+            name: String::new(),
+            tags: Vec::new(),
+            visibility: Visibility::Private,
+        },
+        Event::ServerSubscribed {
+            server_id: id(40),
+            user_id: id(2),
+        },
+        Event::ServerUnsubscribed {
+            server_id: id(40),
+            user_id: id(2),
+        },
+        Event::ServerInvitationSent {
+            server_id: id(41),
+            inviter_id: id(2),
+            invitee_id: id(3),
+        },
+        Event::ServerInvitationAnswered {
+            server_id: id(41),
+            invitee_id: id(3),
+            accepted: true,
+        },
+        Event::ServerInvitationAnswered {
+            server_id: id(41),
+            invitee_id: id(4),
+            accepted: false,
+        },
+        Event::PostPublished {
+            post_id: id(70),
+            server_id: id(40),
+            author_id: id(1),
+            content: "Première annonce: 日本語 ✉️".into(),
+            tags: vec!["announcement".into()],
+        },
+        Event::PostPublished {
+            post_id: id(71),
+            server_id: id(40),
+            author_id: id(1),
+            content: String::new(),
+            tags: Vec::new(),
+        },
+        Event::ChannelCreated {
+            channel_id: id(50),
+            server_id: id(40),
+            name: "général".into(),
+            created_by: id(1),
+        },
+        Event::ChannelDeleted {
+            channel_id: id(51),
+            server_id: id(40),
+            deleted_by: id(1),
+        },
+        Event::ChannelJoined {
+            user_id: id(2),
+            server_id: id(40),
+            channel_id: id(50),
+        },
+        Event::ChannelLeft {
+            user_id: id(2),
+            server_id: id(40),
+            channel_id: id(50),
+            reason: ChannelLeaveReason::Left,
+        },
+        Event::ChannelLeft {
+            user_id: id(2),
+            server_id: id(40),
+            channel_id: id(50),
+            reason: ChannelLeaveReason::Switched,
+        },
+        Event::ChannelLeft {
+            user_id: id(3),
+            server_id: id(41),
+            channel_id: id(52),
+            reason: ChannelLeaveReason::Unsubscribed,
+        },
+        channel_message_sent(None, "bonjour 👋"),
+        channel_message_sent(Some("client-c41"), ""),
+        Event::ChannelMessagesRead {
+            server_id: id(40),
+            channel_id: id(50),
+            reader_id: id(2),
+            up_to: id(60),
+        },
     ];
     let times = [
         NOV_22_MICROS,
@@ -198,6 +319,18 @@ fn variant(event: &Event) -> usize {
         Event::PresenceChanged { .. } => 8,
         Event::MessageDelivered { .. } => 9,
         Event::NotificationRequested { .. } => 10,
+        Event::ServerCreated { .. } => 11,
+        Event::ServerSubscribed { .. } => 12,
+        Event::ServerUnsubscribed { .. } => 13,
+        Event::ServerInvitationSent { .. } => 14,
+        Event::ServerInvitationAnswered { .. } => 15,
+        Event::PostPublished { .. } => 16,
+        Event::ChannelCreated { .. } => 17,
+        Event::ChannelDeleted { .. } => 18,
+        Event::ChannelJoined { .. } => 19,
+        Event::ChannelLeft { .. } => 20,
+        Event::ChannelMessageSent { .. } => 21,
+        Event::ChannelMessagesRead { .. } => 22,
     }
 }
 
@@ -242,6 +375,23 @@ impl Body {
         body
     }
 
+    fn boolean(mut self, b: bool) -> Self {
+        self.0.push(u8::from(b));
+        self
+    }
+
+    /// An array of strings: one block holding every item, then the empty block that ends it.
+    fn strings(self, items: &[String]) -> Self {
+        let mut body = self;
+        if !items.is_empty() {
+            body = body.long(items.len() as i64);
+            for item in items {
+                body = body.string(item);
+            }
+        }
+        body.long(0)
+    }
+
     fn uuid(self, u: Uuid) -> Self {
         self.string(&u.hyphenated().to_string())
     }
@@ -273,7 +423,7 @@ fn every_variant_round_trips() {
     let covered: BTreeSet<usize> = samples.iter().map(|e| variant(&e.event)).collect();
     assert_eq!(
         covered,
-        (0..11).collect(),
+        (0..23).collect(),
         "every Event variant has a sample"
     );
     for envelope in &samples {
@@ -327,7 +477,34 @@ fn every_enum_value_round_trips() {
         assert_eq!(decode(&encode(&e).unwrap()).unwrap(), e);
         seen += 1;
     }
-    assert_eq!(seen, 7);
+    for visibility in [Visibility::Public, Visibility::Private] {
+        let event = Event::ServerCreated {
+            server_id: id(40),
+            owner_id: id(1),
+            name: "s".into(),
+            tags: vec!["t".into()],
+            visibility,
+        };
+        let e = envelope(0, event, NOV_22_MICROS);
+        assert_eq!(decode(&encode(&e).unwrap()).unwrap(), e);
+        seen += 1;
+    }
+    for reason in [
+        ChannelLeaveReason::Left,
+        ChannelLeaveReason::Switched,
+        ChannelLeaveReason::Unsubscribed,
+    ] {
+        let event = Event::ChannelLeft {
+            user_id: id(2),
+            server_id: id(40),
+            channel_id: id(50),
+            reason,
+        };
+        let e = envelope(0, event, NOV_22_MICROS);
+        assert_eq!(decode(&encode(&e).unwrap()).unwrap(), e);
+        seen += 1;
+    }
+    assert_eq!(seen, 12);
 }
 
 #[test]
@@ -475,6 +652,108 @@ fn hand_built(e: &Envelope) -> Vec<u8> {
             .uuid(*subject_id)
             .uuid(*item_id)
             .uuid(*from_id),
+        Event::ServerCreated {
+            server_id,
+            owner_id,
+            name,
+            tags,
+            visibility,
+        } => body
+            .uuid(*server_id)
+            .uuid(*owner_id)
+            .string(name)
+            .strings(tags)
+            .long(match visibility {
+                Visibility::Public => 0,
+                Visibility::Private => 1,
+            }),
+        Event::ServerSubscribed { server_id, user_id }
+        | Event::ServerUnsubscribed { server_id, user_id } => body.uuid(*server_id).uuid(*user_id),
+        Event::ServerInvitationSent {
+            server_id,
+            inviter_id,
+            invitee_id,
+        } => body.uuid(*server_id).uuid(*inviter_id).uuid(*invitee_id),
+        Event::ServerInvitationAnswered {
+            server_id,
+            invitee_id,
+            accepted,
+        } => body.uuid(*server_id).uuid(*invitee_id).boolean(*accepted),
+        Event::PostPublished {
+            post_id,
+            server_id,
+            author_id,
+            content,
+            tags,
+        } => body
+            .uuid(*post_id)
+            .uuid(*server_id)
+            .uuid(*author_id)
+            .string(content)
+            .strings(tags),
+        Event::ChannelCreated {
+            channel_id,
+            server_id,
+            name,
+            created_by,
+        } => body
+            .uuid(*channel_id)
+            .uuid(*server_id)
+            .string(name)
+            .uuid(*created_by),
+        Event::ChannelDeleted {
+            channel_id,
+            server_id,
+            deleted_by,
+        } => body.uuid(*channel_id).uuid(*server_id).uuid(*deleted_by),
+        Event::ChannelJoined {
+            user_id,
+            server_id,
+            channel_id,
+        } => body.uuid(*user_id).uuid(*server_id).uuid(*channel_id),
+        Event::ChannelLeft {
+            user_id,
+            server_id,
+            channel_id,
+            reason,
+        } => body
+            .uuid(*user_id)
+            .uuid(*server_id)
+            .uuid(*channel_id)
+            .long(match reason {
+                ChannelLeaveReason::Left => 0,
+                ChannelLeaveReason::Switched => 1,
+                ChannelLeaveReason::Unsubscribed => 2,
+            }),
+        Event::ChannelMessageSent {
+            message_id,
+            server_id,
+            channel_id,
+            sender_id,
+            text,
+            client_msg_id,
+        } => {
+            let body = body
+                .uuid(*message_id)
+                .uuid(*server_id)
+                .uuid(*channel_id)
+                .uuid(*sender_id)
+                .string(text);
+            match client_msg_id {
+                None => body.long(0),
+                Some(id) => body.long(1).string(id),
+            }
+        }
+        Event::ChannelMessagesRead {
+            server_id,
+            channel_id,
+            reader_id,
+            up_to,
+        } => body
+            .uuid(*server_id)
+            .uuid(*channel_id)
+            .uuid(*reader_id)
+            .uuid(*up_to),
     };
     body.framed(independent_fingerprint(event_type, version as u32))
 }
@@ -554,7 +833,7 @@ fn fingerprints_are_distinct() {
     let all: Vec<[u8; 8]> = known_schemas().map(|(_, _, fp)| fp).collect();
     let distinct: BTreeSet<[u8; 8]> = all.iter().copied().collect();
     assert_eq!(all.len(), distinct.len());
-    assert_eq!(all.len(), 12);
+    assert_eq!(all.len(), 24);
 }
 
 fn schemas_dir() -> std::path::PathBuf {
@@ -900,6 +1179,103 @@ fn invalid_avro_is_an_error_with_its_cause() {
         .long(-7)
         .framed(independent_fingerprint("PresenceChanged", 1));
     assert!(decode(&bytes).is_err());
+}
+
+/// A PostPublished record, up to its `tags` field (which the caller writes).
+fn post_published_until_tags(e: &Envelope) -> Body {
+    Body::default()
+        .header("PostPublished", 1, 0, e)
+        .uuid(id(70))
+        .uuid(id(40))
+        .uuid(id(1))
+        .string("c")
+}
+
+#[test]
+fn tags_written_in_several_blocks_decode() {
+    // Avro writers may split an array into blocks, and may write a negative item count
+    // followed by the block's size in bytes: a Java or fastavro record reads the same.
+    let tags: Vec<String> = vec!["a".into(), "bc".into(), "".into()];
+    let e = envelope(
+        16,
+        Event::PostPublished {
+            post_id: id(70),
+            server_id: id(40),
+            author_id: id(1),
+            content: "c".into(),
+            tags: tags.clone(),
+        },
+        0,
+    );
+    let bytes = post_published_until_tags(&e)
+        .long(-2)
+        .long(5) // "a" and "bc": 1 + 1 + 1 + 2 bytes
+        .string("a")
+        .string("bc")
+        .long(1)
+        .string("")
+        .long(0)
+        .framed(independent_fingerprint("PostPublished", 1));
+    assert_eq!(decode(&bytes).expect("decodes"), e);
+}
+
+#[test]
+fn an_array_block_claiming_more_items_than_bytes_is_an_error_not_an_allocation() {
+    // apache-avro reserves 56 bytes per claimed item before reading any: without the codec's
+    // check, the half-billion claims below would try to allocate 28 GB and abort the process.
+    let e = envelope(17, message_sent(None, "x"), 0);
+    for (count, size) in [
+        (500_000_000, None),
+        (-500_000_000, Some(1)),
+        (i64::MAX, None),
+        (i64::MIN + 1, Some(0)),
+        (4, None), // three bytes follow
+    ] {
+        let mut body = post_published_until_tags(&e).long(count);
+        if let Some(size) = size {
+            body = body.long(size);
+        }
+        let bytes = body
+            .string("a")
+            .long(0)
+            .framed(independent_fingerprint("PostPublished", 1));
+        match decode(&bytes) {
+            Err(CodecError::Truncated {
+                event_type: "PostPublished",
+                version: 1,
+            }) => {}
+            other => panic!("block of {count} items: expected Truncated, got {other:?}"),
+        }
+    }
+    // The same claims in ServerCreated's tags, which a field follows.
+    let bytes = Body::default()
+        .header("ServerCreated", 1, 0, &e)
+        .uuid(id(40))
+        .uuid(id(1))
+        .string("s")
+        .long(300_000_000)
+        .string("t")
+        .long(0)
+        .long(0)
+        .framed(independent_fingerprint("ServerCreated", 1));
+    assert!(matches!(decode(&bytes), Err(CodecError::Truncated { .. })));
+}
+
+#[test]
+fn a_boolean_that_is_neither_0_nor_1_is_an_error() {
+    let e = envelope(18, message_sent(None, "x"), 0);
+    for byte in [2u8, 0x80, 0xff] {
+        let mut body = Body::default()
+            .header("ServerInvitationAnswered", 1, 0, &e)
+            .uuid(id(41))
+            .uuid(id(3));
+        body.0.push(byte);
+        let bytes = body.framed(independent_fingerprint("ServerInvitationAnswered", 1));
+        assert!(
+            matches!(decode(&bytes), Err(CodecError::Malformed { .. })),
+            "boolean byte {byte}"
+        );
+    }
 }
 
 #[test]

@@ -120,6 +120,19 @@ pub fn project(envelope: &Envelope, position: Position) -> Vec<Change> {
         }],
         // Requests for an external push-notification service; no read model holds them.
         Event::NotificationRequested { .. } => Vec::new(),
+        // Servers, posts and channels are projected in issue 6's next part.
+        Event::ServerCreated { .. }
+        | Event::ServerSubscribed { .. }
+        | Event::ServerUnsubscribed { .. }
+        | Event::ServerInvitationSent { .. }
+        | Event::ServerInvitationAnswered { .. }
+        | Event::PostPublished { .. }
+        | Event::ChannelCreated { .. }
+        | Event::ChannelDeleted { .. }
+        | Event::ChannelJoined { .. }
+        | Event::ChannelLeft { .. }
+        | Event::ChannelMessageSent { .. }
+        | Event::ChannelMessagesRead { .. } => Vec::new(),
     }
 }
 
