@@ -241,7 +241,8 @@ pub fn decide_invite(
     }
 }
 
-/// Accepts (subscribing) or declines the invitation waiting for `actor`.
+/// Accepts (subscribing) or declines the invitation waiting for `actor`. Accepting again once
+/// subscribed (a retried request) changes nothing.
 pub fn decide_answer_invitation(
     server: Option<ServerView>,
     actor: Uuid,
@@ -249,6 +250,9 @@ pub fn decide_answer_invitation(
     accept: bool,
 ) -> Result<Vec<Event>> {
     let server = server.ok_or_else(|| DomainError::NotFound("no such server".into()))?;
+    if accept && membership.is_member() {
+        return Ok(Vec::new());
+    }
     if membership != (Membership::Outsider { invited: true }) {
         return Err(DomainError::NotFound(format!(
             "no invitation to server {} waits for your answer",
@@ -361,14 +365,24 @@ fn channel_not_found(channel_id: Uuid) -> DomainError {
     DomainError::NotFound(format!("no channel with id {channel_id} in this server"))
 }
 
+/// The channel `target` if it exists and belongs to `server_id` (the server the request
+/// names): a channel id of another server is not found there.
+fn channel_in(target: Option<ChannelRef>, server_id: Uuid) -> Result<ChannelRef> {
+    target
+        .filter(|c| c.server_id == server_id)
+        .ok_or_else(|| DomainError::NotFound("no such channel in this server".into()))
+}
+
 /// Joins a channel of a server the actor is a member of, leaving the channel they were in.
+/// `server_id` is the server the request names.
 pub fn decide_join_channel(
+    server_id: Uuid,
     target: Option<ChannelRef>,
     actor: Uuid,
     membership: Membership,
     current: Option<ChannelRef>,
 ) -> Result<Vec<Event>> {
-    let target = target.ok_or_else(|| DomainError::NotFound("no such channel".into()))?;
+    let target = channel_in(target, server_id)?;
     if !membership.is_member() {
         return Err(DomainError::Forbidden(
             "subscribe to the server before joining its channels",
@@ -396,11 +410,12 @@ pub fn decide_join_channel(
 
 /// Leaves a channel; leaving one the actor is not in changes nothing.
 pub fn decide_leave_channel(
+    server_id: Uuid,
     target: Option<ChannelRef>,
     actor: Uuid,
     current: Option<ChannelRef>,
 ) -> Result<Vec<Event>> {
-    let target = target.ok_or_else(|| DomainError::NotFound("no such channel".into()))?;
+    let target = channel_in(target, server_id)?;
     if current != Some(target) {
         return Ok(Vec::new());
     }
@@ -412,18 +427,39 @@ pub fn decide_leave_channel(
     }])
 }
 
-/// Sends a message to a channel: its members only (the users in it now).
-pub fn decide_send_channel_message(
-    target: Option<ChannelRef>,
-    actor: Uuid,
-    current: Option<ChannelRef>,
-    message_id: Uuid,
-    text: &str,
-    client_msg_id: Option<&str>,
-    max_chars: usize,
-) -> Result<Vec<Event>> {
-    let target = target.ok_or_else(|| DomainError::NotFound("no such channel".into()))?;
-    if current != Some(target) {
+/// What a channel message needs to know about where it goes and who sends it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelSend<'a> {
+    /// The server the request names.
+    pub server_id: Uuid,
+    pub target: Option<ChannelRef>,
+    pub actor: Uuid,
+    /// The actor's membership of the server: a channel's members must still be subscribed
+    /// (a membership left behind by a race with unsubscribing does not count).
+    pub membership: Membership,
+    pub current: Option<ChannelRef>,
+    pub message_id: Uuid,
+    pub text: &'a str,
+    pub client_msg_id: Option<&'a str>,
+    pub max_chars: usize,
+}
+
+/// Sends a message to a channel: its members only (the users in it now, subscribed to its
+/// server).
+pub fn decide_send_channel_message(cmd: ChannelSend<'_>) -> Result<Vec<Event>> {
+    let ChannelSend {
+        server_id,
+        target,
+        actor,
+        membership,
+        current,
+        message_id,
+        text,
+        client_msg_id,
+        max_chars,
+    } = cmd;
+    let target = channel_in(target, server_id)?;
+    if current != Some(target) || !membership.is_member() {
         return Err(DomainError::Forbidden(
             "join the channel before sending to it: only its members may",
         ));
@@ -686,12 +722,20 @@ mod tests {
                 accepted: false
             }]
         );
-        for membership in [OUTSIDER, Membership::Subscriber] {
-            assert!(matches!(
-                decide_answer_invitation(Some(s), invitee, membership, true),
-                Err(DomainError::NotFound(_))
-            ));
-        }
+        assert!(matches!(
+            decide_answer_invitation(Some(s), invitee, OUTSIDER, true),
+            Err(DomainError::NotFound(_))
+        ));
+        // A retried accept changes nothing; declining without an invitation is not found.
+        assert!(
+            decide_answer_invitation(Some(s), invitee, Membership::Subscriber, true)
+                .expect("ok")
+                .is_empty()
+        );
+        assert!(matches!(
+            decide_answer_invitation(Some(s), invitee, Membership::Subscriber, false),
+            Err(DomainError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -785,7 +829,8 @@ mod tests {
             channel_id: Uuid::now_v7(),
         };
         assert_eq!(
-            decide_join_channel(Some(a), user, Membership::Subscriber, None).expect("ok"),
+            decide_join_channel(a.server_id, Some(a), user, Membership::Subscriber, None)
+                .expect("ok"),
             vec![Event::ChannelJoined {
                 user_id: user,
                 server_id: a.server_id,
@@ -793,7 +838,8 @@ mod tests {
             }]
         );
         assert_eq!(
-            decide_join_channel(Some(b), user, Membership::Owner, Some(a)).expect("ok"),
+            decide_join_channel(b.server_id, Some(b), user, Membership::Owner, Some(a))
+                .expect("ok"),
             vec![
                 Event::ChannelLeft {
                     user_id: user,
@@ -809,20 +855,22 @@ mod tests {
             ]
         );
         assert!(
-            decide_join_channel(Some(b), user, Membership::Subscriber, Some(b))
+            decide_join_channel(b.server_id, Some(b), user, Membership::Subscriber, Some(b))
                 .expect("ok")
                 .is_empty()
         );
         assert!(matches!(
-            decide_join_channel(Some(a), user, INVITED, None),
+            decide_join_channel(a.server_id, Some(a), user, INVITED, None),
             Err(DomainError::Forbidden(_))
         ));
-        assert!(matches!(
-            decide_join_channel(None, user, Membership::Subscriber, None),
-            Err(DomainError::NotFound(_))
-        ));
+        for (path, target) in [(a.server_id, None), (b.server_id, Some(a))] {
+            assert!(matches!(
+                decide_join_channel(path, target, user, Membership::Subscriber, None),
+                Err(DomainError::NotFound(_))
+            ));
+        }
         assert_eq!(
-            decide_leave_channel(Some(b), user, Some(b)).expect("ok"),
+            decide_leave_channel(b.server_id, Some(b), user, Some(b)).expect("ok"),
             vec![Event::ChannelLeft {
                 user_id: user,
                 server_id: b.server_id,
@@ -831,7 +879,7 @@ mod tests {
             }]
         );
         assert!(
-            decide_leave_channel(Some(a), user, Some(b))
+            decide_leave_channel(a.server_id, Some(a), user, Some(b))
                 .expect("ok")
                 .is_empty()
         );
@@ -844,18 +892,19 @@ mod tests {
             server_id: Uuid::now_v7(),
             channel_id: Uuid::now_v7(),
         };
-        let events = decide_send_channel_message(
-            Some(here),
-            user,
-            Some(here),
-            message,
-            "hi",
-            Some("c1"),
-            10,
-        )
-        .expect("sent");
+        let send = ChannelSend {
+            server_id: here.server_id,
+            target: Some(here),
+            actor: user,
+            membership: Membership::Subscriber,
+            current: Some(here),
+            message_id: message,
+            text: "hi",
+            client_msg_id: Some("c1"),
+            max_chars: 10,
+        };
         assert_eq!(
-            events,
+            decide_send_channel_message(send).expect("sent"),
             vec![Event::ChannelMessageSent {
                 message_id: message,
                 server_id: here.server_id,
@@ -865,25 +914,41 @@ mod tests {
                 client_msg_id: Some("c1".into())
             }]
         );
+        // Not in the channel, or in it but no longer subscribed to its server.
+        for refused in [
+            ChannelSend {
+                current: None,
+                ..send
+            },
+            ChannelSend {
+                membership: OUTSIDER,
+                ..send
+            },
+        ] {
+            assert!(matches!(
+                decide_send_channel_message(refused),
+                Err(DomainError::Forbidden(_))
+            ));
+        }
+        // The channel named under another server is not found there.
         assert!(matches!(
-            decide_send_channel_message(Some(here), user, None, message, "hi", None, 10),
-            Err(DomainError::Forbidden(_))
+            decide_send_channel_message(ChannelSend {
+                server_id: Uuid::now_v7(),
+                ..send
+            }),
+            Err(DomainError::NotFound(_))
         ));
-        assert!(matches!(
-            decide_send_channel_message(Some(here), user, Some(here), message, "", None, 10),
-            Err(DomainError::Invalid { .. })
-        ));
-        assert!(matches!(
-            decide_send_channel_message(
-                Some(here),
-                user,
-                Some(here),
-                message,
-                "hi",
-                Some("has space"),
-                10
-            ),
-            Err(DomainError::Invalid { .. })
-        ));
+        for invalid in [
+            ChannelSend { text: "", ..send },
+            ChannelSend {
+                client_msg_id: Some("has space"),
+                ..send
+            },
+        ] {
+            assert!(matches!(
+                decide_send_channel_message(invalid),
+                Err(DomainError::Invalid { .. })
+            ));
+        }
     }
 }

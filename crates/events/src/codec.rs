@@ -1164,6 +1164,11 @@ fn check_blocks(schema: &Schema, input: &mut &[u8]) -> Result<(), BlockCheck> {
     }
 }
 
+/// The most items an array or map block may claim, whatever the record's size: with the
+/// bound by the bytes left alone, a record of B bytes could still make apache-avro reserve
+/// about 56 × B bytes. Far above what any event holds (10 tags).
+const MAX_BLOCK_ITEMS: u64 = 4096;
+
 /// Walks the blocks of an array or map, ending with the empty block.
 fn check_block_items(
     input: &mut &[u8],
@@ -1180,7 +1185,7 @@ fn check_block_items(
             n => n,
         };
         // Each item (each map key, at least) takes a byte or more.
-        if count.unsigned_abs() > input.len() as u64 {
+        if count.unsigned_abs() > (input.len() as u64).min(MAX_BLOCK_ITEMS) {
             return Err(BlockCheck::Overrun);
         }
         for _ in 0..count {

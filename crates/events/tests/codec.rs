@@ -1259,6 +1259,16 @@ fn an_array_block_claiming_more_items_than_bytes_is_an_error_not_an_allocation()
         .long(0)
         .framed(independent_fingerprint("ServerCreated", 1));
     assert!(matches!(decode(&bytes), Err(CodecError::Truncated { .. })));
+
+    // A block of more than 4,096 items is refused even when the bytes are there.
+    let mut body = post_published_until_tags(&e).long(5000);
+    for _ in 0..5000 {
+        body = body.string("a");
+    }
+    let bytes = body
+        .long(0)
+        .framed(independent_fingerprint("PostPublished", 1));
+    assert!(matches!(decode(&bytes), Err(CodecError::Truncated { .. })));
 }
 
 #[test]
