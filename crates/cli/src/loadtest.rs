@@ -190,28 +190,21 @@ pub async fn connections(plan: &ConnectionsPlan) -> anyhow::Result<ConnectionsRe
     let rss_before = metric(&http, &plan.target, "process_resident_memory_bytes").await?;
 
     let started = Instant::now();
-    let bar = progress(users, "registering users");
     let run = uuid::Uuid::now_v7().simple().to_string();
     let run = &run[run.len() - 8..];
-    let registered: Vec<Result<String, String>> = futures::stream::iter(0..users)
-        .map(|i| {
+    let tokens = run_counted(
+        users,
+        plan.concurrency,
+        "registering users",
+        &mut errors,
+        |i| {
             let (http, target) = (&http, &plan.target);
             let username = format!("lt{run}_{i}");
             async move { register(http, target, &username).await }
-        })
-        .buffer_unordered(plan.concurrency.max(1))
-        .inspect(|_| bar.inc(1))
-        .collect()
-        .await;
-    bar.finish_and_clear();
+        },
+    )
+    .await;
     let registration_time = started.elapsed();
-    let mut tokens = Vec::new();
-    for outcome in registered {
-        match outcome {
-            Ok(token) => tokens.push(token),
-            Err(kind) => *errors.entry(kind).or_default() += 1,
-        }
-    }
     anyhow::ensure!(
         !tokens.is_empty(),
         "no user could be registered at {} ({errors:?}); is registration open?",
@@ -223,40 +216,29 @@ pub async fn connections(plan: &ConnectionsPlan) -> anyhow::Result<ConnectionsRe
     let (stop, stopped) = tokio::sync::watch::channel(false);
 
     let started = Instant::now();
-    let bar = progress(plan.connections, "opening sessions");
     let ws_url = format!(
         "{}/v1/ws",
         plan.target
             .replacen("http://", "ws://", 1)
             .replacen("https://", "wss://", 1)
     );
-    let opened: Vec<Result<(tokio::task::JoinHandle<bool>, Duration), String>> =
-        futures::stream::iter(0..plan.connections)
-            .map(|i| {
-                let token = &tokens[i % tokens.len()];
-                let (url, stopped) = (&ws_url, stopped.clone());
-                async move {
-                    let (socket, latency) = open(url, token).await?;
-                    Ok((tokio::spawn(idle(socket, stopped)), latency))
-                }
-            })
-            .buffer_unordered(plan.concurrency.max(1))
-            .inspect(|_| bar.inc(1))
-            .collect()
-            .await;
-    bar.finish_and_clear();
-    let opening_time = started.elapsed();
-    let mut idlers = Vec::new();
-    let mut latencies = Vec::new();
-    for outcome in opened {
-        match outcome {
-            Ok((idler, latency)) => {
-                idlers.push(idler);
-                latencies.push(latency);
+    let opened = run_counted(
+        plan.connections,
+        plan.concurrency,
+        "opening sessions",
+        &mut errors,
+        |i| {
+            let token = &tokens[i % tokens.len()];
+            let (url, stopped) = (&ws_url, stopped.clone());
+            async move {
+                let (socket, latency) = open(url, token).await?;
+                Ok((tokio::spawn(idle(socket, stopped)), latency))
             }
-            Err(kind) => *errors.entry(kind).or_default() += 1,
-        }
-    }
+        },
+    )
+    .await;
+    let opening_time = started.elapsed();
+    let (idlers, latencies): (Vec<_>, Vec<_>) = opened.into_iter().unzip();
     let opened = idlers.len();
 
     // Idle until the hold ends; then the server is measured with every session still open.
@@ -286,6 +268,36 @@ pub async fn connections(plan: &ConnectionsPlan) -> anyhow::Result<ConnectionsRe
         registration_time,
         opening_time,
     })
+}
+
+/// Runs `task(i)` for every `i` below `n`, `concurrency` at once, behind a progress bar: the
+/// successes, with each failure counted by its kind in `errors`.
+async fn run_counted<T, Fut>(
+    n: usize,
+    concurrency: usize,
+    what: &'static str,
+    errors: &mut BTreeMap<String, usize>,
+    task: impl FnMut(usize) -> Fut,
+) -> Vec<T>
+where
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let bar = progress(n, what);
+    let outcomes: Vec<Result<T, String>> = futures::stream::iter(0..n)
+        .map(task)
+        .buffer_unordered(concurrency.max(1))
+        .inspect(|_| bar.inc(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let mut done = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(value) => done.push(value),
+            Err(kind) => *errors.entry(kind).or_default() += 1,
+        }
+    }
+    done
 }
 
 fn progress(len: usize, what: &'static str) -> indicatif::ProgressBar {

@@ -109,6 +109,11 @@ pub fn normalize_tags(tags: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The server a command names, if it exists.
+fn existing(server: Option<ServerView>) -> Result<ServerView> {
+    server.ok_or_else(|| DomainError::NotFound("no such server".into()))
+}
+
 /// Creates a server owned by `owner`. `name_taken`: another server has the name, in any case.
 pub fn decide_create_server(
     server_id: Uuid,
@@ -141,7 +146,7 @@ pub fn decide_subscribe(
     actor: Uuid,
     membership: Membership,
 ) -> Result<Vec<Event>> {
-    let server = server.ok_or_else(|| DomainError::NotFound("no such server".into()))?;
+    let server = existing(server)?;
     let server_id = server.server_id;
     match membership {
         Membership::Owner | Membership::Subscriber => Ok(Vec::new()),
@@ -176,7 +181,7 @@ pub fn decide_unsubscribe(
     membership: Membership,
     current: Option<ChannelRef>,
 ) -> Result<Vec<Event>> {
-    let server = server.ok_or_else(|| DomainError::NotFound("no such server".into()))?;
+    let server = existing(server)?;
     match membership {
         Membership::Owner => Err(DomainError::Forbidden(
             "the owner cannot unsubscribe from their own server",
@@ -210,7 +215,7 @@ pub fn decide_invite(
     invitee: Uuid,
     invitee_membership: Option<Membership>,
 ) -> Result<Vec<Event>> {
-    let server = server.ok_or_else(|| DomainError::NotFound("no such server".into()))?;
+    let server = existing(server)?;
     let allowed = match server.visibility {
         Visibility::Public => actor_membership.is_member(),
         Visibility::Private => actor_membership == Membership::Owner,
@@ -249,7 +254,7 @@ pub fn decide_answer_invitation(
     membership: Membership,
     accept: bool,
 ) -> Result<Vec<Event>> {
-    let server = server.ok_or_else(|| DomainError::NotFound("no such server".into()))?;
+    let server = existing(server)?;
     if accept && membership.is_member() {
         return Ok(Vec::new());
     }
@@ -282,7 +287,7 @@ pub fn decide_publish_post(
     tags: &[String],
     max_chars: usize,
 ) -> Result<Vec<Event>> {
-    let server = server.ok_or_else(|| DomainError::NotFound("no such server".into()))?;
+    let server = existing(server)?;
     if server.owner_id != actor {
         return Err(DomainError::Forbidden(
             "only the server's owner may publish posts",
@@ -318,7 +323,7 @@ pub fn decide_create_channel(
     name: &str,
     name_taken: bool,
 ) -> Result<Vec<Event>> {
-    let server = server.ok_or_else(|| DomainError::NotFound("no such server".into()))?;
+    let server = existing(server)?;
     if server.owner_id != actor {
         return Err(DomainError::Forbidden(
             "only the server's owner may create channels",
@@ -345,7 +350,7 @@ pub fn decide_delete_channel(
     channel_id: Uuid,
     channel: Option<ChannelRef>,
 ) -> Result<Vec<Event>> {
-    let server = server.ok_or_else(|| DomainError::NotFound("no such server".into()))?;
+    let server = existing(server)?;
     if server.owner_id != actor {
         return Err(DomainError::Forbidden(
             "only the server's owner may delete channels",
