@@ -166,9 +166,13 @@ async fn conversations_history_and_unread_counts() {
     let from_carol = h.send(&carol, &bob, "c0").await;
     let conv = last["conversation_id"].as_str().unwrap().to_owned();
 
-    let list = h
-        .get_at("/v1/conversations", &bob, &from_carol["position"])
-        .await;
+    // Two conversations, two partitions: wait for the last position of each.
+    let both = Value::from(format!(
+        "{},{}",
+        reply["position"].as_str().unwrap(),
+        from_carol["position"].as_str().unwrap()
+    ));
+    let list = h.get_at("/v1/conversations", &bob, &both).await;
     assert_eq!(list.status, StatusCode::OK);
     let items = list.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
