@@ -178,4 +178,227 @@ pub enum Change {
         message_id: Uuid,
         recipient_id: Uuid,
     },
+    /// Servers, invitations, posts and channels.
+    Community(CommunityChange),
+}
+
+pub use missive_events::Visibility;
+
+/// A server (community).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub server_id: Uuid,
+    pub owner_id: Uuid,
+    pub name: String,
+    /// Lower-case, without duplicates, in the order given at creation.
+    pub tags: Vec<String>,
+    pub visibility: Visibility,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The key server names are unique and searched by: [`str::to_lowercase`] (Unicode-aware, so
+/// `"Élan"` and `"élan"` are the same name).
+pub fn server_name_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
+/// What a user is to a server they belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerRole {
+    Owner,
+    Subscriber,
+}
+
+/// One entry of a user's server list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserServer {
+    pub server: Server,
+    pub role: ServerRole,
+    /// When they created or subscribed to it (the latest subscription).
+    pub since: DateTime<Utc>,
+}
+
+/// A server search. Only public servers are found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerSearch {
+    /// Matched against [`server_name_key`] of the name: a query of one or two characters
+    /// matches names that start with it, a longer one names that contain it. Already
+    /// lower-cased by [`server_name_key`]; `None` matches every name.
+    pub name: Option<String>,
+    /// Every tag must be among the server's (tags are lower-case). At least one of `name` and
+    /// `tags` is given.
+    pub tags: Vec<String>,
+}
+
+/// Where an invitation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvitationState {
+    Pending,
+    Accepted,
+    Declined,
+}
+
+/// An invitation to a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    pub invitation_id: Uuid,
+    pub server_id: Uuid,
+    /// The server's name, so an invitee who cannot see a private server knows where to.
+    pub server_name: String,
+    pub inviter_id: Uuid,
+    pub invitee_id: Uuid,
+    pub sent_at: DateTime<Utc>,
+    pub state: InvitationState,
+    /// When it was accepted or declined.
+    pub answered_at: Option<DateTime<Utc>>,
+}
+
+/// A post the owner published on a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Post {
+    /// UUIDv7: posts are ordered by it (newest first).
+    pub post_id: Uuid,
+    pub server_id: Uuid,
+    pub author_id: Uuid,
+    pub content: String,
+    pub tags: Vec<String>,
+    pub published_at: DateTime<Utc>,
+    /// Where the `PostPublished` event sits in the log.
+    pub position: Position,
+}
+
+/// A channel of a server. Deleted channels are never returned by queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    pub channel_id: Uuid,
+    pub server_id: Uuid,
+    pub name: String,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A channel with one viewer's read state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSummary {
+    pub channel: Channel,
+    /// The seq of the channel's latest message, 0 if it has none.
+    pub last_seq: u64,
+    /// When its latest message was sent.
+    pub last_message_at: Option<DateTime<Utc>>,
+    /// Messages after the viewer's read marker: `last_seq` minus the marker's seq.
+    pub unread_count: u64,
+}
+
+/// A message sent to a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelMessage {
+    pub message_id: Uuid,
+    pub server_id: Uuid,
+    pub channel_id: Uuid,
+    /// Position in the channel, 1-based, assigned in log order.
+    pub seq: u64,
+    pub sender_id: Uuid,
+    pub text: String,
+    /// Only the sender sees it (queries for others return `None`).
+    pub client_msg_id: Option<String>,
+    pub sent_at: DateTime<Utc>,
+    /// Where the `ChannelMessageSent` event sits in the log.
+    pub position: Position,
+}
+
+/// The community read-model changes (servers, invitations, posts, channels). Every one is
+/// idempotent like [`Change`]'s; `version` is the log offset of the event, comparable between
+/// events of one partition key (for [`CommunityChange::SetSubscription`] the server, for
+/// [`CommunityChange::JoinChannel`] and [`CommunityChange::LeaveChannel`] the user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommunityChange {
+    /// Creates the server unless it exists (a second server with a taken name is ignored: the
+    /// first keeps the name), with its owner as a member of role [`ServerRole::Owner`].
+    AddServer {
+        server_id: Uuid,
+        owner_id: Uuid,
+        name: String,
+        tags: Vec<String>,
+        visibility: Visibility,
+        created_at: DateTime<Utc>,
+    },
+    /// Subscribes or unsubscribes a user if `version` is newer than the subscription's; never
+    /// changes the owner's membership.
+    SetSubscription {
+        server_id: Uuid,
+        user_id: Uuid,
+        subscribed: bool,
+        at: DateTime<Utc>,
+        version: u64,
+    },
+    /// Records a pending invitation unless its id is known.
+    AddInvitation {
+        invitation_id: Uuid,
+        server_id: Uuid,
+        inviter_id: Uuid,
+        invitee_id: Uuid,
+        sent_at: DateTime<Utc>,
+    },
+    /// Answers a pending invitation; an answered one keeps its first answer.
+    AnswerInvitation {
+        invitation_id: Uuid,
+        accepted: bool,
+        at: DateTime<Utc>,
+    },
+    /// Stores a post unless its id is known.
+    AddPost {
+        post_id: Uuid,
+        server_id: Uuid,
+        author_id: Uuid,
+        content: String,
+        tags: Vec<String>,
+        published_at: DateTime<Utc>,
+        position: Position,
+    },
+    /// Creates a channel unless its id is known (a deleted channel stays deleted).
+    AddChannel {
+        channel_id: Uuid,
+        server_id: Uuid,
+        name: String,
+        created_by: Uuid,
+        created_at: DateTime<Utc>,
+    },
+    /// Deletes a channel: it is kept as a tombstone (its name is free again), so that a
+    /// membership projected later from another partition cannot bring it back; queries leave
+    /// it out, and users in it are in no channel.
+    DeleteChannel { channel_id: Uuid, server_id: Uuid },
+    /// Puts the user in the channel (and out of any other) if `version` is newer than their
+    /// channel membership's. The channel may not be known yet (another partition): it is
+    /// recorded anyway and shows once the channel is.
+    JoinChannel {
+        user_id: Uuid,
+        server_id: Uuid,
+        channel_id: Uuid,
+        at: DateTime<Utc>,
+        version: u64,
+    },
+    /// Takes the user out of `channel_id` if they are in it and `version` is newer.
+    LeaveChannel {
+        user_id: Uuid,
+        channel_id: Uuid,
+        version: u64,
+    },
+    /// Stores a channel message unless its id is known, with the channel's next seq.
+    AddChannelMessage {
+        message_id: Uuid,
+        server_id: Uuid,
+        channel_id: Uuid,
+        sender_id: Uuid,
+        text: String,
+        client_msg_id: Option<String>,
+        sent_at: DateTime<Utc>,
+        position: Position,
+    },
+    /// Moves the reader's marker in the channel forward to `up_to` (never back; an unknown
+    /// message changes nothing).
+    MarkChannelRead {
+        channel_id: Uuid,
+        reader_id: Uuid,
+        up_to: Uuid,
+    },
 }

@@ -1094,6 +1094,12 @@ impl<'a> Applying<'a> {
     async fn apply(&mut self, change: &Change) -> Result<()> {
         let st = &self.store.inner.st;
         match change {
+            // TEMPORARY until the community tables are written.
+            Change::Community(_) => {
+                return Err(StoreError::Unavailable(
+                    "servers are not built in this store yet".into(),
+                ));
+            }
             Change::AddUser {
                 user_id,
                 username,
