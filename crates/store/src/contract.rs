@@ -2,6 +2,9 @@
 //!
 //! Each check takes a fresh, empty store. [`snapshot`] captures everything the queries can see
 //! for a set of users, so tests can compare read models after re-application or replay.
+//! [`communities`] holds the checks of servers, invitations, posts and channels.
+
+pub mod communities;
 
 use std::sync::Arc;
 
@@ -55,6 +58,53 @@ pub async fn snapshot(store: &dyn ReadStore, users: &[Uuid]) -> String {
         out += &format!("since: {:?}\n", since);
         let pending = store.pending(u, None, 1000).await.expect("pending");
         out += &format!("pending: {:?}\n", pending);
+        out += &community_snapshot(store, u).await;
+    }
+    out
+}
+
+/// `user`'s servers, invitations and channel, and each of their servers' posts, channels,
+/// members and channel histories as they see them.
+async fn community_snapshot(store: &dyn ReadStore, user: Uuid) -> String {
+    let mut out = String::new();
+    let servers = store
+        .user_servers(user, None, 1000)
+        .await
+        .expect("user servers");
+    out += &format!("servers: {:?}\n", servers);
+    let invitations = store
+        .pending_invitations(user, None, 1000)
+        .await
+        .expect("pending invitations");
+    out += &format!("invitations: {:?}\n", invitations);
+    let current = store.current_channel(user).await.expect("current channel");
+    out += &format!("current channel: {:?}\n", current);
+    for s in &servers.items {
+        let server = s.server.server_id;
+        let posts = store.posts(server, None, 1000).await.expect("posts");
+        out += &format!("posts {server}: {:?}\n", posts);
+        let channels = store.channels(server, user).await.expect("channels");
+        out += &format!("channels {server}: {:?}\n", channels);
+        for c in &channels {
+            let channel = c.channel.channel_id;
+            let members = store
+                .channel_members(channel, None, 1000)
+                .await
+                .expect("channel members");
+            out += &format!("members {channel}: {:?}\n", members);
+            let history = store
+                .channel_history(
+                    user,
+                    channel,
+                    HistoryQuery {
+                        limit: 1000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("channel history");
+            out += &format!("channel history {channel}: {:?}\n", history);
+        }
     }
     out
 }

@@ -36,7 +36,7 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     /// A pagination cursor that names no message of the conversation.
-    #[error("the cursor {0} is not a message of this conversation")]
+    #[error("the cursor {0} is not a message of this conversation or channel")]
     UnknownCursor(Uuid),
     /// A pagination cursor that is not one this store handed out.
     #[error("the cursor {0:?} is not a valid cursor; pass back a `next` value unchanged")]
@@ -278,6 +278,16 @@ pub trait ReadStore: Send + Sync + 'static {
         &self,
         _sender: Uuid,
         _client_msg_id: &str,
+    ) -> Result<Option<ChannelMessage>> {
+        Err(unbuilt())
+    }
+
+    /// One channel message as `viewer` sees it (`client_msg_id` only for its sender), unless
+    /// unknown.
+    async fn channel_message(
+        &self,
+        _viewer: Uuid,
+        _message_id: Uuid,
     ) -> Result<Option<ChannelMessage>> {
         Err(unbuilt())
     }

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{Result, StoreError};
 
+mod communities;
 mod store;
 
 pub use store::{ScyllaStore, cql};
@@ -48,6 +49,7 @@ macro_rules! migration {
 pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_read_models.cql"),
     migration!(2, "0002_delivery.cql"),
+    migration!(3, "0003_communities.cql"),
 ];
 
 /// How the keyspace is replicated.

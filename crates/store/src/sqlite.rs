@@ -8,6 +8,9 @@
 //! change idempotent: a message counts when it is first stored, stops counting when it is
 //! first hidden or tombstoned (if it was counted), and a read marker that moves forward
 //! recounts from the messages themselves.
+//!
+//! Servers, invitations, posts and channels have their own tables and queries in
+//! `communities`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,15 +23,19 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use uuid::Uuid;
 
+mod communities;
+
 use crate::{
-    Change, Conversation, FeedPage, FriendEntry, FriendshipState, HistoryQuery, Message,
-    MessageStatus, Page, ReadStore, Relation, Result, StoreError, User, conversation_cursor,
-    ordered, page, parse_conversation_cursor, parse_pending_cursor, pending_cursor,
+    Change, Channel, ChannelMessage, ChannelSummary, Conversation, FeedPage, FriendEntry,
+    FriendshipState, HistoryQuery, Invitation, Message, MessageStatus, Page, Post, ReadStore,
+    Relation, Result, Server, ServerRole, ServerSearch, StoreError, User, UserServer,
+    conversation_cursor, ordered, page, parse_conversation_cursor, parse_pending_cursor,
+    pending_cursor,
 };
 
 /// The read-model schema's version (`PRAGMA user_version`). A store written with another
 /// version is dropped and rebuilt from the log: read models hold nothing the log does not.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 const TABLES: [&str; 8] = [
     "users",
     "friendships",
@@ -198,11 +205,13 @@ impl SqliteStore {
             }
             let drop: String = TABLES
                 .iter()
+                .chain(&communities::TABLES)
                 .map(|t| format!("DROP TABLE IF EXISTS {t};"))
                 .collect();
             writer
                 .execute_batch(&format!(
-                    "BEGIN; {drop} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {drop} {SCHEMA} {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+                    communities::SCHEMA
                 ))
                 .map_err(sql("creating the read-store schema"))?;
         }
@@ -422,12 +431,7 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
             .and_then(|mut s| s.execute(params![message_id, recipient_id]))
             .map_err(sql("marking a message delivered"))?;
         }
-        // TEMPORARY until the community tables are written.
-        Change::Community(_) => {
-            return Err(StoreError::Unavailable(
-                "servers are not built in this store yet".into(),
-            ));
-        }
+        Change::Community(change) => communities::apply(tx, change)?,
     }
     Ok(())
 }
@@ -1175,5 +1179,106 @@ impl ReadStore for SqliteStore {
                 })
                 .map_err(sql("listing online users"))
         })
+    }
+
+    async fn server(&self, id: Uuid) -> Result<Option<Server>> {
+        self.read(|c| communities::server(c, id))
+    }
+
+    async fn server_by_name(&self, name: &str) -> Result<Option<Server>> {
+        self.read(|c| communities::server_by_name(c, name))
+    }
+
+    async fn search_servers(
+        &self,
+        search: &ServerSearch,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Server>> {
+        self.read(|c| communities::search_servers(c, search, after, limit))
+    }
+
+    async fn user_servers(
+        &self,
+        user: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<UserServer>> {
+        self.read(|c| communities::user_servers(c, user, after, limit))
+    }
+
+    async fn membership(&self, server: Uuid, user: Uuid) -> Result<Option<ServerRole>> {
+        self.read(|c| communities::membership(c, server, user))
+    }
+
+    async fn invitation(&self, invitation_id: Uuid) -> Result<Option<Invitation>> {
+        self.read(|c| communities::invitation(c, invitation_id))
+    }
+
+    async fn pending_invitation(&self, server: Uuid, invitee: Uuid) -> Result<Option<Invitation>> {
+        self.read(|c| communities::pending_invitation(c, server, invitee))
+    }
+
+    async fn pending_invitations(
+        &self,
+        invitee: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Invitation>> {
+        self.read(|c| communities::pending_invitations(c, invitee, after, limit))
+    }
+
+    async fn posts(&self, server: Uuid, before: Option<&str>, limit: usize) -> Result<Page<Post>> {
+        self.read(|c| communities::posts(c, server, before, limit))
+    }
+
+    async fn channels(&self, server: Uuid, viewer: Uuid) -> Result<Vec<ChannelSummary>> {
+        self.read(|c| communities::channels(c, server, viewer))
+    }
+
+    async fn channel(&self, channel: Uuid) -> Result<Option<Channel>> {
+        self.read(|c| communities::channel(c, channel))
+    }
+
+    async fn current_channel(&self, user: Uuid) -> Result<Option<Channel>> {
+        self.read(|c| communities::current_channel(c, user))
+    }
+
+    async fn channel_members(
+        &self,
+        channel: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Uuid>> {
+        self.read(|c| communities::channel_members(c, channel, after, limit))
+    }
+
+    async fn channel_history(
+        &self,
+        viewer: Uuid,
+        channel: Uuid,
+        query: HistoryQuery,
+    ) -> Result<Page<ChannelMessage>> {
+        self.read(|c| communities::channel_history(c, viewer, channel, query))
+    }
+
+    async fn channel_message_by_client_id(
+        &self,
+        sender: Uuid,
+        client_msg_id: &str,
+    ) -> Result<Option<ChannelMessage>> {
+        self.read(|c| communities::channel_message_by_client_id(c, sender, client_msg_id))
+    }
+
+    async fn channel_message(
+        &self,
+        viewer: Uuid,
+        message_id: Uuid,
+    ) -> Result<Option<ChannelMessage>> {
+        self.read(|c| communities::channel_message(c, viewer, message_id))
+    }
+
+    async fn latest_channel_message(&self, channel: Uuid) -> Result<Option<ChannelMessage>> {
+        self.read(|c| communities::latest_channel_message(c, channel))
     }
 }

@@ -126,6 +126,33 @@ mod scylla_contract {
     async fn reapplying_is_idempotent() {
         with_stores(|[store, fresh]| contract::reapplying_is_idempotent(store, fresh)).await;
     }
+
+    macro_rules! community_test {
+        ($name:ident) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                with_stores(|[store]| contract::communities::$name(store)).await;
+            }
+        };
+    }
+
+    community_test!(servers_and_names);
+    community_test!(server_search);
+    community_test!(user_servers_and_subscriptions);
+    community_test!(invitations);
+    community_test!(posts_newest_first);
+    community_test!(channels_and_tombstones);
+    community_test!(one_channel_at_a_time);
+    community_test!(channel_messages_and_unread);
+    community_test!(channel_history_queries);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn community_reapplying_is_idempotent() {
+        with_stores(|[store, fresh]| {
+            contract::communities::community_reapplying_is_idempotent(store, fresh)
+        })
+        .await;
+    }
 }
 
 /// A message batch that failed half-way (a write timeout: logged batches are atomic but not
@@ -517,6 +544,262 @@ mod scylla_pending_index {
                     .items
                     .is_empty()
             );
+        })
+        .await;
+    }
+}
+
+/// What the Scylla tables add to the community contract: numbering that survives a half-written
+/// batch, name claims decided by creation time whatever the projection order, and index rows
+/// that the facts contradict never listed.
+mod scylla_communities {
+    use std::sync::Arc;
+
+    use chrono::{DateTime, TimeZone, Utc};
+    use missive_log::Position;
+    use missive_store::scylla::ScyllaConfig;
+    use missive_store::{
+        Change, CommunityChange, HistoryQuery, InvitationState, ReadStore, Visibility,
+    };
+    use uuid::Uuid;
+
+    use super::scylla_partial_batches::session;
+    use super::{open_migrated, with_keyspaces, with_stores};
+
+    const SENT_AT_US: i64 = 1_800_000_000_000_000;
+
+    fn at(offset: i64) -> DateTime<Utc> {
+        Utc.timestamp_micros(SENT_AT_US + offset)
+            .single()
+            .expect("time")
+    }
+
+    fn server(server_id: Uuid, owner_id: Uuid, name: &str, created: i64) -> Change {
+        Change::Community(CommunityChange::AddServer {
+            server_id,
+            owner_id,
+            name: name.into(),
+            tags: vec!["tag".into()],
+            visibility: Visibility::Public,
+            created_at: at(created),
+        })
+    }
+
+    fn say(
+        message_id: Uuid,
+        server_id: Uuid,
+        channel_id: Uuid,
+        sender_id: Uuid,
+        offset: u64,
+    ) -> Change {
+        Change::Community(CommunityChange::AddChannelMessage {
+            message_id,
+            server_id,
+            channel_id,
+            sender_id,
+            text: format!("offset {offset}"),
+            client_msg_id: Some(format!("key-{offset}")),
+            sent_at: at(offset as i64),
+            position: Position::new(0, offset),
+        })
+    }
+
+    async fn apply(store: &Arc<dyn ReadStore>, changes: Vec<Change>) {
+        store.apply("p", changes, vec![]).await.expect("apply");
+    }
+
+    /// Only the tail row of m1's batch is visible (a write timeout half-way): re-applying keeps
+    /// m1's number and gives m2 the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_half_written_channel_message_keeps_its_number() {
+        with_keyspaces(|[config]: [ScyllaConfig; 1]| async move {
+            let store = open_migrated(&config).await;
+            let [owner, server_id, channel, m1, m2] = [(); 5].map(|_| Uuid::now_v7());
+            session(&config)
+                .await
+                .query_unpaged(
+                    "INSERT INTO channel_tails (channel_id, last_message_id, last_seq, \
+                     last_sent_at_us) VALUES (?, ?, ?, ?) USING TIMESTAMP 12",
+                    (channel, m1, 1i64, SENT_AT_US + 10),
+                )
+                .await
+                .expect("half a batch");
+            apply(
+                &store,
+                vec![
+                    server(server_id, owner, "Half Written", 0),
+                    Change::Community(CommunityChange::AddChannel {
+                        channel_id: channel,
+                        server_id,
+                        name: "general".into(),
+                        created_by: owner,
+                        created_at: at(1),
+                    }),
+                    say(m1, server_id, channel, owner, 10),
+                    say(m2, server_id, channel, owner, 11),
+                ],
+            )
+            .await;
+            let history = store
+                .channel_history(
+                    owner,
+                    channel,
+                    HistoryQuery {
+                        limit: 10,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("history");
+            let got: Vec<(Uuid, u64)> = history
+                .items
+                .iter()
+                .map(|m| (m.message_id, m.seq))
+                .collect();
+            assert_eq!(got, vec![(m2, 2), (m1, 1)]);
+            let found = store
+                .channel_message_by_client_id(owner, "key-10")
+                .await
+                .expect("key")
+                .expect("found");
+            assert_eq!((found.message_id, found.seq), (m1, 1));
+            let summary = store.channels(server_id, owner).await.expect("channels");
+            assert_eq!(
+                summary
+                    .iter()
+                    .map(|c| (c.last_seq, c.unread_count))
+                    .collect::<Vec<_>>(),
+                vec![(2, 2)]
+            );
+        })
+        .await;
+    }
+
+    /// The earliest creation owns a name, in whichever order two creations are projected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_earliest_creation_owns_a_name_in_any_order() {
+        with_stores(|[forward, backward]| async move {
+            let [alice, bob, early, late] = [(); 4].map(|_| Uuid::now_v7());
+            let first = server(early, alice, "Twice Named", 1);
+            let second = server(late, bob, "TWICE named", 2);
+            apply(&forward, vec![first.clone(), second.clone()]).await;
+            apply(&backward, vec![second]).await;
+            apply(&backward, vec![first]).await;
+            for store in [forward, backward] {
+                let owner = store
+                    .server_by_name("twice named")
+                    .await
+                    .expect("by name")
+                    .map(|s| s.server_id);
+                assert_eq!(owner, Some(early));
+            }
+        })
+        .await;
+    }
+
+    /// Index rows written behind the adapter's back (a lost deletion, or one brought back after
+    /// its tombstone was purged) are checked against the facts: a channel member against the
+    /// channel the user is in, a pending invitation against its state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn index_rows_the_facts_contradict_are_not_listed() {
+        with_keyspaces(|[config]: [ScyllaConfig; 1]| async move {
+            let store = open_migrated(&config).await;
+            let [owner, bob, carol, server_id, a, b, invitation] = [(); 7].map(|_| Uuid::now_v7());
+            let channel = |channel_id: Uuid, name: &str| {
+                Change::Community(CommunityChange::AddChannel {
+                    channel_id,
+                    server_id,
+                    name: name.into(),
+                    created_by: owner,
+                    created_at: at(1),
+                })
+            };
+            apply(
+                &store,
+                vec![
+                    server(server_id, owner, "Facts First", 0),
+                    channel(a, "a"),
+                    channel(b, "b"),
+                    Change::Community(CommunityChange::JoinChannel {
+                        user_id: bob,
+                        server_id,
+                        channel_id: b,
+                        at: at(2),
+                        version: 2,
+                    }),
+                    Change::Community(CommunityChange::AddInvitation {
+                        invitation_id: invitation,
+                        server_id,
+                        inviter_id: owner,
+                        invitee_id: carol,
+                        sent_at: at(3),
+                    }),
+                    Change::Community(CommunityChange::AnswerInvitation {
+                        invitation_id: invitation,
+                        accepted: false,
+                        at: at(4),
+                    }),
+                ],
+            )
+            .await;
+            let s = session(&config).await;
+            // Bob is in b, and listed in a by a stray row; the declined invitation is back in
+            // both pending indexes, above the deletions' timestamp.
+            s.query_unpaged(
+                "INSERT INTO channel_members (channel_id, user_key, user_id, joined_at_us) \
+                 VALUES (?, ?, ?, ?) USING TIMESTAMP 2251799813685248",
+                (a, bob.as_bytes().to_vec(), bob, SENT_AT_US),
+            )
+            .await
+            .expect("a stray member row");
+            s.query_unpaged(
+                "INSERT INTO invitations_by_invitee (invitee_id, invitation_key, invitation_id, \
+                 server_id) VALUES (?, ?, ?, ?) USING TIMESTAMP 2251799813685248",
+                (carol, invitation.as_bytes().to_vec(), invitation, server_id),
+            )
+            .await
+            .expect("a stray invitee row");
+            s.query_unpaged(
+                "INSERT INTO server_invitations (server_id, invitee_id, invitation_id) \
+                 VALUES (?, ?, ?) USING TIMESTAMP 2251799813685248",
+                (server_id, carol, invitation),
+            )
+            .await
+            .expect("a stray server row");
+
+            let members = |channel: Uuid| {
+                let store = store.clone();
+                async move {
+                    store
+                        .channel_members(channel, None, 10)
+                        .await
+                        .expect("members")
+                        .items
+                }
+            };
+            assert_eq!(members(a).await, Vec::<Uuid>::new());
+            assert_eq!(members(b).await, vec![bob]);
+            assert!(
+                store
+                    .pending_invitations(carol, None, 10)
+                    .await
+                    .expect("pending")
+                    .items
+                    .is_empty()
+            );
+            assert_eq!(
+                store
+                    .pending_invitation(server_id, carol)
+                    .await
+                    .expect("pending"),
+                None
+            );
+            let declined = store
+                .invitation(invitation)
+                .await
+                .expect("invitation")
+                .expect("found");
+            assert_eq!(declined.state, InvitationState::Declined);
         })
         .await;
     }

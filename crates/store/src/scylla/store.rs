@@ -29,6 +29,11 @@
 //! `pending_messages` partition, ordered in the adapter, and each is checked again against
 //! those facts (and `hidden_messages`), so a row that outlived its message's pending state
 //! is never listed.
+//!
+//! # Servers and channels
+//! The community tables (schema version 3) are written and read in `communities.rs`, with the
+//! same rules; its statements are prepared with these (`cql::ALL` lists both), and
+//! [`Applying`] carries its per-batch state.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -53,9 +58,11 @@ use uuid::Uuid;
 
 use super::{MIGRATIONS, ScyllaConfig};
 use crate::{
-    Change, Conversation, FeedPage, FriendEntry, FriendshipState, HistoryQuery, Message,
-    MessageStatus, Page, ReadStore, Relation, Result, StoreError, User, conversation_cursor,
-    ordered, page, parse_conversation_cursor, parse_pending_cursor, pending_cursor,
+    Change, Channel, ChannelMessage, ChannelSummary, Conversation, FeedPage, FriendEntry,
+    FriendshipState, HistoryQuery, Invitation, Message, MessageStatus, Page, Post, ReadStore,
+    Relation, Result, Server, ServerRole, ServerSearch, StoreError, User, UserServer,
+    conversation_cursor, ordered, page, parse_conversation_cursor, parse_pending_cursor,
+    pending_cursor,
 };
 
 /// History buckets: 10 days of send time, in microseconds.
@@ -63,38 +70,38 @@ const BUCKET_MICROS: i64 = 864_000_000_000;
 /// Feed buckets: 2^20 log offsets.
 const FEED_BUCKET_BITS: u32 = 20;
 /// Write timestamp of a registration's cells: below every profile change's (`offset + 2`).
-const REGISTRATION_TS: i64 = 1;
+pub(super) const REGISTRATION_TS: i64 = 1;
 /// Write timestamp of rows that only ever appear (hidden and uncounted messages).
 const MEMBERSHIP_TS: i64 = 1;
 /// Write timestamp of one-way changes no message write can undo: a deletion for everyone, a
 /// delivery acknowledgement, and every removal of a message from a user's pending messages.
 /// It is above every offset's (`offset + 2 < 2^50` for any log that fits on disks), yet in the
 /// past as a time (2005): ScyllaDB refuses timestamps far in the future.
-const DELETED_TS: i64 = 1 << 50;
+pub(super) const DELETED_TS: i64 = 1 << 50;
 /// How many writes of one batch of changes are in flight at once.
 const WRITES_IN_FLIGHT: usize = 64;
 /// How many reads one query or batch runs at once.
-const READS_IN_FLIGHT: usize = 32;
+pub(super) const READS_IN_FLIGHT: usize = 32;
 /// Rows fetched per page when a query walks a partition.
-const CHUNK: usize = 200;
+pub(super) const CHUNK: usize = 200;
 /// Bucket rows fetched per page when history walks a conversation's buckets.
-const BUCKET_CHUNK: i32 = 32;
+pub(super) const BUCKET_CHUNK: i32 = 32;
 
 /// The write timestamp of a cell set by the event at `offset` (0 and 1 are taken).
-fn at_offset(offset: u64) -> i64 {
+pub(super) fn at_offset(offset: u64) -> i64 {
     i64::try_from(offset).unwrap_or(i64::MAX).saturating_add(2)
 }
 
-fn micros(t: DateTime<Utc>) -> i64 {
+pub(super) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn from_micros(v: i64) -> Result<DateTime<Utc>> {
+pub(super) fn from_micros(v: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(v)
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {v} µs is out of range")))
 }
 
-fn history_bucket(sent_at_us: i64) -> i64 {
+pub(super) fn history_bucket(sent_at_us: i64) -> i64 {
     sent_at_us.div_euclid(BUCKET_MICROS)
 }
 
@@ -102,36 +109,78 @@ fn feed_bucket(offset: i64) -> i64 {
     offset >> FEED_BUCKET_BITS
 }
 
-fn partition_of(p: u32) -> Result<i32> {
+pub(super) fn partition_of(p: u32) -> Result<i32> {
     i32::try_from(p).map_err(|_| StoreError::Corrupt(format!("log partition {p} exceeds int")))
 }
 
+/// Declares prepared statements: `mod $module` holds their CQL (tables unqualified: the
+/// session uses the store's keyspace) and `$list` every one of them; `struct $prepared` holds
+/// them prepared. Used here and in `communities.rs`.
 macro_rules! statements {
-    ($($(#[$doc:meta])* $name:ident = $cql:expr;)*) => {
-        /// The CQL of every statement the adapter prepares (tables unqualified: the session
-        /// uses the store's keyspace). CI checks each parses and names only schema columns.
-        pub mod cql {
+    (
+        mod $module:ident;
+        const $list:ident;
+        struct $prepared:ident;
+        $($(#[$doc:meta])* $name:ident = $cql:expr;)*
+    ) => {
+        pub mod $module {
             $($(#[$doc])* pub const $name: &str = $cql;)*
-            /// Which schema versions are applied: read by `open` before anything else.
-            pub const MIGRATIONS_GET: &str = "SELECT version FROM schema_migrations";
-            /// Every statement the adapter prepares.
-            pub const ALL: &[&str] = &[MIGRATIONS_GET, $($name),*];
+            /// Every statement of this module.
+            pub const $list: &[&str] = &[$($name),*];
         }
 
         #[allow(non_snake_case)]
-        struct Prepared {
-            $($name: PreparedStatement,)*
+        pub(super) struct $prepared {
+            $(pub(super) $name: ::scylla::statement::prepared::PreparedStatement,)*
         }
 
-        impl Prepared {
-            async fn prepare(session: &Session) -> Result<Self> {
-                Ok(Prepared {
-                    $($name: prepare(session, cql::$name).await?,)*
+        impl $prepared {
+            pub(super) async fn prepare(
+                session: &::scylla::client::session::Session,
+            ) -> $crate::Result<Self> {
+                Ok($prepared {
+                    $($name: $crate::scylla::store::prepare(session, $module::$name).await?,)*
                 })
             }
         }
     };
 }
+
+pub(super) use statements;
+
+/// The CQL of every statement the adapter prepares (tables unqualified: the session uses the
+/// store's keyspace). CI checks each parses and names only schema columns.
+pub mod cql {
+    pub use super::communities_cql::*;
+    pub use super::core_cql::*;
+
+    /// Which schema versions are applied: read by `open` before anything else.
+    pub const MIGRATIONS_GET: &str = "SELECT version FROM schema_migrations";
+
+    const COUNT: usize =
+        1 + super::core_cql::CORE.len() + super::communities_cql::COMMUNITIES.len();
+
+    const LISTED: [&str; COUNT] = {
+        let mut all = [MIGRATIONS_GET; COUNT];
+        let (core, communities) = (super::core_cql::CORE, super::communities_cql::COMMUNITIES);
+        let mut i = 0;
+        while i < core.len() {
+            all[1 + i] = core[i];
+            i += 1;
+        }
+        let mut j = 0;
+        while j < communities.len() {
+            all[1 + core.len() + j] = communities[j];
+            j += 1;
+        }
+        all
+    };
+
+    /// Every statement the adapter prepares.
+    pub const ALL: &[&str] = &LISTED;
+}
+
+use super::communities::cql as communities_cql;
 
 /// Columns of a history row, in the order [`MessageRow`] reads them.
 macro_rules! message_columns {
@@ -149,6 +198,10 @@ macro_rules! entry_columns {
 }
 
 statements! {
+    mod core_cql;
+    const CORE;
+    struct Prepared;
+
     CHECKPOINT_SET = "INSERT INTO checkpoints (projection, log_partition, next_offset) \
         VALUES (?, ?, ?) USING TIMESTAMP ?";
     CHECKPOINTS_GET = "SELECT log_partition, next_offset FROM checkpoints WHERE projection = ?";
@@ -337,7 +390,7 @@ fn failed(action: &'static str, transient: bool, reason: impl ToString) -> Store
     }
 }
 
-fn exec_err(action: &'static str) -> impl FnOnce(ExecutionError) -> StoreError {
+pub(super) fn exec_err(action: &'static str) -> impl FnOnce(ExecutionError) -> StoreError {
     move |e| failed(action, exec_transient(&e), e)
 }
 
@@ -359,11 +412,11 @@ fn row_err(action: &'static str) -> impl Fn(NextRowError) -> StoreError {
     }
 }
 
-fn shape_err(action: &'static str) -> impl FnOnce(String) -> StoreError {
+pub(super) fn shape_err(action: &'static str) -> impl FnOnce(String) -> StoreError {
     move |reason| StoreError::Corrupt(format!("{action}: {reason}"))
 }
 
-async fn prepare(session: &Session, cql: &'static str) -> Result<PreparedStatement> {
+pub(super) async fn prepare(session: &Session, cql: &'static str) -> Result<PreparedStatement> {
     let mut statement = session.prepare(cql).await.map_err(|e| {
         failed(
             "preparing a statement",
@@ -652,12 +705,14 @@ impl PendingEntry {
 // ----- the store -----
 
 /// A boxed write, run later with the others of its batch.
-type PendingWrite<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+pub(super) type PendingWrite<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
 struct Inner {
     session: Arc<Session>,
     keyspace: String,
     st: Prepared,
+    /// The statements of `communities.rs`.
+    communities: super::communities::Statements,
 }
 
 /// The production [`ReadStore`] on ScyllaDB or Cassandra.
@@ -725,12 +780,16 @@ impl ScyllaStore {
                  state and misnumber messages; use LOCAL_QUORUM (the default) or QUORUM"
             );
         }
-        let st = Prepared::prepare(&session).await?;
+        let (st, communities) = futures::try_join!(
+            Prepared::prepare(&session),
+            super::communities::Statements::prepare(&session),
+        )?;
         Ok(ScyllaStore {
             inner: Arc::new(Inner {
                 session,
                 keyspace: ks.clone(),
                 st,
+                communities,
             }),
         })
     }
@@ -739,8 +798,13 @@ impl ScyllaStore {
         &self.inner.st
     }
 
+    /// The statements of `communities.rs`.
+    pub(super) fn cst(&self) -> &super::communities::Statements {
+        &self.inner.communities
+    }
+
     /// Sends one logged batch (a message's rows).
-    async fn logged_batch(&self, batch: Batch, rows: impl BatchValues) -> Result<()> {
+    pub(super) async fn logged_batch(&self, batch: Batch, rows: impl BatchValues) -> Result<()> {
         self.inner
             .session
             .batch(&batch, rows)
@@ -749,7 +813,7 @@ impl ScyllaStore {
         Ok(())
     }
 
-    async fn write(
+    pub(super) async fn write(
         &self,
         statement: &PreparedStatement,
         values: impl SerializeRow,
@@ -764,7 +828,7 @@ impl ScyllaStore {
     }
 
     /// Every row of a single-page query (one with a LIMIT, or a point read).
-    async fn rows<T>(
+    pub(super) async fn rows<T>(
         &self,
         statement: &PreparedStatement,
         values: impl SerializeRow,
@@ -790,7 +854,7 @@ impl ScyllaStore {
             .collect()
     }
 
-    async fn first<T>(
+    pub(super) async fn first<T>(
         &self,
         statement: &PreparedStatement,
         values: impl SerializeRow,
@@ -807,7 +871,7 @@ impl ScyllaStore {
     }
 
     /// Every row of a whole partition, fetched page by page.
-    async fn all<T>(
+    pub(super) async fn all<T>(
         &self,
         statement: &PreparedStatement,
         values: impl SerializeRow,
@@ -944,14 +1008,14 @@ impl ScyllaStore {
 // ----- applying changes -----
 
 /// One batch of changes being applied: what was read, and the writes worked out so far.
-struct Applying<'a> {
-    store: &'a ScyllaStore,
+pub(super) struct Applying<'a> {
+    pub(super) store: &'a ScyllaStore,
     locations: HashMap<Uuid, Location>,
     tails: HashMap<Uuid, Tail>,
     /// Messages whose batch this apply already wrote.
     issued: HashSet<Uuid>,
     /// Messages whose batch is in this apply's chains, by conversation.
-    numbered: HashMap<Uuid, Uuid>,
+    pub(super) numbered: HashMap<Uuid, Uuid>,
     /// Per log partition, one past the last message offset of this apply.
     horizons: HashMap<i32, i64>,
     /// Per (reader, conversation) of a read marker in this apply, the pending rows stored
@@ -963,12 +1027,14 @@ struct Applying<'a> {
     /// (re)written after it in the batch is not pending for the reader if the marker passed it.
     markers: HashMap<(Uuid, Uuid), i64>,
     /// Message batches per conversation, in log order.
-    chains: HashMap<Uuid, Vec<PendingWrite<'a>>>,
+    pub(super) chains: HashMap<Uuid, Vec<PendingWrite<'a>>>,
     writes: Vec<PendingWrite<'a>>,
+    /// What the community changes of this apply read and decided (`communities.rs`).
+    pub(super) community: super::communities::CommunityBatch,
 }
 
 impl<'a> Applying<'a> {
-    fn push(
+    pub(super) fn push(
         &mut self,
         statement: &'a PreparedStatement,
         values: impl SerializeRow + Send + 'a,
@@ -982,7 +1048,7 @@ impl<'a> Applying<'a> {
     /// Like [`Self::push`] for a write about `message`: when this apply numbered it, the write
     /// waits for (and is skipped after a failure of) the message's own batch, so a number that
     /// is never stored is never marked read, hidden or deleted.
-    fn push_about(
+    pub(super) fn push_about(
         &mut self,
         message: Uuid,
         statement: &'a PreparedStatement,
@@ -1088,18 +1154,13 @@ impl<'a> Applying<'a> {
                 .into_iter()
                 .map(|((reader, conv, _), rows)| ((reader, conv), rows)),
         );
-        Ok(())
+        self.prefetch_communities(changes).await
     }
 
     async fn apply(&mut self, change: &Change) -> Result<()> {
         let st = &self.store.inner.st;
         match change {
-            // TEMPORARY until the community tables are written.
-            Change::Community(_) => {
-                return Err(StoreError::Unavailable(
-                    "servers are not built in this store yet".into(),
-                ));
-            }
+            Change::Community(change) => self.apply_community(change).await?,
             Change::AddUser {
                 user_id,
                 username,
@@ -1595,7 +1656,7 @@ impl<'a> Applying<'a> {
 }
 
 /// Runs `read` for every key, [`READS_IN_FLIGHT`] at once, and keeps what was found.
-async fn read_each<K, V, F, Fut>(keys: HashSet<K>, read: F) -> Result<HashMap<K, V>>
+pub(super) async fn read_each<K, V, F, Fut>(keys: HashSet<K>, read: F) -> Result<HashMap<K, V>>
 where
     K: Eq + std::hash::Hash + Copy,
     F: Fn(K) -> Fut,
@@ -1955,6 +2016,7 @@ impl ReadStore for ScyllaStore {
             markers: HashMap::new(),
             chains: HashMap::new(),
             writes: Vec::new(),
+            community: Default::default(),
         };
         applying.prefetch(&changes).await?;
         for change in &changes {
@@ -2461,6 +2523,111 @@ impl ReadStore for ScyllaStore {
             }
         }
         Ok(page(items, limit, pending_cursor))
+    }
+
+    // Servers (communities): `communities.rs`.
+
+    async fn server(&self, id: Uuid) -> Result<Option<Server>> {
+        self.community_server(id).await
+    }
+
+    async fn server_by_name(&self, name: &str) -> Result<Option<Server>> {
+        self.community_server_by_name(name).await
+    }
+
+    async fn search_servers(
+        &self,
+        search: &ServerSearch,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Server>> {
+        self.community_search_servers(search, after, limit).await
+    }
+
+    async fn user_servers(
+        &self,
+        user: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<UserServer>> {
+        self.community_user_servers(user, after, limit).await
+    }
+
+    async fn membership(&self, server: Uuid, user: Uuid) -> Result<Option<ServerRole>> {
+        self.community_membership(server, user).await
+    }
+
+    async fn invitation(&self, invitation_id: Uuid) -> Result<Option<Invitation>> {
+        self.community_invitation(invitation_id).await
+    }
+
+    async fn pending_invitation(&self, server: Uuid, invitee: Uuid) -> Result<Option<Invitation>> {
+        self.community_pending_invitation(server, invitee).await
+    }
+
+    async fn pending_invitations(
+        &self,
+        invitee: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Invitation>> {
+        self.community_pending_invitations(invitee, after, limit)
+            .await
+    }
+
+    async fn posts(&self, server: Uuid, before: Option<&str>, limit: usize) -> Result<Page<Post>> {
+        self.community_posts(server, before, limit).await
+    }
+
+    async fn channels(&self, server: Uuid, viewer: Uuid) -> Result<Vec<ChannelSummary>> {
+        self.community_channels(server, viewer).await
+    }
+
+    async fn channel(&self, channel: Uuid) -> Result<Option<Channel>> {
+        self.community_channel(channel).await
+    }
+
+    async fn current_channel(&self, user: Uuid) -> Result<Option<Channel>> {
+        self.community_current_channel(user).await
+    }
+
+    async fn channel_members(
+        &self,
+        channel: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Uuid>> {
+        self.community_channel_members(channel, after, limit).await
+    }
+
+    async fn channel_history(
+        &self,
+        viewer: Uuid,
+        channel: Uuid,
+        query: HistoryQuery,
+    ) -> Result<Page<ChannelMessage>> {
+        self.community_channel_history(viewer, channel, query).await
+    }
+
+    async fn channel_message_by_client_id(
+        &self,
+        sender: Uuid,
+        client_msg_id: &str,
+    ) -> Result<Option<ChannelMessage>> {
+        self.community_channel_message_by_client_id(sender, client_msg_id)
+            .await
+    }
+
+    async fn channel_message(
+        &self,
+        viewer: Uuid,
+        message_id: Uuid,
+    ) -> Result<Option<ChannelMessage>> {
+        self.community_channel_message(viewer, message_id).await
+    }
+
+    async fn latest_channel_message(&self, channel: Uuid) -> Result<Option<ChannelMessage>> {
+        self.community_latest_channel_message(channel).await
     }
 }
 
