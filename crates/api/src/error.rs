@@ -98,6 +98,12 @@ impl From<DomainError> for ApiError {
             DomainError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             DomainError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             DomainError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            DomainError::ServerNotFound => (StatusCode::NOT_FOUND, "server_not_found"),
+            DomainError::ChannelNotFound(_) => (StatusCode::NOT_FOUND, "channel_not_found"),
+            DomainError::InvitationNotFound(_) => (StatusCode::NOT_FOUND, "invitation_not_found"),
+            DomainError::ServerNameTaken(_) => (StatusCode::CONFLICT, "server_name_taken"),
+            DomainError::ChannelNameTaken(_) => (StatusCode::CONFLICT, "channel_name_taken"),
+            DomainError::AlreadySubscribed(_) => (StatusCode::CONFLICT, "already_subscribed"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -157,9 +163,9 @@ impl From<ServiceError> for ApiError {
                     )
                 }
             }
-            ServiceError::Store(StoreError::UnknownCursor(id)) => {
-                ApiError::bad_request(format!("cursor {id} is not a message of this conversation"))
-            }
+            ServiceError::Store(StoreError::UnknownCursor(id)) => ApiError::bad_request(format!(
+                "cursor {id} is not a message of this conversation or channel"
+            )),
             ServiceError::Store(StoreError::InvalidCursor(c)) => ApiError::bad_request(format!(
                 "cursor {c:?} is not valid; pass back a `next` value unchanged"
             )),

@@ -37,20 +37,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use missive_events::{DeleteScope, Envelope, Event, Presence, RemovalReason};
+use futures::StreamExt;
+use missive_events::{
+    ChannelLeaveReason, DeleteScope, Envelope, Event, InvitationOutcome, Presence, RemovalReason,
+};
 use missive_log::{EventLog, LogConsumer, LogError, Position, StoredRecord, poll_until_stopped};
 use missive_service::Service;
-use missive_store::{ReadStore, Relation};
+use missive_store::{Post, ReadStore, Relation};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::communities::{channel_message_json, post_json};
+use crate::fanout::FanoutIndex;
 use crate::routes::{message_json, relation_name, ts};
 
 /// Records the gateway reads at once.
 const BATCH: usize = 512;
-/// How long a poll waits for records before the gateway checks whether to stop.
-const POLL_WAIT: Duration = Duration::from_millis(500);
+/// How long a poll waits for records before the gateway checks whether to stop and loads
+/// the fan-out entries of new sessions' users (a new session waits for its load).
+const POLL_WAIT: Duration = Duration::from_millis(100);
 
 /// A frame queued for a session.
 #[derive(Debug, Clone)]
@@ -91,6 +97,26 @@ struct Routes {
     users: HashMap<Uuid, Vec<Subscriber>>,
     /// The id the next subscription gets; ids only grow.
     next_id: u64,
+    /// The servers and channels of the users above.
+    index: FanoutIndex,
+    /// Sessions waiting for their user's entry in `index` to be loaded.
+    loading: HashMap<Uuid, Vec<oneshot::Sender<()>>>,
+}
+
+impl Routes {
+    /// The user's entry is loaded: their waiting sessions go on.
+    fn loaded(&mut self, user: Uuid) {
+        for ready in self.loading.remove(&user).unwrap_or_default() {
+            let _ = ready.send(());
+        }
+    }
+
+    /// The user has no session here any more.
+    fn forget(&mut self, user: Uuid) {
+        self.users.remove(&user);
+        self.index.forget(user);
+        self.loading.remove(&user);
+    }
 }
 
 /// The sessions this process holds, by user, and the pushes to them.
@@ -117,6 +143,10 @@ pub struct Subscription {
     pub frames: mpsc::Receiver<Push>,
     /// Resolves when the gateway drops the subscription, with the reason.
     pub kicked: oneshot::Receiver<Kick>,
+    /// Resolves once the gateway knows the user's servers and channel (see
+    /// [`crate::fanout`]): from then on, posts and channel messages are pushed. `None` when it
+    /// knew them already.
+    pub ready: Option<oneshot::Receiver<()>>,
 }
 
 impl Drop for Subscription {
@@ -125,7 +155,7 @@ impl Drop for Subscription {
         if let Some(subscribers) = routes.users.get_mut(&self.user) {
             subscribers.retain(|s| s.id != self.id);
             if subscribers.is_empty() {
-                routes.users.remove(&self.user);
+                routes.forget(self.user);
             }
         }
     }
@@ -161,6 +191,13 @@ impl Gateway {
         let mut routes = self.routes.lock();
         let id = routes.next_id;
         routes.next_id += 1;
+        let ready = if routes.index.want(user) {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            routes.loading.entry(user).or_default().push(tx);
+            Some(rx)
+        };
         routes.users.entry(user).or_default().push(Subscriber {
             id,
             tx,
@@ -172,11 +209,25 @@ impl Gateway {
             id,
             frames,
             kicked,
+            ready,
         }
     }
 
     fn is_local(&self, user: Uuid) -> bool {
         self.routes.lock().users.contains_key(&user)
+    }
+
+    /// Brings the fan-out index forward by one event.
+    fn apply_index(&self, event: &Event) {
+        self.routes.lock().index.apply(event);
+    }
+
+    fn server_audience(&self, server: Uuid) -> Vec<Uuid> {
+        self.routes.lock().index.server_audience(server)
+    }
+
+    fn channel_audience(&self, channel: Uuid) -> Vec<Uuid> {
+        self.routes.lock().index.channel_audience(channel)
     }
 
     /// Starts following the log at its current end. Call it before the process accepts
@@ -237,6 +288,11 @@ impl Follower {
         let batch = BATCH.min((self.gateway.buffer / 2).max(1));
         tokio::pin!(stop);
         loop {
+            let read = self.read_positions();
+            tokio::select! {
+                () = dispatch.load_memberships(read) => {}
+                () = stop.as_mut() => return Ok(()),
+            }
             let polled = poll_until_stopped(
                 self.consumer.as_mut(),
                 batch,
@@ -272,6 +328,89 @@ impl Follower {
     }
 }
 
+/// Users whose fan-out entries one load reads at once.
+const LOADS_IN_FLIGHT: usize = 16;
+/// Servers of one user the fan-out index holds at most (a page of the store's at a time).
+const MAX_SERVERS_LOADED: usize = 10_000;
+
+impl Follower {
+    /// The last record read in each partition.
+    fn read_positions(&self) -> Vec<Position> {
+        self.next
+            .iter()
+            .filter(|(_, next)| **next > 0)
+            .map(|(partition, next)| Position::new(*partition, next - 1))
+            .collect()
+    }
+}
+
+impl Dispatch<'_> {
+    /// Loads the fan-out entries of users whose first session subscribed since the last batch,
+    /// once the read models hold everything this gateway has read (`read`; see
+    /// [`crate::fanout`]).
+    async fn load_memberships(&self, read: Vec<Position>) {
+        let users = self.gateway.routes.lock().index.take_loads();
+        if users.is_empty() {
+            return;
+        }
+        if !self.service.wait_for_all(&read, self.projection_wait).await {
+            tracing::warn!("the read models are behind the gateway; loading memberships later");
+            self.gateway.routes.lock().index.retry(users);
+            return;
+        }
+        let store = self.store;
+        let loaded: Vec<_> = futures::stream::iter(users)
+            .map(|user| async move { (user, memberships(store, user).await) })
+            .buffer_unordered(LOADS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut routes = self.gateway.routes.lock();
+        for (user, outcome) in loaded {
+            if !routes.users.contains_key(&user) {
+                continue;
+            }
+            match outcome {
+                Ok((servers, channel)) => {
+                    routes.index.loaded(user, servers, channel);
+                    routes.loaded(user);
+                }
+                Err(error) => {
+                    tracing::warn!(%user, %error, "a user's servers could not be read; their sessions resync");
+                    if let Some(subscribers) = routes.users.remove(&user) {
+                        for mut s in subscribers {
+                            s.kick(Kick::OutOfSync);
+                        }
+                    }
+                    routes.forget(user);
+                }
+            }
+        }
+    }
+}
+
+/// A user's servers and channel from the read models.
+async fn memberships(
+    store: &dyn ReadStore,
+    user: Uuid,
+) -> missive_store::Result<(Vec<Uuid>, Option<Uuid>)> {
+    let mut servers = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.user_servers(user, after.as_deref(), 200).await?;
+        servers.extend(page.items.iter().map(|s| s.server.server_id));
+        match page.next {
+            Some(next) if servers.len() < MAX_SERVERS_LOADED => after = Some(next),
+            Some(_) => {
+                tracing::warn!(%user, "a user is in more servers than the gateway loads; posts of the rest are not pushed");
+                break;
+            }
+            None => break,
+        }
+    }
+    let channel = store.current_channel(user).await?.map(|c| c.channel_id);
+    Ok((servers, channel))
+}
+
 struct Dispatch<'a> {
     gateway: &'a Gateway,
     store: &'a dyn ReadStore,
@@ -304,13 +443,23 @@ impl Dispatch<'_> {
         // until the read models hold the last message of each partition with a viewer here.
         let mut last_message: HashMap<u32, Position> = HashMap::new();
         for (position, envelope) in &events {
-            if let Event::MessageSent {
-                sender_id,
-                recipient_id,
-                ..
-            } = &envelope.event
-                && (self.gateway.is_local(*sender_id) || self.gateway.is_local(*recipient_id))
-            {
+            let viewed = match &envelope.event {
+                Event::MessageSent {
+                    sender_id,
+                    recipient_id,
+                    ..
+                } => self.gateway.is_local(*sender_id) || self.gateway.is_local(*recipient_id),
+                Event::ChannelMessageSent {
+                    sender_id,
+                    channel_id,
+                    ..
+                } => {
+                    self.gateway.is_local(*sender_id)
+                        || !self.gateway.channel_audience(*channel_id).is_empty()
+                }
+                _ => false,
+            };
+            if viewed {
                 last_message.insert(position.partition, *position);
             }
         }
@@ -385,7 +534,7 @@ impl Dispatch<'_> {
                 }
             });
             if subscribers.is_empty() {
-                routes.users.remove(&user);
+                routes.forget(user);
             }
         }
     }
@@ -568,6 +717,274 @@ impl Dispatch<'_> {
                     }
                 }
             }
+            _ => return self.community_frames(envelope, position).await,
+        }
+        Ok(out)
+    }
+
+    /// What a server, post or channel event means for the users of this process: the
+    /// audience of a post or a channel message comes from the fan-out index.
+    async fn community_frames(
+        &self,
+        envelope: &Envelope,
+        position: Position,
+    ) -> missive_store::Result<Vec<Out>> {
+        let local = |user: &Uuid| self.gateway.is_local(*user);
+        let at = ts(envelope.occurred_at);
+        let frame =
+            |user: Uuid, kind: &'static str, value: Value| Out::Frame(user, kind, value, None);
+        let mut out = Vec::new();
+        match &envelope.event {
+            Event::ServerCreated {
+                server_id,
+                owner_id: user_id,
+                ..
+            }
+            | Event::ServerSubscribed { server_id, user_id }
+            | Event::ServerUnsubscribed { server_id, user_id } => {
+                self.gateway.apply_index(&envelope.event);
+                if local(user_id) {
+                    let (subscribed, role) = match &envelope.event {
+                        Event::ServerCreated { .. } => (true, Some("owner")),
+                        Event::ServerSubscribed { .. } => (true, Some("subscriber")),
+                        _ => (false, None),
+                    };
+                    out.push(frame(
+                        *user_id,
+                        "subscription",
+                        json!({
+                            "type": "subscription",
+                            "server_id": server_id,
+                            "subscribed": subscribed,
+                            "role": role,
+                            "at": at,
+                        }),
+                    ));
+                }
+            }
+            Event::ServerInvitationSent {
+                invitation_id,
+                server_id,
+                inviter_id,
+                invitee_id,
+            } if local(invitee_id) => {
+                let server_name = self.store.server(*server_id).await?.map(|s| s.name);
+                out.push(frame(
+                    *invitee_id,
+                    "invitation",
+                    json!({
+                        "type": "invitation",
+                        "invitation": {
+                            "invitation_id": invitation_id,
+                            "server_id": server_id,
+                            "server_name": server_name,
+                            "inviter_id": inviter_id,
+                            "invitee_id": invitee_id,
+                            "sent_at": at,
+                            "state": "pending",
+                            "answered_at": null,
+                        },
+                    }),
+                ));
+            }
+            Event::ServerInvitationAnswered {
+                invitation_id,
+                server_id,
+                invitee_id,
+                outcome,
+            } if local(invitee_id) => out.push(frame(
+                *invitee_id,
+                "invitation",
+                json!({
+                    "type": "invitation_answered",
+                    "invitation_id": invitation_id,
+                    "server_id": server_id,
+                    "state": match outcome {
+                        InvitationOutcome::Accepted => "accepted",
+                        InvitationOutcome::Declined => "declined",
+                    },
+                    "at": at,
+                }),
+            )),
+            Event::PostPublished {
+                post_id,
+                server_id,
+                author_id,
+                content,
+                tags,
+            } => {
+                let audience = self.gateway.server_audience(*server_id);
+                if !audience.is_empty() {
+                    let post = Post {
+                        post_id: *post_id,
+                        server_id: *server_id,
+                        author_id: *author_id,
+                        content: content.clone(),
+                        tags: tags.clone(),
+                        published_at: envelope.occurred_at,
+                        position,
+                    };
+                    let value = json!({ "type": "post", "post": post_json(&post) });
+                    for user in audience {
+                        out.push(frame(user, "post", value.clone()));
+                    }
+                }
+            }
+            Event::ChannelCreated {
+                channel_id,
+                server_id,
+                name,
+                created_by,
+            } => {
+                let value = json!({
+                    "type": "channel",
+                    "event": "created",
+                    "channel": {
+                        "channel_id": channel_id,
+                        "server_id": server_id,
+                        "name": name,
+                        "created_by": created_by,
+                        "created_at": at,
+                    },
+                });
+                for user in self.gateway.server_audience(*server_id) {
+                    out.push(frame(user, "channel", value.clone()));
+                }
+            }
+            Event::ChannelDeleted {
+                channel_id,
+                server_id,
+                ..
+            } => {
+                let value = json!({
+                    "type": "channel",
+                    "event": "deleted",
+                    "channel": { "channel_id": channel_id, "server_id": server_id },
+                });
+                let mut audience: HashSet<Uuid> = self
+                    .gateway
+                    .server_audience(*server_id)
+                    .into_iter()
+                    .collect();
+                audience.extend(self.gateway.channel_audience(*channel_id));
+                self.gateway.apply_index(&envelope.event);
+                for user in audience {
+                    out.push(frame(user, "channel", value.clone()));
+                }
+            }
+            Event::ChannelJoined {
+                user_id,
+                server_id,
+                channel_id,
+            }
+            | Event::ChannelLeft {
+                user_id,
+                server_id,
+                channel_id,
+                ..
+            } => {
+                let joined = matches!(envelope.event, Event::ChannelJoined { .. });
+                let reason = match &envelope.event {
+                    Event::ChannelLeft { reason, .. } => Some(match reason {
+                        ChannelLeaveReason::Left => "left",
+                        ChannelLeaveReason::Switched => "switched",
+                        ChannelLeaveReason::Unsubscribed => "unsubscribed",
+                    }),
+                    _ => None,
+                };
+                // The channel's members before a leave and after a join, and the user.
+                let before: HashSet<Uuid> = self
+                    .gateway
+                    .channel_audience(*channel_id)
+                    .into_iter()
+                    .collect();
+                self.gateway.apply_index(&envelope.event);
+                let mut audience: HashSet<Uuid> = if joined {
+                    self.gateway
+                        .channel_audience(*channel_id)
+                        .into_iter()
+                        .collect()
+                } else {
+                    before
+                };
+                if local(user_id) {
+                    audience.insert(*user_id);
+                }
+                let value = json!({
+                    "type": "channel_member",
+                    "server_id": server_id,
+                    "channel_id": channel_id,
+                    "user_id": user_id,
+                    "joined": joined,
+                    "reason": reason,
+                    "at": at,
+                });
+                for user in audience {
+                    out.push(frame(user, "channel_member", value.clone()));
+                }
+            }
+            Event::ChannelMessageSent {
+                message_id,
+                channel_id,
+                sender_id,
+                ..
+            } => {
+                let mut audience: HashSet<Uuid> = self
+                    .gateway
+                    .channel_audience(*channel_id)
+                    .into_iter()
+                    .collect();
+                if local(sender_id) {
+                    audience.insert(*sender_id);
+                }
+                if audience.is_empty() {
+                    return Ok(out);
+                }
+                let message = if self.service.applied(position) {
+                    match self.store.channel_message(*sender_id, *message_id).await {
+                        Ok(found) => found,
+                        Err(error) => {
+                            tracing::warn!(%position, %error, "a pushed channel message could not be read");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                let Some(m) = message else {
+                    // Not projected in time, or unreadable: the members' sessions resync and
+                    // read the channel's history (the sender's other devices have it there).
+                    for user in audience.into_iter().filter(|u| u != sender_id) {
+                        out.push(Out::Resync(user));
+                    }
+                    return Ok(out);
+                };
+                for user in audience {
+                    out.push(frame(
+                        user,
+                        "channel_message",
+                        json!({
+                            "type": "channel_message",
+                            "message": channel_message_json(&m, user),
+                        }),
+                    ));
+                }
+            }
+            Event::ChannelMessagesRead {
+                server_id,
+                channel_id,
+                reader_id,
+                up_to,
+            } if local(reader_id) => out.push(frame(
+                *reader_id,
+                "read_marker",
+                json!({
+                    "type": "read_marker",
+                    "server_id": server_id,
+                    "channel_id": channel_id,
+                    "up_to": up_to,
+                }),
+            )),
             _ => {}
         }
         Ok(out)

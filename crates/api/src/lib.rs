@@ -9,7 +9,9 @@
 //! - [`routes`]: handlers and JSON shapes.
 
 pub mod auth;
+pub mod communities;
 pub mod error;
+mod fanout;
 pub mod gateway;
 pub mod routes;
 pub mod ws;

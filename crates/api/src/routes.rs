@@ -31,7 +31,7 @@ pub const DEFAULT_LIMIT: usize = 50;
 /// Largest page size a client may ask for.
 pub const MAX_LIMIT: usize = 200;
 
-type ApiResult<T = Response> = Result<T, ApiError>;
+pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
 
 /// Every route: the OpenAPI document lists exactly these.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -55,6 +55,41 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/messages/{message_id}"),
     ("POST", "/v1/presence"),
     ("GET", "/v1/ws"),
+    ("POST", "/v1/servers"),
+    ("GET", "/v1/servers"),
+    ("GET", "/v1/servers/{server_id}"),
+    ("POST", "/v1/servers/{server_id}/subscription"),
+    ("DELETE", "/v1/servers/{server_id}/subscription"),
+    ("GET", "/v1/users/{id}/servers"),
+    ("POST", "/v1/servers/{server_id}/invitations"),
+    ("GET", "/v1/invitations"),
+    ("GET", "/v1/invitations/{invitation_id}"),
+    ("POST", "/v1/invitations/{invitation_id}/accept"),
+    ("POST", "/v1/invitations/{invitation_id}/decline"),
+    ("POST", "/v1/servers/{server_id}/posts"),
+    ("GET", "/v1/servers/{server_id}/posts"),
+    ("POST", "/v1/servers/{server_id}/channels"),
+    ("GET", "/v1/servers/{server_id}/channels"),
+    ("DELETE", "/v1/servers/{server_id}/channels/{channel_id}"),
+    ("POST", "/v1/servers/{server_id}/channels/{channel_id}/join"),
+    (
+        "POST",
+        "/v1/servers/{server_id}/channels/{channel_id}/leave",
+    ),
+    (
+        "GET",
+        "/v1/servers/{server_id}/channels/{channel_id}/members",
+    ),
+    (
+        "POST",
+        "/v1/servers/{server_id}/channels/{channel_id}/messages",
+    ),
+    (
+        "GET",
+        "/v1/servers/{server_id}/channels/{channel_id}/messages",
+    ),
+    ("POST", "/v1/servers/{server_id}/channels/{channel_id}/read"),
+    ("GET", "/v1/users/me/channel"),
 ];
 
 pub fn routes() -> Router<AppState> {
@@ -86,6 +121,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/messages/{message_id}", delete(delete_message))
         .route("/v1/presence", post(presence))
         .route("/v1/ws", get(crate::ws::upgrade))
+        .merge(crate::communities::routes())
 }
 
 // ----- authentication -----
@@ -206,7 +242,7 @@ fn friend_json(f: &FriendEntry) -> Value {
     })
 }
 
-fn page_json<T>(page: &Page<T>, item: impl Fn(&T) -> Value) -> Value {
+pub(crate) fn page_json<T>(page: &Page<T>, item: impl Fn(&T) -> Value) -> Value {
     json!({ "items": page.items.iter().map(item).collect::<Vec<_>>(), "next": page.next })
 }
 
@@ -219,12 +255,12 @@ pub(crate) fn relation_name(state: FriendshipState, me: Uuid) -> &'static str {
     }
 }
 
-fn position_json(p: Option<Position>) -> Value {
+pub(crate) fn position_json(p: Option<Position>) -> Value {
     p.map(|p| Value::String(p.to_string()))
         .unwrap_or(Value::Null)
 }
 
-fn parse_limit(limit: Option<usize>) -> ApiResult<usize> {
+pub(crate) fn parse_limit(limit: Option<usize>) -> ApiResult<usize> {
     match limit {
         None => Ok(DEFAULT_LIMIT),
         Some(l) if (1..=MAX_LIMIT).contains(&l) => Ok(l),
@@ -237,7 +273,7 @@ fn parse_limit(limit: Option<usize>) -> ApiResult<usize> {
 /// Honours `min_position`: waits (bounded) until the read models include every listed
 /// position (comma-separated; positions of different partitions are independent, so a client
 /// that wrote to several conversations passes the last position of each).
-async fn read_after(state: &AppState, min_position: Option<&str>) -> ApiResult<()> {
+pub(crate) async fn read_after(state: &AppState, min_position: Option<&str>) -> ApiResult<()> {
     let Some(raw) = min_position else {
         return Ok(());
     };
@@ -276,7 +312,10 @@ async fn read_after(state: &AppState, min_position: Option<&str>) -> ApiResult<(
 
 /// Runs a command on its own task: once accepted, it completes even if the client hangs up,
 /// so an append is never abandoned halfway (which matters for `client_msg_id` claims).
-async fn detached<T, F>(state: &AppState, command: impl FnOnce(Arc<Service>) -> F) -> ApiResult<T>
+pub(crate) async fn detached<T, F>(
+    state: &AppState,
+    command: impl FnOnce(Arc<Service>) -> F,
+) -> ApiResult<T>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, ServiceError>> + Send + 'static,

@@ -58,6 +58,8 @@ pub const CLOSE_OUT_OF_SYNC: u16 = 4002;
 const CLOSE_SEND_WAIT: Duration = Duration::from_secs(1);
 /// Pending messages read at once while a session starts.
 const PENDING_PAGE: usize = 200;
+/// How long a new session waits for the gateway to load its user's servers and channel.
+const READY_WAIT: Duration = Duration::from_secs(10);
 /// The largest frame a client may send.
 const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// The read and write buffers a session starts with.
@@ -437,6 +439,17 @@ impl Live<'_> {
         {
             tracing::warn!(%user, %error, "cannot deliver pending messages now");
             return Err(UNAVAILABLE);
+        }
+        // Posts and channel messages are pushed once the gateway knows the user's servers
+        // and channel; whatever came before is in the read models from here on.
+        if let Some(ready) = self.subscription.ready.take() {
+            let wait = tokio::time::timeout(READY_WAIT, ready);
+            if Self::holding(&mut self.subscription, &mut self.held, limit, wait)
+                .await?
+                .is_err()
+            {
+                tracing::warn!(%user, "the gateway did not load the user's servers in time; posts and channel messages may be missed until it does");
+            }
         }
         let mut cursor: Option<String> = None;
         loop {

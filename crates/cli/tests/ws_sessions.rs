@@ -25,6 +25,7 @@ both_logs!(
     deletions_are_pushed_to_those_they_concern,
     a_slow_client_is_closed_without_holding_up_others,
     offline_users_get_one_notification_per_burst,
+    posts_and_channel_messages_reach_the_servers_sessions,
 );
 
 type Socket =
@@ -867,4 +868,146 @@ async fn a_restart_marks_users_left_online_offline() {
             _ => assert_eq!(after.body["status"], "online", "{after:?}"),
         }
     }
+}
+
+/// Creates a server of `owner` and returns its id.
+async fn server_of(h: &Harness, owner: &Client, name: &str) -> String {
+    let a = h.post("/v1/servers", owner, json!({ "name": name })).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    a.body["server_id"].as_str().unwrap().to_owned()
+}
+
+async fn posts_and_channel_messages_reach_the_servers_sessions() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let carol = h.register("carol").await;
+    let dave = h.register("dave").await;
+    let guild = server_of(&h, &alice, "Guild").await;
+    let elsewhere = server_of(&h, &dave, "Elsewhere").await;
+    let server = format!("/v1/servers/{guild}");
+    let general = h
+        .post(
+            &format!("{server}/channels"),
+            &alice,
+            json!({"name": "general"}),
+        )
+        .await;
+    let general = general.body["channel_id"].as_str().unwrap().to_owned();
+    let channel = format!("{server}/channels/{general}");
+    // Bob subscribes and joins before his session opens (his memberships are loaded with
+    // it); carol opens her session first and subscribes and joins after (the gateway follows
+    // the events); dave is in neither.
+    h.post(&format!("{server}/subscription"), &bob, json!(null))
+        .await;
+    h.post(&format!("{channel}/join"), &bob, json!(null)).await;
+    let mut bob_ws = open(&h, &bob).await;
+    let mut carol_ws = open(&h, &carol).await;
+    let mut dave_ws = open(&h, &dave).await;
+    h.post(&format!("{server}/subscription"), &carol, json!(null))
+        .await;
+    let subscribed = next_of(&mut carol_ws, "subscription").await;
+    assert_eq!(subscribed["server_id"], guild.as_str());
+    assert_eq!(subscribed["subscribed"], true);
+    h.post(&format!("{channel}/join"), &carol, json!(null))
+        .await;
+    let joined = next_of(&mut bob_ws, "channel_member").await;
+    assert_eq!(joined["user_id"], carol.id.to_string(), "{joined}");
+    assert_eq!(joined["joined"], true);
+
+    // A post reaches every subscriber's session (not the outsider's).
+    let post = h
+        .post(
+            &format!("{server}/posts"),
+            &alice,
+            json!({"content": "welcome"}),
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::CREATED, "{post:?}");
+    for ws in [&mut bob_ws, &mut carol_ws] {
+        let pushed = next_of(ws, "post").await;
+        assert_eq!(pushed["post"]["content"], "welcome");
+        assert_eq!(pushed["post"]["post_id"], post.body["post_id"]);
+    }
+
+    // A channel message reaches the channel's members with its seq; the sender's echo
+    // carries its client_msg_id, the others' do not.
+    let sent = h
+        .post(
+            &format!("{channel}/messages"),
+            &carol,
+            json!({"text": "hello channel", "client_msg_id": "c-1"}),
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{sent:?}");
+    let at_bob = next_of(&mut bob_ws, "channel_message").await;
+    assert_eq!(at_bob["message"]["text"], "hello channel");
+    assert_eq!(at_bob["message"]["seq"], 1);
+    assert_eq!(at_bob["message"]["message_id"], sent.body["message_id"]);
+    assert!(at_bob["message"]["client_msg_id"].is_null());
+    let echo = next_of(&mut carol_ws, "channel_message").await;
+    assert_eq!(echo["message"]["client_msg_id"], "c-1");
+    let read = h
+        .post(
+            &format!("{channel}/read"),
+            &bob,
+            json!({"up_to": sent.body["message_id"]}),
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
+    let marker = next_of(&mut bob_ws, "read_marker").await;
+    assert_eq!(marker["channel_id"], general.as_str());
+
+    // Leaving the channel stops its messages; unsubscribing stops the posts.
+    h.post(&format!("{channel}/leave"), &bob, json!(null)).await;
+    let left = next_of(&mut carol_ws, "channel_member").await;
+    assert_eq!(left["user_id"], bob.id.to_string());
+    assert_eq!(left["reason"], "left");
+    h.call(
+        reqwest::Method::DELETE,
+        &format!("{server}/subscription"),
+        Some(&bob.token),
+        None,
+    )
+    .await;
+    h.post(
+        &format!("{channel}/messages"),
+        &carol,
+        json!({"text": "bob is gone"}),
+    )
+    .await;
+    h.post(
+        &format!("{server}/posts"),
+        &alice,
+        json!({"content": "second"}),
+    )
+    .await;
+    next_of(&mut carol_ws, "post").await;
+    let bobs: Vec<String> = drain(&mut bob_ws)
+        .await
+        .iter()
+        .map(|f| f["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !bobs.contains(&"post".to_owned()) && !bobs.contains(&"channel_message".to_owned()),
+        "{bobs:?}"
+    );
+    let daves = drain(&mut dave_ws).await;
+    assert!(
+        daves
+            .iter()
+            .all(|f| f["type"] != "post" && f["type"] != "channel_message"),
+        "an outsider gets nothing of the server: {daves:?}"
+    );
+    // An invitation reaches the invitee.
+    h.post(
+        &format!("/v1/servers/{elsewhere}/invitations"),
+        &dave,
+        json!({"user_id": carol.id}),
+    )
+    .await;
+    let invitation = next_of(&mut carol_ws, "invitation").await;
+    assert_eq!(invitation["invitation"]["server_name"], "Elsewhere");
+    assert_eq!(invitation["invitation"]["inviter_id"], dave.id.to_string());
+    h.shutdown().await;
 }

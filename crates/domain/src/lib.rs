@@ -44,6 +44,20 @@ pub enum DomainError {
     /// What the command acts on does not exist (HTTP 404).
     #[error("{0}")]
     NotFound(String),
+    /// No server of the id given that the actor may know of (private servers are not found
+    /// by outsiders without an invitation).
+    #[error("no server with this id that you can see")]
+    ServerNotFound,
+    #[error("no channel with id {0} in this server")]
+    ChannelNotFound(uuid::Uuid),
+    #[error("no invitation with id {0} for you")]
+    InvitationNotFound(uuid::Uuid),
+    #[error("a server named {0:?} exists already (names are unique, ignoring case)")]
+    ServerNameTaken(String),
+    #[error("this server has a channel named {0:?} already")]
+    ChannelNameTaken(String),
+    #[error("user {0} is subscribed to this server already")]
+    AlreadySubscribed(uuid::Uuid),
 }
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;

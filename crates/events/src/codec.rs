@@ -28,8 +28,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    ChannelLeaveReason, DeleteScope, Envelope, Event, NotificationKind, Presence, RemovalReason,
-    Visibility,
+    ChannelLeaveReason, DeleteScope, Envelope, Event, InvitationOutcome, NotificationKind,
+    Presence, RemovalReason, Visibility,
 };
 
 /// The two bytes that open every single-object encoded record.
@@ -352,6 +352,7 @@ const SOURCES: &[Source] = &[
     source!("PresenceChanged", 1, "presence_changed.v1.avsc"),
     source!("MessageDelivered", 1, "message_delivered.v1.avsc"),
     source!("NotificationRequested", 1, "notification_requested.v1.avsc"),
+    source!("NotificationRequested", 2, "notification_requested.v2.avsc"),
     source!("ServerCreated", 1, "server_created.v1.avsc"),
     source!("ServerSubscribed", 1, "server_subscribed.v1.avsc"),
     source!("ServerUnsubscribed", 1, "server_unsubscribed.v1.avsc"),
@@ -722,10 +723,6 @@ fn optional_string(name: &str, text: Option<&str>) -> (String, Value) {
     field(name, value)
 }
 
-fn boolean(name: &str, value: bool) -> (String, Value) {
-    field(name, Value::Boolean(value))
-}
-
 /// An Avro `{"type":"array","items":"string"}`.
 fn strings(name: &str, items: &[String]) -> (String, Value) {
     let items = items.iter().map(|s| Value::String(s.clone())).collect();
@@ -852,22 +849,26 @@ fn payload_fields(event: &Event) -> Vec<(String, Value)> {
             vec![uuid("server_id", *server_id), uuid("user_id", *user_id)]
         }
         Event::ServerInvitationSent {
+            invitation_id,
             server_id,
             inviter_id,
             invitee_id,
         } => vec![
+            uuid("invitation_id", *invitation_id),
             uuid("server_id", *server_id),
             uuid("inviter_id", *inviter_id),
             uuid("invitee_id", *invitee_id),
         ],
         Event::ServerInvitationAnswered {
+            invitation_id,
             server_id,
             invitee_id,
-            accepted,
+            outcome,
         } => vec![
+            uuid("invitation_id", *invitation_id),
             uuid("server_id", *server_id),
             uuid("invitee_id", *invitee_id),
-            boolean("accepted", *accepted),
+            field("outcome", enum_value(invitation_outcome_symbols(), outcome)),
         ],
         Event::PostPublished {
             post_id,
@@ -1007,7 +1008,17 @@ fn presence_symbols() -> Symbols<Presence> {
 }
 
 fn notification_kind_symbols() -> Symbols<NotificationKind> {
-    &[(NotificationKind::Message, "MESSAGE")]
+    &[
+        (NotificationKind::Message, "MESSAGE"),
+        (NotificationKind::Invitation, "INVITATION"),
+    ]
+}
+
+fn invitation_outcome_symbols() -> Symbols<InvitationOutcome> {
+    &[
+        (InvitationOutcome::Accepted, "ACCEPTED"),
+        (InvitationOutcome::Declined, "DECLINED"),
+    ]
 }
 
 fn visibility_symbols() -> Symbols<Visibility> {
@@ -1312,13 +1323,6 @@ impl Fields {
         }
     }
 
-    fn boolean(&mut self, name: &'static str) -> Result<bool, CodecError> {
-        match self.next(name)? {
-            Value::Boolean(value) => Ok(value),
-            _ => Err(self.invalid(name, "is not a boolean")),
-        }
-    }
-
     /// An `{"type":"array","items":"string"}` field.
     fn strings(&mut self, name: &'static str) -> Result<Vec<String>, CodecError> {
         match self.next(name)? {
@@ -1549,23 +1553,27 @@ fn event_from_payload(mut p: Fields) -> Result<Event, CodecError> {
             Event::ServerUnsubscribed { server_id, user_id }
         }
         "ServerInvitationSent" => {
+            let invitation_id = p.uuid("invitation_id")?;
             let server_id = p.uuid("server_id")?;
             let inviter_id = p.uuid("inviter_id")?;
             let invitee_id = p.uuid("invitee_id")?;
             Event::ServerInvitationSent {
+                invitation_id,
                 server_id,
                 inviter_id,
                 invitee_id,
             }
         }
         "ServerInvitationAnswered" => {
+            let invitation_id = p.uuid("invitation_id")?;
             let server_id = p.uuid("server_id")?;
             let invitee_id = p.uuid("invitee_id")?;
-            let accepted = p.boolean("accepted")?;
+            let outcome = p.enumeration("outcome", invitation_outcome_symbols())?;
             Event::ServerInvitationAnswered {
+                invitation_id,
                 server_id,
                 invitee_id,
-                accepted,
+                outcome,
             }
         }
         "PostPublished" => {
@@ -1807,24 +1815,6 @@ mod tests {
                     problem: p,
                     ..
                 }) => assert_eq!(p, problem),
-                other => panic!("expected InvalidField, got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn booleans_of_the_wrong_shape_are_named_errors() {
-        for b in [true, false] {
-            let decoded = payload(vec![("accepted", Value::Boolean(b))]).boolean("accepted");
-            assert_eq!(decoded.ok(), Some(b));
-        }
-        for value in [Value::Int(1), Value::String("true".into())] {
-            match payload(vec![("accepted", value)]).boolean("accepted") {
-                Err(CodecError::InvalidField {
-                    field: "accepted",
-                    problem: "is not a boolean",
-                    ..
-                }) => {}
                 other => panic!("expected InvalidField, got {other:?}"),
             }
         }

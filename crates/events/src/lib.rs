@@ -110,6 +110,16 @@ pub enum ChannelLeaveReason {
 pub enum NotificationKind {
     /// A direct message arrived while the recipient had no live session.
     Message,
+    /// The user was invited to a server (schema version 2).
+    Invitation,
+}
+
+/// How an invitation to a server was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvitationOutcome {
+    /// The invitee subscribed.
+    Accepted,
+    Declined,
 }
 
 /// Everything that can happen in Missive. Each variant is one Avro record type in `schemas/`.
@@ -170,11 +180,12 @@ pub enum Event {
     NotificationRequested {
         user_id: Uuid,
         kind: NotificationKind,
-        /// Where: the conversation, for [`NotificationKind::Message`].
+        /// Where: the conversation for [`NotificationKind::Message`], the server for
+        /// [`NotificationKind::Invitation`].
         subject_id: Uuid,
-        /// What: the message.
+        /// What: the message, or the invitation.
         item_id: Uuid,
-        /// Who: the sender.
+        /// Who: the sender, or the inviter.
         from_id: Uuid,
     },
     PresenceChanged {
@@ -199,15 +210,17 @@ pub enum Event {
     },
     /// One pending invitation per server and invitee.
     ServerInvitationSent {
+        invitation_id: Uuid,
         server_id: Uuid,
         inviter_id: Uuid,
         invitee_id: Uuid,
     },
     /// The invitee accepted (a `ServerSubscribed` follows) or declined.
     ServerInvitationAnswered {
+        invitation_id: Uuid,
         server_id: Uuid,
         invitee_id: Uuid,
-        accepted: bool,
+        outcome: InvitationOutcome,
     },
     /// The owner published a post on the server.
     PostPublished {

@@ -10,8 +10,8 @@ use missive_events::codec::{
     self, CodecError, encode_with_version, fingerprint, known_schemas, schema_version,
 };
 use missive_events::{
-    ChannelLeaveReason, DeleteScope, Envelope, Event, NotificationKind, Presence, RemovalReason,
-    Visibility, decode, encode, truncate_to_micros,
+    ChannelLeaveReason, DeleteScope, Envelope, Event, InvitationOutcome, NotificationKind,
+    Presence, RemovalReason, Visibility, decode, encode, truncate_to_micros,
 };
 use uuid::Uuid;
 
@@ -21,7 +21,7 @@ use uuid::Uuid;
 /// Fingerprints of every kept schema as wire bytes (header bytes 2..10) in hex, computed from
 /// the `.avsc` files by fastavro 1.13 (`fastavro.schema.fingerprint(to_parsing_canonical_form(..),
 /// "CRC-64-AVRO")`), an implementation independent of this crate.
-const INDEPENDENT_FINGERPRINTS: [(&str, u32, &str); 24] = [
+const INDEPENDENT_FINGERPRINTS: [(&str, u32, &str); 25] = [
     ("ChannelCreated", 1, "54d19003e5c22c1f"),
     ("ChannelDeleted", 1, "f814b14f46c86764"),
     ("ChannelJoined", 1, "33faa576f4ab25e0"),
@@ -37,16 +37,27 @@ const INDEPENDENT_FINGERPRINTS: [(&str, u32, &str); 24] = [
     ("MessageSent", 2, "3f885b51e756c748"),
     ("MessagesRead", 1, "d09a60adbfcb1beb"),
     ("NotificationRequested", 1, "dabd962d4a0080c8"),
+    ("NotificationRequested", 2, "71d285963f3b2353"),
     ("PostPublished", 1, "68c6468c5955baf0"),
     ("PresenceChanged", 1, "51d41e1f82ffc5eb"),
     ("ProfileUpdated", 1, "f267bf317815f7cc"),
     ("ServerCreated", 1, "52d9fbc0aa879664"),
-    ("ServerInvitationAnswered", 1, "08a2cae215aa69ae"),
-    ("ServerInvitationSent", 1, "1ee3d5bf5eb0b3ff"),
+    ("ServerInvitationAnswered", 1, "c07e2a73e733b1d3"),
+    ("ServerInvitationSent", 1, "2afe7ec7ca617a8d"),
     ("ServerSubscribed", 1, "4029441ba2089a83"),
     ("ServerUnsubscribed", 1, "e07afdfd5e008bd2"),
     ("UserRegistered", 1, "f22aeb16ac1ab072"),
 ];
+
+/// The version [`codec::encode`] writes: the highest listed for the type.
+fn current_version(event_type: &str) -> i64 {
+    INDEPENDENT_FINGERPRINTS
+        .iter()
+        .filter(|(t, _, _)| *t == event_type)
+        .map(|(_, v, _)| i64::from(*v))
+        .max()
+        .expect("fingerprint listed")
+}
 
 fn independent_fingerprint(event_type: &str, version: u32) -> [u8; 8] {
     let (_, _, hex) = INDEPENDENT_FINGERPRINTS
@@ -192,6 +203,13 @@ fn samples() -> Vec<Envelope> {
             item_id: id(30),
             from_id: id(1),
         },
+        Event::NotificationRequested {
+            user_id: id(3),
+            kind: NotificationKind::Invitation,
+            subject_id: id(41),
+            item_id: id(80),
+            from_id: id(2),
+        },
         Event::ServerCreated {
             server_id: id(40),
             owner_id: id(1),
@@ -219,19 +237,22 @@ fn samples() -> Vec<Envelope> {
             user_id: id(2),
         },
         Event::ServerInvitationSent {
+            invitation_id: id(80),
             server_id: id(41),
             inviter_id: id(2),
             invitee_id: id(3),
         },
         Event::ServerInvitationAnswered {
+            invitation_id: id(80),
             server_id: id(41),
             invitee_id: id(3),
-            accepted: true,
+            outcome: InvitationOutcome::Accepted,
         },
         Event::ServerInvitationAnswered {
+            invitation_id: id(81),
             server_id: id(41),
             invitee_id: id(4),
-            accepted: false,
+            outcome: InvitationOutcome::Declined,
         },
         Event::PostPublished {
             post_id: id(70),
@@ -373,11 +394,6 @@ impl Body {
         let mut body = self.long(s.len() as i64);
         body.0.extend_from_slice(s.as_bytes());
         body
-    }
-
-    fn boolean(mut self, b: bool) -> Self {
-        self.0.push(u8::from(b));
-        self
     }
 
     /// An array of strings: one block holding every item, then the empty block that ends it.
@@ -558,7 +574,7 @@ fn records_start_with_the_marker_then_the_current_fingerprint() {
 /// the partition key.
 fn hand_built(e: &Envelope) -> Vec<u8> {
     let event_type = e.event_type();
-    let version = if event_type == "MessageSent" { 2 } else { 1 };
+    let version = current_version(event_type);
     let body = Body::default().header(event_type, version, e.occurred_at.timestamp_micros(), e);
     let body = match &e.event {
         Event::UserRegistered {
@@ -648,6 +664,7 @@ fn hand_built(e: &Envelope) -> Vec<u8> {
             .uuid(*user_id)
             .long(match kind {
                 NotificationKind::Message => 0,
+                NotificationKind::Invitation => 1,
             })
             .uuid(*subject_id)
             .uuid(*item_id)
@@ -670,15 +687,28 @@ fn hand_built(e: &Envelope) -> Vec<u8> {
         Event::ServerSubscribed { server_id, user_id }
         | Event::ServerUnsubscribed { server_id, user_id } => body.uuid(*server_id).uuid(*user_id),
         Event::ServerInvitationSent {
+            invitation_id,
             server_id,
             inviter_id,
             invitee_id,
-        } => body.uuid(*server_id).uuid(*inviter_id).uuid(*invitee_id),
+        } => body
+            .uuid(*invitation_id)
+            .uuid(*server_id)
+            .uuid(*inviter_id)
+            .uuid(*invitee_id),
         Event::ServerInvitationAnswered {
+            invitation_id,
             server_id,
             invitee_id,
-            accepted,
-        } => body.uuid(*server_id).uuid(*invitee_id).boolean(*accepted),
+            outcome,
+        } => body
+            .uuid(*invitation_id)
+            .uuid(*server_id)
+            .uuid(*invitee_id)
+            .long(match outcome {
+                InvitationOutcome::Accepted => 0,
+                InvitationOutcome::Declined => 1,
+            }),
         Event::PostPublished {
             post_id,
             server_id,
@@ -806,10 +836,13 @@ fn partition_key_is_written_but_not_trusted_on_decode() {
 // Schema versions.
 
 #[test]
-fn current_versions_are_message_sent_2_and_everything_else_1() {
+fn current_versions_are_message_sent_2_notification_requested_2_and_everything_else_1() {
     for (event_type, _, _) in INDEPENDENT_FINGERPRINTS {
-        let expected = if event_type == "MessageSent" { 2 } else { 1 };
-        assert_eq!(schema_version(event_type), Some(expected), "{event_type}");
+        assert_eq!(
+            schema_version(event_type),
+            Some(current_version(event_type) as u32),
+            "{event_type}"
+        );
     }
     assert_eq!(schema_version("NoSuchEvent"), None);
     assert_eq!(fingerprint("MessageSent", 3), None);
@@ -833,7 +866,7 @@ fn fingerprints_are_distinct() {
     let all: Vec<[u8; 8]> = known_schemas().map(|(_, _, fp)| fp).collect();
     let distinct: BTreeSet<[u8; 8]> = all.iter().copied().collect();
     assert_eq!(all.len(), distinct.len());
-    assert_eq!(all.len(), 24);
+    assert_eq!(all.len(), 25);
 }
 
 fn schemas_dir() -> std::path::PathBuf {
@@ -1272,20 +1305,53 @@ fn an_array_block_claiming_more_items_than_bytes_is_an_error_not_an_allocation()
 }
 
 #[test]
-fn a_boolean_that_is_neither_0_nor_1_is_an_error() {
+fn an_enum_index_beyond_the_symbols_is_an_error() {
     let e = envelope(18, message_sent(None, "x"), 0);
-    for byte in [2u8, 0x80, 0xff] {
+    // ServerInvitationAnswered.outcome has two symbols: index 2 (zig-zag 4) and -1 (1) are not.
+    for index in [4u8, 1, 0x7f] {
         let mut body = Body::default()
             .header("ServerInvitationAnswered", 1, 0, &e)
+            .uuid(id(80))
             .uuid(id(41))
             .uuid(id(3));
-        body.0.push(byte);
+        body.0.push(index);
         let bytes = body.framed(independent_fingerprint("ServerInvitationAnswered", 1));
-        assert!(
-            matches!(decode(&bytes), Err(CodecError::Malformed { .. })),
-            "boolean byte {byte}"
-        );
+        assert!(decode(&bytes).is_err(), "enum index byte {index}");
     }
+}
+
+#[test]
+fn a_v1_notification_decodes_and_v1_cannot_hold_an_invitation() {
+    let message = envelope(
+        19,
+        Event::NotificationRequested {
+            user_id: id(2),
+            kind: NotificationKind::Message,
+            subject_id: id(30),
+            item_id: id(31),
+            from_id: id(1),
+        },
+        NOV_22_MICROS,
+    );
+    let v1 = encode_with_version(&message, 1).expect("v1 holds a MESSAGE notification");
+    assert_eq!(
+        v1[2..10],
+        independent_fingerprint("NotificationRequested", 1)
+    );
+    assert_eq!(decode(&v1).unwrap(), message);
+    let invitation = envelope(
+        20,
+        Event::NotificationRequested {
+            user_id: id(3),
+            kind: NotificationKind::Invitation,
+            subject_id: id(41),
+            item_id: id(80),
+            from_id: id(2),
+        },
+        NOV_22_MICROS,
+    );
+    assert!(encode_with_version(&invitation, 1).is_err());
+    assert_eq!(decode(&encode(&invitation).unwrap()).unwrap(), invitation);
 }
 
 #[test]

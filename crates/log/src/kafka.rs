@@ -1,6 +1,7 @@
 //! The production event log: Apache Kafka, through rdkafka.
 //!
-//! One topic per stream (`<prefix>messages`, `<prefix>social`, `<prefix>presence`). A record's
+//! One topic per stream (`<prefix>messages`, `<prefix>social`, `<prefix>presence`,
+//! `<prefix>notifications`, `<prefix>communities`). A record's
 //! Kafka key is its partition key, so all events of one conversation, user or user pair sit in
 //! one partition, in order; its value is the Avro single-object encoded envelope; the headers
 //! `event_type` and `schema_version` let consumers route without decoding.
@@ -15,7 +16,11 @@
 //! (stream indexes follow [`Stream::ALL`]), so positions of different topics never collide.
 //!
 //! Unlike the embedded log, an append of several records is not atomic across partitions
-//! (that would take Kafka transactions); every command today appends one event.
+//! (that would take Kafka transactions). The commands that append several events are
+//! ordered so that a retry after a failed append, decided again from the read models,
+//! completes them (unsubscribing, accepting an invitation: the subscription comes first),
+//! with two known gaps: a join whose read marker failed leaves the channel's history unread,
+//! and an invitation whose notification failed is not notified on retry.
 
 use std::collections::HashMap;
 use std::sync::Arc;

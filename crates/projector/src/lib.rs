@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use missive_events::{DeleteScope, Envelope, Event, Presence};
+use chrono::{DateTime, Utc};
+use missive_events::{DeleteScope, Envelope, Event, InvitationOutcome, Presence};
 use missive_log::{DeadLetter, EventLog, LogConsumer, Position, StoredRecord};
-use missive_store::{Change, ReadStore};
+use missive_store::{Change, CommunityChange, ReadStore};
 use missive_telemetry::metrics;
 use tokio::sync::watch;
 
@@ -120,7 +121,6 @@ pub fn project(envelope: &Envelope, position: Position) -> Vec<Change> {
         }],
         // Requests for an external push-notification service; no read model holds them.
         Event::NotificationRequested { .. } => Vec::new(),
-        // Servers, posts and channels are projected in issue 6's next part.
         Event::ServerCreated { .. }
         | Event::ServerSubscribed { .. }
         | Event::ServerUnsubscribed { .. }
@@ -132,8 +132,166 @@ pub fn project(envelope: &Envelope, position: Position) -> Vec<Change> {
         | Event::ChannelJoined { .. }
         | Event::ChannelLeft { .. }
         | Event::ChannelMessageSent { .. }
-        | Event::ChannelMessagesRead { .. } => Vec::new(),
+        | Event::ChannelMessagesRead { .. } => {
+            let mut changes: Vec<Change> = project_community(&envelope.event, at, position)
+                .map(Change::Community)
+                .into_iter()
+                .collect();
+            // A sender has read the channel up to their own message: it never counts as
+            // unread for them (as in conversations).
+            if let Event::ChannelMessageSent {
+                message_id,
+                channel_id,
+                sender_id,
+                ..
+            } = &envelope.event
+            {
+                changes.push(Change::Community(CommunityChange::MarkChannelRead {
+                    channel_id: *channel_id,
+                    reader_id: *sender_id,
+                    up_to: *message_id,
+                }));
+            }
+            changes
+        }
     }
+}
+
+/// The change a server, post or channel event implies (`None` for the other events).
+fn project_community(
+    event: &Event,
+    at: DateTime<Utc>,
+    position: Position,
+) -> Option<CommunityChange> {
+    let version = position.offset;
+    Some(match event {
+        Event::ServerCreated {
+            server_id,
+            owner_id,
+            name,
+            tags,
+            visibility,
+        } => CommunityChange::AddServer {
+            server_id: *server_id,
+            owner_id: *owner_id,
+            name: name.clone(),
+            tags: tags.clone(),
+            visibility: *visibility,
+            created_at: at,
+        },
+        Event::ServerSubscribed { server_id, user_id }
+        | Event::ServerUnsubscribed { server_id, user_id } => CommunityChange::SetSubscription {
+            server_id: *server_id,
+            user_id: *user_id,
+            subscribed: matches!(event, Event::ServerSubscribed { .. }),
+            at,
+            version,
+        },
+        Event::ServerInvitationSent {
+            invitation_id,
+            server_id,
+            inviter_id,
+            invitee_id,
+        } => CommunityChange::AddInvitation {
+            invitation_id: *invitation_id,
+            server_id: *server_id,
+            inviter_id: *inviter_id,
+            invitee_id: *invitee_id,
+            sent_at: at,
+        },
+        Event::ServerInvitationAnswered {
+            invitation_id,
+            outcome,
+            ..
+        } => CommunityChange::AnswerInvitation {
+            invitation_id: *invitation_id,
+            accepted: *outcome == InvitationOutcome::Accepted,
+            at,
+        },
+        Event::PostPublished {
+            post_id,
+            server_id,
+            author_id,
+            content,
+            tags,
+        } => CommunityChange::AddPost {
+            post_id: *post_id,
+            server_id: *server_id,
+            author_id: *author_id,
+            content: content.clone(),
+            tags: tags.clone(),
+            published_at: at,
+            position,
+        },
+        Event::ChannelCreated {
+            channel_id,
+            server_id,
+            name,
+            created_by,
+        } => CommunityChange::AddChannel {
+            channel_id: *channel_id,
+            server_id: *server_id,
+            name: name.clone(),
+            created_by: *created_by,
+            created_at: at,
+        },
+        Event::ChannelDeleted {
+            channel_id,
+            server_id,
+            ..
+        } => CommunityChange::DeleteChannel {
+            channel_id: *channel_id,
+            server_id: *server_id,
+        },
+        Event::ChannelJoined {
+            user_id,
+            server_id,
+            channel_id,
+        } => CommunityChange::JoinChannel {
+            user_id: *user_id,
+            server_id: *server_id,
+            channel_id: *channel_id,
+            at,
+            version,
+        },
+        Event::ChannelLeft {
+            user_id,
+            channel_id,
+            ..
+        } => CommunityChange::LeaveChannel {
+            user_id: *user_id,
+            channel_id: *channel_id,
+            version,
+        },
+        Event::ChannelMessageSent {
+            message_id,
+            server_id,
+            channel_id,
+            sender_id,
+            text,
+            client_msg_id,
+        } => CommunityChange::AddChannelMessage {
+            message_id: *message_id,
+            server_id: *server_id,
+            channel_id: *channel_id,
+            sender_id: *sender_id,
+            text: text.clone(),
+            client_msg_id: client_msg_id.clone(),
+            sent_at: at,
+            position,
+        },
+        Event::ChannelMessagesRead {
+            channel_id,
+            reader_id,
+            up_to,
+            ..
+        } => CommunityChange::MarkChannelRead {
+            channel_id: *channel_id,
+            reader_id: *reader_id,
+            up_to: *up_to,
+        },
+        _ => return None,
+    })
 }
 
 /// How far a projection has applied the log: per partition, the next offset to apply.

@@ -22,6 +22,174 @@ struct World {
     carol: Uuid,
 }
 
+/// Ids of the community part of the history.
+const SERVER: Uuid = Uuid::from_u128(0x5e);
+const GENERAL: Uuid = Uuid::from_u128(0xc1);
+const RANDOM: Uuid = Uuid::from_u128(0xc2);
+
+/// A server of alice's: bob subscribes then leaves; carol is invited and accepts; three posts;
+/// two channels, one deleted while carol is in it; channel messages and a read marker; and a
+/// v1 notification among them.
+fn community_history(w: &World, env: &impl Fn(Event, Uuid) -> Envelope) -> Vec<Record> {
+    let invitation = Uuid::now_v7();
+    let mut events = vec![
+        (
+            Event::ServerCreated {
+                server_id: SERVER,
+                owner_id: w.alice,
+                name: "Plaza".into(),
+                tags: vec!["town".into()],
+                visibility: missive_events::Visibility::Public,
+            },
+            w.alice,
+        ),
+        (
+            Event::ServerSubscribed {
+                server_id: SERVER,
+                user_id: w.bob,
+            },
+            w.bob,
+        ),
+        (
+            Event::ServerInvitationSent {
+                invitation_id: invitation,
+                server_id: SERVER,
+                inviter_id: w.alice,
+                invitee_id: w.carol,
+            },
+            w.alice,
+        ),
+        (
+            Event::ServerSubscribed {
+                server_id: SERVER,
+                user_id: w.carol,
+            },
+            w.carol,
+        ),
+        (
+            Event::ServerInvitationAnswered {
+                invitation_id: invitation,
+                server_id: SERVER,
+                invitee_id: w.carol,
+                outcome: missive_events::InvitationOutcome::Accepted,
+            },
+            w.carol,
+        ),
+    ];
+    for (channel, name) in [(GENERAL, "general"), (RANDOM, "random")] {
+        events.push((
+            Event::ChannelCreated {
+                channel_id: channel,
+                server_id: SERVER,
+                name: name.into(),
+                created_by: w.alice,
+            },
+            w.alice,
+        ));
+    }
+    for n in 0..3 {
+        events.push((
+            Event::PostPublished {
+                post_id: Uuid::now_v7(),
+                server_id: SERVER,
+                author_id: w.alice,
+                content: format!("post {n}"),
+                tags: Vec::new(),
+            },
+            w.alice,
+        ));
+    }
+    for user in [w.bob, w.carol] {
+        events.push((
+            Event::ChannelJoined {
+                user_id: user,
+                server_id: SERVER,
+                channel_id: GENERAL,
+            },
+            user,
+        ));
+    }
+    let mut sent = Vec::new();
+    for n in 0..4 {
+        let id = Uuid::now_v7();
+        sent.push(id);
+        events.push((
+            Event::ChannelMessageSent {
+                message_id: id,
+                server_id: SERVER,
+                channel_id: GENERAL,
+                sender_id: w.carol,
+                text: format!("channel {n}"),
+                client_msg_id: (n == 0).then(|| "c-0".to_owned()),
+            },
+            w.carol,
+        ));
+    }
+    events.push((
+        Event::ChannelMessagesRead {
+            server_id: SERVER,
+            channel_id: GENERAL,
+            reader_id: w.bob,
+            up_to: sent[1],
+        },
+        w.bob,
+    ));
+    events.push((
+        Event::ChannelLeft {
+            user_id: w.carol,
+            server_id: SERVER,
+            channel_id: GENERAL,
+            reason: missive_events::ChannelLeaveReason::Switched,
+        },
+        w.carol,
+    ));
+    events.push((
+        Event::ChannelJoined {
+            user_id: w.carol,
+            server_id: SERVER,
+            channel_id: RANDOM,
+        },
+        w.carol,
+    ));
+    events.push((
+        Event::ChannelDeleted {
+            channel_id: RANDOM,
+            server_id: SERVER,
+            deleted_by: w.alice,
+        },
+        w.alice,
+    ));
+    events.push((
+        Event::ChannelLeft {
+            user_id: w.bob,
+            server_id: SERVER,
+            channel_id: GENERAL,
+            reason: missive_events::ChannelLeaveReason::Unsubscribed,
+        },
+        w.bob,
+    ));
+    events.push((
+        Event::ServerUnsubscribed {
+            server_id: SERVER,
+            user_id: w.bob,
+        },
+        w.bob,
+    ));
+    let mut records: Vec<Record> = events
+        .into_iter()
+        .map(|(e, actor)| record(&env(e, actor), None))
+        .collect();
+    let notification = Event::NotificationRequested {
+        user_id: w.bob,
+        kind: missive_events::NotificationKind::Message,
+        subject_id: Uuid::now_v7(),
+        item_id: Uuid::now_v7(),
+        from_id: w.alice,
+    };
+    records.push(record(&env(notification, w.alice), Some(1)));
+    records
+}
+
 fn record(envelope: &Envelope, version: Option<u32>) -> Record {
     let payload = match version {
         Some(v) => codec::encode_with_version(envelope, v).expect("encode old version"),
@@ -164,6 +332,7 @@ async fn write_history(log: &dyn EventLog) -> World {
         ),
         None,
     ));
+    records.extend(community_history(&w, &env));
     // Appended in several calls so that batches split the history.
     for chunk in records.chunks(7) {
         log.append(chunk.to_vec()).await.expect("append");
@@ -247,6 +416,40 @@ async fn projects_a_mixed_version_log_exactly() {
         "Bobby"
     );
     assert!(live.user(w.carol).await.expect("u").expect("carol").online);
+
+    // Communities: carol's channel was deleted under her; bob left; general has 4 messages,
+    // bob read 2 of them before leaving.
+    assert_eq!(
+        live.current_channel(w.carol).await.expect("channel"),
+        None,
+        "a deleted channel is nobody's"
+    );
+    assert_eq!(live.current_channel(w.bob).await.expect("channel"), None);
+    let bobs_servers = live.user_servers(w.bob, None, 10).await.expect("servers");
+    assert!(bobs_servers.items.is_empty(), "bob unsubscribed");
+    let carols = live.user_servers(w.carol, None, 10).await.expect("servers");
+    assert_eq!(carols.items.len(), 1);
+    let channels = live.channels(SERVER, w.bob).await.expect("channels");
+    assert_eq!(channels.len(), 1, "random was deleted");
+    assert_eq!(channels[0].channel.channel_id, GENERAL);
+    assert_eq!(channels[0].last_seq, 4);
+    assert_eq!(channels[0].unread_count, 2);
+    let posts = live.posts(SERVER, None, 10).await.expect("posts");
+    assert_eq!(
+        posts
+            .items
+            .iter()
+            .map(|p| p.content.as_str())
+            .collect::<Vec<_>>(),
+        vec!["post 2", "post 1", "post 0"]
+    );
+    assert!(
+        live.pending_invitations(w.carol, None, 10)
+            .await
+            .expect("invitations")
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,6 +646,119 @@ impl ReadStore for Faulty {
     }
     async fn online_users(&self) -> missive_store::Result<Vec<Uuid>> {
         self.inner.online_users().await
+    }
+    async fn server(&self, id: Uuid) -> missive_store::Result<Option<missive_store::Server>> {
+        self.inner.server(id).await
+    }
+    async fn server_by_name(
+        &self,
+        n: &str,
+    ) -> missive_store::Result<Option<missive_store::Server>> {
+        self.inner.server_by_name(n).await
+    }
+    async fn search_servers(
+        &self,
+        q: &missive_store::ServerSearch,
+        a: Option<&str>,
+        l: usize,
+    ) -> missive_store::Result<missive_store::Page<missive_store::Server>> {
+        self.inner.search_servers(q, a, l).await
+    }
+    async fn user_servers(
+        &self,
+        u: Uuid,
+        a: Option<&str>,
+        l: usize,
+    ) -> missive_store::Result<missive_store::Page<missive_store::UserServer>> {
+        self.inner.user_servers(u, a, l).await
+    }
+    async fn membership(
+        &self,
+        s: Uuid,
+        u: Uuid,
+    ) -> missive_store::Result<Option<missive_store::ServerRole>> {
+        self.inner.membership(s, u).await
+    }
+    async fn invitation(
+        &self,
+        i: Uuid,
+    ) -> missive_store::Result<Option<missive_store::Invitation>> {
+        self.inner.invitation(i).await
+    }
+    async fn pending_invitation(
+        &self,
+        s: Uuid,
+        u: Uuid,
+    ) -> missive_store::Result<Option<missive_store::Invitation>> {
+        self.inner.pending_invitation(s, u).await
+    }
+    async fn pending_invitations(
+        &self,
+        u: Uuid,
+        a: Option<&str>,
+        l: usize,
+    ) -> missive_store::Result<missive_store::Page<missive_store::Invitation>> {
+        self.inner.pending_invitations(u, a, l).await
+    }
+    async fn posts(
+        &self,
+        s: Uuid,
+        b: Option<&str>,
+        l: usize,
+    ) -> missive_store::Result<missive_store::Page<missive_store::Post>> {
+        self.inner.posts(s, b, l).await
+    }
+    async fn channels(
+        &self,
+        s: Uuid,
+        v: Uuid,
+    ) -> missive_store::Result<Vec<missive_store::ChannelSummary>> {
+        self.inner.channels(s, v).await
+    }
+    async fn channel(&self, c: Uuid) -> missive_store::Result<Option<missive_store::Channel>> {
+        self.inner.channel(c).await
+    }
+    async fn current_channel(
+        &self,
+        u: Uuid,
+    ) -> missive_store::Result<Option<missive_store::Channel>> {
+        self.inner.current_channel(u).await
+    }
+    async fn channel_members(
+        &self,
+        c: Uuid,
+        a: Option<&str>,
+        l: usize,
+    ) -> missive_store::Result<missive_store::Page<Uuid>> {
+        self.inner.channel_members(c, a, l).await
+    }
+    async fn channel_history(
+        &self,
+        v: Uuid,
+        c: Uuid,
+        q: missive_store::HistoryQuery,
+    ) -> missive_store::Result<missive_store::Page<missive_store::ChannelMessage>> {
+        self.inner.channel_history(v, c, q).await
+    }
+    async fn channel_message_by_client_id(
+        &self,
+        s: Uuid,
+        k: &str,
+    ) -> missive_store::Result<Option<missive_store::ChannelMessage>> {
+        self.inner.channel_message_by_client_id(s, k).await
+    }
+    async fn channel_message(
+        &self,
+        v: Uuid,
+        m: Uuid,
+    ) -> missive_store::Result<Option<missive_store::ChannelMessage>> {
+        self.inner.channel_message(v, m).await
+    }
+    async fn latest_channel_message(
+        &self,
+        c: Uuid,
+    ) -> missive_store::Result<Option<missive_store::ChannelMessage>> {
+        self.inner.latest_channel_message(c).await
     }
 }
 

@@ -22,6 +22,7 @@
 //! - [`locks`]: keyed async locks.
 //! - [`notifier`]: offline notifications for an external push service.
 
+pub mod communities;
 pub mod locks;
 pub mod notifier;
 
@@ -484,23 +485,49 @@ impl Service {
         };
         missive_domain::messages::validate_client_msg_id(cmid)?;
         missive_domain::messages::validate_text(text, self.config.max_text_chars)?;
+        self.send_once(
+            // Direct and channel messages have separate idempotency keys.
+            (actor.user_id, format!("dm:{cmid}")),
+            || async {
+                let earlier = self.store.message_by_client_id(actor.user_id, cmid).await?;
+                Ok(earlier.map(|m| SendReceipt {
+                    message_id: m.message_id,
+                    conversation_id: m.conversation_id,
+                    sent_at: m.sent_at,
+                    position: m.position,
+                    duplicate: true,
+                }))
+            },
+            || self.send_new(actor, peer, text, Some(cmid)),
+        )
+        .await
+    }
+
+    /// Runs `send` once per `key` (sender and idempotency key): a retry gets the receipt of
+    /// the first attempt, from memory while it is in flight or not yet projected, else from
+    /// the read models (`earlier`).
+    async fn send_once<E, EF, S, SF>(
+        &self,
+        key: (Uuid, String),
+        earlier: E,
+        send: S,
+    ) -> Result<SendReceipt>
+    where
+        E: FnOnce() -> EF,
+        EF: std::future::Future<Output = Result<Option<SendReceipt>>>,
+        S: FnOnce() -> SF,
+        SF: std::future::Future<Output = Result<SendReceipt>>,
+    {
         self.await_startup().await?;
-        let key = (actor.user_id, cmid.to_owned());
         let claim = self.claims.lock().claim(&key, &self.progress.borrow());
         let mut fresh = false;
         let receipt = claim
             .get_or_try_init(|| async {
-                if let Some(m) = self.store.message_by_client_id(actor.user_id, cmid).await? {
-                    return Ok::<_, ServiceError>(SendReceipt {
-                        message_id: m.message_id,
-                        conversation_id: m.conversation_id,
-                        sent_at: m.sent_at,
-                        position: m.position,
-                        duplicate: true,
-                    });
+                if let Some(receipt) = earlier().await? {
+                    return Ok::<_, ServiceError>(receipt);
                 }
                 fresh = true;
-                self.send_new(actor, peer, text, Some(cmid)).await
+                send().await
             })
             .await;
         let receipt = match receipt {
