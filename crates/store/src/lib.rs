@@ -163,144 +163,95 @@ pub trait ReadStore: Send + Sync + 'static {
     /// start-up (a process that died left its users online), not for requests.
     async fn online_users(&self) -> Result<Vec<Uuid>>;
 
-    // Servers (communities). TEMPORARY default bodies while the two adapters are written;
-    // removed before this lands.
+    // ----- servers (communities) -----
 
-    async fn server(&self, _id: Uuid) -> Result<Option<Server>> {
-        Err(unbuilt())
-    }
+    async fn server(&self, id: Uuid) -> Result<Option<Server>>;
 
     /// The server with this name, ignoring case ([`server_name_key`]).
-    async fn server_by_name(&self, _name: &str) -> Result<Option<Server>> {
-        Err(unbuilt())
-    }
+    async fn server_by_name(&self, name: &str) -> Result<Option<Server>>;
 
     /// Public servers matching `search`, by [`server_name_key`] then id. `after` is a previous
     /// page's `next` (the last server's id).
     async fn search_servers(
         &self,
-        _search: &ServerSearch,
-        _after: Option<&str>,
-        _limit: usize,
-    ) -> Result<Page<Server>> {
-        Err(unbuilt())
-    }
+        search: &ServerSearch,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Server>>;
 
     /// The servers `user` owns or is subscribed to, by server id. `after` is a previous page's
     /// `next` (the last server's id).
     async fn user_servers(
         &self,
-        _user: Uuid,
-        _after: Option<&str>,
-        _limit: usize,
-    ) -> Result<Page<UserServer>> {
-        Err(unbuilt())
-    }
+        user: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<UserServer>>;
 
     /// What `user` is to `server`: `None` if neither owner nor subscribed.
-    async fn membership(&self, _server: Uuid, _user: Uuid) -> Result<Option<ServerRole>> {
-        Err(unbuilt())
-    }
+    async fn membership(&self, server: Uuid, user: Uuid) -> Result<Option<ServerRole>>;
 
-    async fn invitation(&self, _invitation_id: Uuid) -> Result<Option<Invitation>> {
-        Err(unbuilt())
-    }
+    async fn invitation(&self, invitation_id: Uuid) -> Result<Option<Invitation>>;
 
     /// The pending invitation of `invitee` to `server`, if any (at most one is pending).
-    async fn pending_invitation(
-        &self,
-        _server: Uuid,
-        _invitee: Uuid,
-    ) -> Result<Option<Invitation>> {
-        Err(unbuilt())
-    }
+    async fn pending_invitation(&self, server: Uuid, invitee: Uuid) -> Result<Option<Invitation>>;
 
     /// The invitations waiting for `invitee`'s answer, newest first. `after` is a previous
     /// page's `next` (the last invitation's id).
     async fn pending_invitations(
         &self,
-        _invitee: Uuid,
-        _after: Option<&str>,
-        _limit: usize,
-    ) -> Result<Page<Invitation>> {
-        Err(unbuilt())
-    }
+        invitee: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Invitation>>;
 
     /// A server's posts, newest first. `before` is a previous page's `next` (the last post's
     /// id).
-    async fn posts(
-        &self,
-        _server: Uuid,
-        _before: Option<&str>,
-        _limit: usize,
-    ) -> Result<Page<Post>> {
-        Err(unbuilt())
-    }
+    async fn posts(&self, server: Uuid, before: Option<&str>, limit: usize) -> Result<Page<Post>>;
 
     /// The server's channels (not deleted ones), by name, with `viewer`'s unread counts.
-    async fn channels(&self, _server: Uuid, _viewer: Uuid) -> Result<Vec<ChannelSummary>> {
-        Err(unbuilt())
-    }
+    async fn channels(&self, server: Uuid, viewer: Uuid) -> Result<Vec<ChannelSummary>>;
 
     /// A channel, unless unknown or deleted.
-    async fn channel(&self, _channel: Uuid) -> Result<Option<Channel>> {
-        Err(unbuilt())
-    }
+    async fn channel(&self, channel: Uuid) -> Result<Option<Channel>>;
 
     /// The channel `user` is in, unless none (or it was deleted).
-    async fn current_channel(&self, _user: Uuid) -> Result<Option<Channel>> {
-        Err(unbuilt())
-    }
+    async fn current_channel(&self, user: Uuid) -> Result<Option<Channel>>;
 
     /// The users in a channel, by id. `after` is a previous page's `next` (the last user id).
     async fn channel_members(
         &self,
-        _channel: Uuid,
-        _after: Option<&str>,
-        _limit: usize,
-    ) -> Result<Page<Uuid>> {
-        Err(unbuilt())
-    }
+        channel: Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Uuid>>;
 
     /// A page of a channel's messages, with the same `query` rules as [`ReadStore::history`];
     /// `client_msg_id` is shown to `viewer` only on their own messages.
     async fn channel_history(
         &self,
-        _viewer: Uuid,
-        _channel: Uuid,
-        _query: HistoryQuery,
-    ) -> Result<Page<ChannelMessage>> {
-        Err(unbuilt())
-    }
+        viewer: Uuid,
+        channel: Uuid,
+        query: HistoryQuery,
+    ) -> Result<Page<ChannelMessage>>;
 
     /// The channel message a sender sent with this idempotency key, if any.
     async fn channel_message_by_client_id(
         &self,
-        _sender: Uuid,
-        _client_msg_id: &str,
-    ) -> Result<Option<ChannelMessage>> {
-        Err(unbuilt())
-    }
+        sender: Uuid,
+        client_msg_id: &str,
+    ) -> Result<Option<ChannelMessage>>;
 
     /// One channel message as `viewer` sees it (`client_msg_id` only for its sender), unless
     /// unknown.
     async fn channel_message(
         &self,
-        _viewer: Uuid,
-        _message_id: Uuid,
-    ) -> Result<Option<ChannelMessage>> {
-        Err(unbuilt())
-    }
+        viewer: Uuid,
+        message_id: Uuid,
+    ) -> Result<Option<ChannelMessage>>;
 
     /// The latest message of a channel, if any.
-    async fn latest_channel_message(&self, _channel: Uuid) -> Result<Option<ChannelMessage>> {
-        Err(unbuilt())
-    }
-}
-
-/// TEMPORARY: see the default bodies above.
-fn unbuilt() -> StoreError {
-    StoreError::Unavailable("servers are not built in this store yet".into())
+    async fn latest_channel_message(&self, channel: Uuid) -> Result<Option<ChannelMessage>>;
 }
 
 /// The two users of a pair in a fixed order (smaller id first).
