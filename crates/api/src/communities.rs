@@ -261,21 +261,35 @@ async fn get_server(
     Ok(axum::Json(server_json(&server)).into_response())
 }
 
+/// Subscribes (`subscribe`) or unsubscribes.
+async fn subscription(
+    state: AppState,
+    actor: missive_service::Actor,
+    server_id: Uuid,
+    subscribe: bool,
+) -> ApiResult {
+    let position = detached(&state, move |s| async move {
+        if subscribe {
+            s.subscribe(actor, server_id).await
+        } else {
+            s.unsubscribe(actor, server_id).await
+        }
+    })
+    .await?;
+    Ok(axum::Json(json!({
+        "server_id": server_id,
+        "subscribed": subscribe,
+        "position": position_json(position),
+    }))
+    .into_response())
+}
+
 async fn subscribe(
     State(state): State<AppState>,
     Auth(actor): Auth,
     ApiPath(server_id): ApiPath<Uuid>,
 ) -> ApiResult {
-    let position = detached(&state, move |s| async move {
-        s.subscribe(actor, server_id).await
-    })
-    .await?;
-    Ok(axum::Json(json!({
-        "server_id": server_id,
-        "subscribed": true,
-        "position": position_json(position),
-    }))
-    .into_response())
+    subscription(state, actor, server_id, true).await
 }
 
 async fn unsubscribe(
@@ -283,16 +297,7 @@ async fn unsubscribe(
     Auth(actor): Auth,
     ApiPath(server_id): ApiPath<Uuid>,
 ) -> ApiResult {
-    let position = detached(&state, move |s| async move {
-        s.unsubscribe(actor, server_id).await
-    })
-    .await?;
-    Ok(axum::Json(json!({
-        "server_id": server_id,
-        "subscribed": false,
-        "position": position_json(position),
-    }))
-    .into_response())
+    subscription(state, actor, server_id, false).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -534,38 +539,43 @@ async fn delete_channel(
     .into_response())
 }
 
-async fn join_channel(
-    State(state): State<AppState>,
-    Auth(actor): Auth,
-    ApiPath((server_id, channel_id)): ApiPath<(Uuid, Uuid)>,
+/// Joins (`join`) or leaves a channel.
+async fn channel_command(
+    state: AppState,
+    actor: missive_service::Actor,
+    (server_id, channel_id): (Uuid, Uuid),
+    join: bool,
 ) -> ApiResult {
     let position = detached(&state, move |s| async move {
-        s.join_channel(actor, server_id, channel_id).await
+        if join {
+            s.join_channel(actor, server_id, channel_id).await
+        } else {
+            s.leave_channel(actor, server_id, channel_id).await
+        }
     })
     .await?;
     Ok(axum::Json(json!({
         "channel_id": channel_id,
-        "joined": true,
+        "joined": join,
         "position": position_json(position),
     }))
     .into_response())
 }
 
+async fn join_channel(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    ApiPath(ids): ApiPath<(Uuid, Uuid)>,
+) -> ApiResult {
+    channel_command(state, actor, ids, true).await
+}
+
 async fn leave_channel(
     State(state): State<AppState>,
     Auth(actor): Auth,
-    ApiPath((server_id, channel_id)): ApiPath<(Uuid, Uuid)>,
+    ApiPath(ids): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult {
-    let position = detached(&state, move |s| async move {
-        s.leave_channel(actor, server_id, channel_id).await
-    })
-    .await?;
-    Ok(axum::Json(json!({
-        "channel_id": channel_id,
-        "joined": false,
-        "position": position_json(position),
-    }))
-    .into_response())
+    channel_command(state, actor, ids, false).await
 }
 
 async fn channel_members(

@@ -442,6 +442,19 @@ impl Dispatch<'_> {
         // Pushed messages carry their place in the conversation: wait (once for the batch)
         // until the read models hold the last message of each partition with a viewer here.
         let mut last_message: HashMap<u32, Position> = HashMap::new();
+        // Channels a local user joins in this batch: the index learns of the join only when
+        // the batch is pushed, but a message after it is theirs to see.
+        let joined: HashSet<Uuid> = events
+            .iter()
+            .filter_map(|(_, envelope)| match &envelope.event {
+                Event::ChannelJoined {
+                    user_id,
+                    channel_id,
+                    ..
+                } if self.gateway.is_local(*user_id) => Some(*channel_id),
+                _ => None,
+            })
+            .collect();
         for (position, envelope) in &events {
             let viewed = match &envelope.event {
                 Event::MessageSent {
@@ -455,6 +468,7 @@ impl Dispatch<'_> {
                     ..
                 } => {
                     self.gateway.is_local(*sender_id)
+                        || joined.contains(channel_id)
                         || !self.gateway.channel_audience(*channel_id).is_empty()
                 }
                 _ => false,

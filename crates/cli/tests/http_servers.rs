@@ -285,6 +285,37 @@ async fn invitations_and_private_servers() {
         assert_eq!(a.code(), "server_not_found", "{path}");
     }
 
+    // Nor its channels, whatever the route.
+    let hidden = h
+        .post(
+            &format!("{server}/channels"),
+            &alice,
+            json!({"name": "inner"}),
+        )
+        .await;
+    assert_eq!(hidden.status, StatusCode::CREATED, "{hidden:?}");
+    let inner_id = id_of(&hidden.body, "channel_id");
+    let inner = format!("{server}/channels/{inner_id}");
+    let channel_routes = [
+        (Method::POST, format!("{inner}/join")),
+        (Method::POST, format!("{inner}/leave")),
+        (Method::GET, format!("{inner}/members")),
+        (Method::GET, format!("{inner}/messages")),
+        (Method::POST, format!("{inner}/messages")),
+        (Method::POST, format!("{inner}/read")),
+        (Method::DELETE, inner.clone()),
+    ];
+    for (method, path) in &channel_routes {
+        let body = match path.rsplit('/').next() {
+            Some("messages") if *method == Method::POST => Some(json!({"text": "hi"})),
+            Some("read") => Some(json!({"up_to": Uuid::now_v7()})),
+            _ => None,
+        };
+        let a = h.call(method.clone(), path, Some(&bob.token), body).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{method} {path}: {a:?}");
+        assert_eq!(a.code(), "server_not_found", "{method} {path}");
+    }
+
     let invite = |who: &Client, invitee: Uuid| {
         let path = format!("{server}/invitations");
         let who = who.clone();
@@ -327,6 +358,14 @@ async fn invitations_and_private_servers() {
     assert_eq!(h.get(&server, &bob).await.status, StatusCode::OK);
     let posts = h.get(&format!("{server}/posts"), &bob).await;
     assert_eq!(posts.status, StatusCode::FORBIDDEN, "{posts:?}");
+    for path in [format!("{server}/channels"), format!("{inner}/members")] {
+        let a = h.get(&path, &bob).await;
+        assert_eq!(
+            a.status,
+            StatusCode::FORBIDDEN,
+            "invited, not in yet: {path}: {a:?}"
+        );
+    }
     // Only the owner invites to a private server; invitations are the invitee's.
     let by_invitee = invite(&bob, carol.id).await;
     assert_eq!(by_invitee.status, StatusCode::FORBIDDEN, "{by_invitee:?}");

@@ -150,11 +150,7 @@ impl Service {
         let server_id = Uuid::now_v7();
         let events =
             rules::decide_create_server(server_id, actor.user_id, &name, &tags, visibility, taken)?;
-        let now = missive_events::truncate_to_micros(Utc::now());
-        let position = self
-            .append(actor, events, now)
-            .await?
-            .unwrap_or(Position::new(0, 0));
+        let (now, position) = self.append_now(actor, events).await?;
         if !self.wait_for(position, self.config.projection_wait).await {
             tracing::warn!(%position, "server created but not projected in time");
         }
@@ -391,11 +387,7 @@ impl Service {
             tags,
             max_chars: self.config.max_text_chars,
         })?;
-        let now = missive_events::truncate_to_micros(Utc::now());
-        let position = self
-            .append(actor, events, now)
-            .await?
-            .unwrap_or(Position::new(0, 0));
+        let (now, position) = self.append_now(actor, events).await?;
         Ok(Published {
             post_id,
             published_at: now,
@@ -439,11 +431,7 @@ impl Service {
             name,
             existing: &names,
         })?;
-        let now = missive_events::truncate_to_micros(Utc::now());
-        let position = self
-            .append(actor, events, now)
-            .await?
-            .unwrap_or(Position::new(0, 0));
+        let (now, position) = self.append_now(actor, events).await?;
         if !self.wait_for(position, self.config.projection_wait).await {
             tracing::warn!(%position, "channel created but not projected in time");
         }
@@ -686,11 +674,7 @@ impl Service {
             client_msg_id,
             max_chars: self.config.max_text_chars,
         })?;
-        let now = missive_events::truncate_to_micros(Utc::now());
-        let position = self
-            .append(actor, events, now)
-            .await?
-            .unwrap_or(Position::new(0, 0));
+        let (now, position) = self.append_now(actor, events).await?;
         Ok(SendReceipt {
             message_id,
             conversation_id: channel_id,

@@ -326,8 +326,18 @@ impl Service {
         events: Vec<Event>,
         now: DateTime<Utc>,
     ) -> Result<Option<Position>> {
+        Ok(self.append_all(actor, events, now).await?.last().copied())
+    }
+
+    /// Encodes and appends events decided for `actor`; returns every event's position.
+    async fn append_all(
+        &self,
+        actor: Actor,
+        events: Vec<Event>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Position>> {
         if events.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let mut records = Vec::with_capacity(events.len());
         for event in events {
@@ -341,25 +351,41 @@ impl Service {
                 payload: codec::encode(&envelope)?,
             });
         }
-        let positions = self.log.append(records).await?;
-        Ok(positions.last().copied())
+        Ok(self.log.append(records).await?)
     }
 
-    /// Appends events decided under a key lock, then waits (bounded) until they are projected,
-    /// so the caller can read its own write at once. Correctness does not rest on this wait:
-    /// the next command on the key calls [`Service::catch_up`] under the lock first.
+    /// Appends events stamped now (to the microsecond, as the log keeps it); the time and the
+    /// last event's position (the log's start when nothing was decided).
+    async fn append_now(
+        &self,
+        actor: Actor,
+        events: Vec<Event>,
+    ) -> Result<(DateTime<Utc>, Position)> {
+        let now = missive_events::truncate_to_micros(Utc::now());
+        let position = self
+            .append(actor, events, now)
+            .await?
+            .unwrap_or(Position::new(0, 0));
+        Ok((now, position))
+    }
+
+    /// Appends events decided under a key lock, then waits (bounded) until they are all
+    /// projected (a command's events may sit in several partitions), so the caller can read its
+    /// own write at once. Returns the last event's position. Correctness does not rest on this
+    /// wait: the next command on the key calls [`Service::catch_up`] under the lock first.
     async fn append_and_project(
         &self,
         actor: Actor,
         events: Vec<Event>,
     ) -> Result<Option<Position>> {
-        let position = self.append(actor, events, Utc::now()).await?;
-        if let Some(p) = position
-            && !self.wait_for(p, self.config.projection_wait).await
+        let positions = self.append_all(actor, events, Utc::now()).await?;
+        if !self
+            .wait_for_all(&positions, self.config.projection_wait)
+            .await
         {
-            tracing::warn!(position = %p, "events appended but not projected in time");
+            tracing::warn!(?positions, "events appended but not projected in time");
         }
-        Ok(position)
+        Ok(positions.last().copied())
     }
 
     // ----- users -----
@@ -580,11 +606,7 @@ impl Service {
             },
         )?;
         let conversation_id = missive_events::ids::direct_conversation_id(actor.user_id, peer);
-        let now = missive_events::truncate_to_micros(Utc::now());
-        let position = self
-            .append(actor, events, now)
-            .await?
-            .unwrap_or(Position::new(0, 0));
+        let (now, position) = self.append_now(actor, events).await?;
         Ok(SendReceipt {
             message_id,
             conversation_id,
@@ -750,11 +772,7 @@ impl Service {
         status: Presence,
     ) -> Result<(DateTime<Utc>, Position)> {
         let events = missive_domain::presence::decide_presence(actor.user_id, status)?;
-        let now = missive_events::truncate_to_micros(Utc::now());
-        let position = self
-            .append(actor, events, now)
-            .await?
-            .unwrap_or(Position::new(0, 0));
+        let (now, position) = self.append_now(actor, events).await?;
         Ok((now, position))
     }
 }

@@ -428,7 +428,13 @@ pub async fn server_search(store: Arc<dyn ReadStore>) {
         rest.items.iter().map(|s| s.server_id).collect::<Vec<_>>(),
         vec![nails, trust]
     );
-    for bad in ["garbage", "", &Uuid::now_v7().to_string()] {
+    // A private server's id is no cursor either: answering it would tell that it exists.
+    for bad in [
+        "garbage",
+        "",
+        &Uuid::now_v7().to_string(),
+        &secret.to_string(),
+    ] {
         let result = store
             .search_servers(
                 &ServerSearch {

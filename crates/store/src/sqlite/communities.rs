@@ -591,7 +591,10 @@ pub(super) fn search_servers(
         Some(cursor) => {
             let id = id_cursor(cursor)?;
             let key: Option<String> = c
-                .prepare_cached("SELECT name_key FROM servers WHERE server_id = ?1")
+                // Only a public server is a cursor: a private one must not be probed this way.
+                .prepare_cached(
+                    "SELECT name_key FROM servers WHERE server_id = ?1 AND visibility = 0",
+                )
                 .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
                 .map_err(sql("resolving a server search cursor"))?;
             let key = key.ok_or_else(|| StoreError::InvalidCursor(cursor.to_owned()))?;
