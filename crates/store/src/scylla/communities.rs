@@ -39,9 +39,9 @@ use missive_log::Position;
 use uuid::Uuid;
 
 use super::store::{
-    Applying, BUCKET_CHUNK, CHUNK, DELETED_TS, PendingWrite, READS_IN_FLIGHT, REGISTRATION_TS,
-    ScyllaStore, at_offset, from_micros, history_bucket, micros, partition_of, read_each,
-    statements,
+    Applying, BUCKET_CHUNK, CHUNK, DELETED_TS, History, HistoryTables, PendingWrite, Place,
+    READS_IN_FLIGHT, REGISTRATION_TS, ScyllaStore, at_offset, from_micros, history_bucket, micros,
+    partition_of, read_each, statements,
 };
 use crate::{
     Change, Channel, ChannelMessage, ChannelSummary, CommunityChange, HistoryQuery, Invitation,
@@ -607,6 +607,66 @@ fn channel_message_from_row(
         sent_at: from_micros(sent_at)?,
         position: Position::new(p as u32, o as u64),
     }))
+}
+
+/// A channel's history as one reader sees it.
+struct ChannelHistory {
+    viewer: Uuid,
+    channel: Uuid,
+}
+
+impl History for ChannelHistory {
+    type Row = ChannelMessageRow;
+    type Message = ChannelMessage;
+    type Tail = ChannelTail;
+
+    fn key(&self) -> Uuid {
+        self.channel
+    }
+
+    fn tables(store: &ScyllaStore) -> HistoryTables<'_> {
+        let cst = store.cst();
+        HistoryTables {
+            buckets_up: &cst.CHANNEL_BUCKETS_UP,
+            buckets_down: &cst.CHANNEL_BUCKETS_DOWN,
+            messages_up: &cst.CHANNEL_MESSAGES_UP,
+            messages_down: &cst.CHANNEL_MESSAGES_DOWN,
+            reading_buckets: "reading channel history buckets",
+            reading: "reading channel history",
+        }
+    }
+
+    async fn place(&self, store: &ScyllaStore, message_id: Uuid) -> Result<Option<Place>> {
+        Ok(store
+            .channel_location(message_id)
+            .await?
+            .filter(|l| l.channel_id == self.channel)
+            .map(|l| Place {
+                bucket: l.bucket,
+                seq: l.seq,
+            }))
+    }
+
+    async fn tail(&self, store: &ScyllaStore) -> Result<Option<ChannelTail>> {
+        store.channel_tail(self.channel).await
+    }
+
+    /// None: a channel message is never hidden from one reader.
+    async fn hidden(&self, _: &ScyllaStore, _: i64, _: i64) -> Result<HashSet<i64>> {
+        Ok(HashSet::new())
+    }
+
+    fn seq(row: &ChannelMessageRow) -> i64 {
+        row.0
+    }
+
+    fn message(&self, row: ChannelMessageRow) -> Result<Option<ChannelMessage>> {
+        channel_message_from_row(self.channel, self.viewer, row)
+    }
+
+    fn sent_at_us(message: &ChannelMessage) -> i64 {
+        micros(message.sent_at)
+    }
 }
 
 // ----- applying changes -----
@@ -1382,7 +1442,12 @@ impl ScyllaStore {
         let after = match after {
             Some(cursor) => {
                 let id = id_cursor(cursor)?;
-                let Some((_, name_key)) = self.server_with_key(id).await? else {
+                // Only a public server is a cursor: a private one must not be probed this way.
+                let Some((_, name_key)) = self
+                    .server_with_key(id)
+                    .await?
+                    .filter(|(server, _)| server.visibility == Visibility::Public)
+                else {
                     return Err(StoreError::InvalidCursor(cursor.to_owned()));
                 };
                 Some((name_key, key(id)))
@@ -1584,36 +1649,18 @@ impl ScyllaStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Invitation>> {
-        const ACTION: &str = "reading pending invitations";
-        let mut before = after.map(id_cursor).transpose()?;
-        let want = limit + 1;
-        let mut items = Vec::new();
-        loop {
-            let rows: Vec<(Option<Uuid>,)> = match before {
-                None => {
-                    self.rows(
-                        &self.cst().INVITEE_PENDING_FIRST,
-                        (invitee, CHUNK as i32),
-                        ACTION,
-                    )
-                    .await?
-                }
-                Some(id) => {
-                    self.rows(
-                        &self.cst().INVITEE_PENDING_BEFORE,
-                        (invitee, key(id), CHUNK as i32),
-                        ACTION,
-                    )
-                    .await?
-                }
-            };
-            let fetched = rows.len();
-            let ids: Vec<Uuid> = rows.into_iter().filter_map(|(id,)| id).collect();
-            if let Some(last) = ids.last() {
-                before = Some(*last);
-            }
-            let built: Vec<Option<Invitation>> = futures::stream::iter(ids)
-                .map(|id| async move {
+        let before = after.map(id_cursor).transpose()?;
+        let items = self
+            .checked_index(
+                (
+                    &self.cst().INVITEE_PENDING_FIRST,
+                    &self.cst().INVITEE_PENDING_BEFORE,
+                ),
+                invitee,
+                before,
+                limit + 1,
+                "reading pending invitations",
+                |id| async move {
                     match self.stored_invitation(id).await? {
                         // The index only points: the invitation's state decides.
                         Some(stored) if stored.answer.is_none() && stored.invitee_id == invitee => {
@@ -1621,19 +1668,57 @@ impl ScyllaStore {
                         }
                         _ => Ok(None),
                     }
-                })
+                },
+            )
+            .await?;
+        Ok(page(items, limit, |i: &Invitation| {
+            i.invitation_id.to_string()
+        }))
+    }
+
+    /// Pages through an index partition of ids, [`CHUNK`] rows a read (`first` reads from its
+    /// start, `next` from past a cursor), and keeps what `check` makes of each id, checking a
+    /// chunk's ids concurrently, until `want` are kept or the partition ends. An index only
+    /// points: `check` reads what it points to and decides.
+    async fn checked_index<T, F, Fut>(
+        &self,
+        (first, next): (&PreparedStatement, &PreparedStatement),
+        partition: Uuid,
+        mut cursor: Option<Uuid>,
+        want: usize,
+        action: &'static str,
+        check: F,
+    ) -> Result<Vec<T>>
+    where
+        F: Fn(Uuid) -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        let mut items = Vec::new();
+        loop {
+            let rows: Vec<(Option<Uuid>,)> = match cursor {
+                None => self.rows(first, (partition, CHUNK as i32), action).await?,
+                Some(id) => {
+                    self.rows(next, (partition, key(id), CHUNK as i32), action)
+                        .await?
+                }
+            };
+            let fetched = rows.len();
+            let ids: Vec<Uuid> = rows.into_iter().filter_map(|(id,)| id).collect();
+            if let Some(last) = ids.last() {
+                cursor = Some(*last);
+            }
+            let checked: Vec<Option<T>> = futures::stream::iter(ids)
+                .map(&check)
                 .buffered(READS_IN_FLIGHT)
                 .try_collect()
                 .await?;
-            items.extend(built.into_iter().flatten());
+            items.extend(checked.into_iter().flatten());
             if items.len() >= want || fetched < CHUNK {
                 break;
             }
         }
         items.truncate(want);
-        Ok(page(items, limit, |i: &Invitation| {
-            i.invitation_id.to_string()
-        }))
+        Ok(items)
     }
 
     pub(super) async fn community_posts(
@@ -1819,8 +1904,7 @@ impl ScyllaStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Uuid>> {
-        const ACTION: &str = "reading a channel's members";
-        let mut after = after.map(id_cursor).transpose()?;
+        let after = after.map(id_cursor).transpose()?;
         // Users of a deleted (or not yet known) channel are in no channel.
         if self.community_channel(channel).await?.is_none() {
             return Ok(Page {
@@ -1828,48 +1912,22 @@ impl ScyllaStore {
                 next: None,
             });
         }
-        let want = limit + 1;
-        let mut items = Vec::new();
-        loop {
-            let rows: Vec<(Option<Uuid>,)> = match after {
-                None => {
-                    self.rows(
-                        &self.cst().CHANNEL_MEMBERS_FIRST,
-                        (channel, CHUNK as i32),
-                        ACTION,
-                    )
-                    .await?
-                }
-                Some(user) => {
-                    self.rows(
-                        &self.cst().CHANNEL_MEMBERS_AFTER,
-                        (channel, key(user), CHUNK as i32),
-                        ACTION,
-                    )
-                    .await?
-                }
-            };
-            let fetched = rows.len();
-            let users: Vec<Uuid> = rows.into_iter().filter_map(|(id,)| id).collect();
-            if let Some(last) = users.last() {
-                after = Some(*last);
-            }
-            // The index only points: the channel the user is in decides.
-            let checked: Vec<Option<Uuid>> = futures::stream::iter(users)
-                .map(|user| async move {
-                    Ok::<_, StoreError>(
-                        (self.user_channel(user).await? == Some(channel)).then_some(user),
-                    )
-                })
-                .buffered(READS_IN_FLIGHT)
-                .try_collect()
-                .await?;
-            items.extend(checked.into_iter().flatten());
-            if items.len() >= want || fetched < CHUNK {
-                break;
-            }
-        }
-        items.truncate(want);
+        let items = self
+            .checked_index(
+                (
+                    &self.cst().CHANNEL_MEMBERS_FIRST,
+                    &self.cst().CHANNEL_MEMBERS_AFTER,
+                ),
+                channel,
+                after,
+                limit + 1,
+                "reading a channel's members",
+                // The index only points: the channel the user is in decides.
+                |user| async move {
+                    Ok((self.user_channel(user).await? == Some(channel)).then_some(user))
+                },
+            )
+            .await?;
         Ok(page(items, limit, Uuid::to_string))
     }
 
@@ -1894,152 +1952,17 @@ impl ScyllaStore {
         }
     }
 
-    /// Appends to `out` the messages of one channel bucket between `lower` and `upper`
-    /// (exclusive) in the given direction, until `out` holds `want`. Returns false when the
-    /// walk must stop (enough found, or older than `since` while descending).
-    #[allow(clippy::too_many_arguments)]
-    async fn read_channel_bucket(
-        &self,
-        viewer: Uuid,
-        channel: Uuid,
-        bucket: i64,
-        (lower, upper): (i64, i64),
-        since_us: Option<i64>,
-        ascending: bool,
-        want: usize,
-        out: &mut Vec<ChannelMessage>,
-    ) -> Result<bool> {
-        let (mut lower, mut upper) = (lower, upper);
-        loop {
-            let fetch = (want - out.len()).clamp(16, CHUNK);
-            let statement = if ascending {
-                &self.cst().CHANNEL_MESSAGES_UP
-            } else {
-                &self.cst().CHANNEL_MESSAGES_DOWN
-            };
-            let rows: Vec<ChannelMessageRow> = self
-                .rows(
-                    statement,
-                    (channel, bucket, upper, lower, fetch as i32),
-                    "reading channel history",
-                )
-                .await?;
-            let fetched = rows.len();
-            for row in rows {
-                let seq = row.0;
-                if ascending {
-                    lower = seq;
-                } else {
-                    upper = seq;
-                }
-                let Some(m) = channel_message_from_row(channel, viewer, row)? else {
-                    continue;
-                };
-                if let Some(since) = since_us
-                    && micros(m.sent_at) < since
-                {
-                    if ascending {
-                        continue;
-                    }
-                    // Times are monotonic in seq: everything further back is older still.
-                    return Ok(false);
-                }
-                out.push(m);
-                if out.len() >= want {
-                    return Ok(false);
-                }
-            }
-            if fetched < fetch {
-                return Ok(true);
-            }
-        }
-    }
-
     pub(super) async fn community_channel_history(
         &self,
         viewer: Uuid,
         channel: Uuid,
         query: HistoryQuery,
     ) -> Result<Page<ChannelMessage>> {
-        let cursor = |id: Uuid| async move {
-            self.channel_location(id)
-                .await?
-                .filter(|l| l.channel_id == channel)
-                .ok_or(StoreError::UnknownCursor(id))
+        let history = ChannelHistory { viewer, channel };
+        let found = match self.history_page(&history, &query).await? {
+            Some((_, found)) => found,
+            None => Vec::new(),
         };
-        let optional = |id: Option<Uuid>| async move {
-            match id {
-                Some(id) => cursor(id).await.map(Some),
-                None => Ok(None),
-            }
-        };
-        let (before, after, tail) = futures::try_join!(
-            optional(query.before),
-            optional(query.after),
-            self.channel_tail(channel)
-        )?;
-        if tail.is_none() {
-            return Ok(Page {
-                items: Vec::new(),
-                next: None,
-            });
-        }
-        let upper = before.map_or(i64::MAX, |l| l.seq);
-        let lower = after.map_or(0, |l| l.seq);
-        let since_us = query.since.map(micros);
-        let want = query.limit + 1;
-        let ascending = query.ascending();
-        let mut found: Vec<ChannelMessage> = Vec::new();
-        // Walk the channel's non-empty buckets from the first that can hold the page.
-        let (buckets_from, mut from, floor) = if ascending {
-            let mut from = after.map_or(i64::MIN, |l| l.bucket);
-            if let Some(since) = since_us {
-                from = from.max(history_bucket(since));
-            }
-            (&self.cst().CHANNEL_BUCKETS_UP, from, i64::MIN)
-        } else {
-            let from = before.map_or(i64::MAX, |l| l.bucket);
-            (
-                &self.cst().CHANNEL_BUCKETS_DOWN,
-                from,
-                after.map_or(i64::MIN, |l| l.bucket),
-            )
-        };
-        'walk: loop {
-            let buckets: Vec<(i64,)> = self
-                .rows(
-                    buckets_from,
-                    (channel, from, BUCKET_CHUNK),
-                    "reading channel history buckets",
-                )
-                .await?;
-            for &(bucket,) in &buckets {
-                if bucket < floor {
-                    break 'walk;
-                }
-                let go_on = self
-                    .read_channel_bucket(
-                        viewer,
-                        channel,
-                        bucket,
-                        (lower, upper),
-                        since_us,
-                        ascending,
-                        want,
-                        &mut found,
-                    )
-                    .await?;
-                if !go_on {
-                    break 'walk;
-                }
-            }
-            match buckets.last() {
-                Some(&(last,)) if buckets.len() == BUCKET_CHUNK as usize => {
-                    from = if ascending { last + 1 } else { last - 1 }
-                }
-                _ => break,
-            }
-        }
         Ok(page(found, query.limit, |m: &ChannelMessage| {
             m.message_id.to_string()
         }))

@@ -1917,55 +1917,143 @@ impl ScyllaStore {
         stored.into_message(conv, read_seq).map(Some)
     }
 
+    /// One page of a history as `query` asks for it: the history's tail and the messages
+    /// between the query's cursors, one more than `query.limit` if there are more (for
+    /// [`page`]); `None` if the history has no tail (no message yet). Walks the non-empty
+    /// buckets from the first that can hold the page.
+    pub(super) async fn history_page<H: History>(
+        &self,
+        history: &H,
+        query: &HistoryQuery,
+    ) -> Result<Option<(H::Tail, Vec<H::Message>)>> {
+        let cursor = |id: Uuid| async move {
+            history
+                .place(self, id)
+                .await?
+                .ok_or(StoreError::UnknownCursor(id))
+        };
+        let optional = |id: Option<Uuid>| async move {
+            match id {
+                Some(id) => cursor(id).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (before, after, tail) = futures::try_join!(
+            optional(query.before),
+            optional(query.after),
+            history.tail(self)
+        )?;
+        let Some(tail) = tail else {
+            return Ok(None);
+        };
+        let upper = before.map_or(i64::MAX, |p| p.seq);
+        let lower = after.map_or(0, |p| p.seq);
+        let since_us = query.since.map(micros);
+        let want = query.limit + 1;
+        let ascending = query.ascending();
+        let tables = H::tables(self);
+        let mut found = Vec::new();
+        let (buckets_from, mut from, floor) = if ascending {
+            let mut from = after.map_or(i64::MIN, |p| p.bucket);
+            if let Some(since) = since_us {
+                from = from.max(history_bucket(since));
+            }
+            (tables.buckets_up, from, i64::MIN)
+        } else {
+            let from = before.map_or(i64::MAX, |p| p.bucket);
+            (
+                tables.buckets_down,
+                from,
+                after.map_or(i64::MIN, |p| p.bucket),
+            )
+        };
+        'walk: loop {
+            let buckets: Vec<(i64,)> = self
+                .rows(
+                    buckets_from,
+                    (history.key(), from, BUCKET_CHUNK),
+                    tables.reading_buckets,
+                )
+                .await?;
+            for &(bucket,) in &buckets {
+                if bucket < floor {
+                    break 'walk;
+                }
+                let go_on = self
+                    .read_history_bucket(
+                        history,
+                        bucket,
+                        (lower, upper),
+                        since_us,
+                        ascending,
+                        want,
+                        &mut found,
+                    )
+                    .await?;
+                if !go_on {
+                    break 'walk;
+                }
+            }
+            match buckets.last() {
+                Some(&(last,)) if buckets.len() == BUCKET_CHUNK as usize => {
+                    from = if ascending { last + 1 } else { last - 1 }
+                }
+                _ => break,
+            }
+        }
+        Ok(Some((tail, found)))
+    }
+
     /// Appends to `out` the visible messages of one history bucket between `lower` and `upper`
     /// (exclusive) in the given direction, until `out` holds `want`. Returns false when the
     /// walk must stop (enough found, or older than `since` while descending).
     #[allow(clippy::too_many_arguments)]
-    async fn read_bucket_page(
+    async fn read_history_bucket<H: History>(
         &self,
-        viewer: Uuid,
-        conv: Uuid,
+        history: &H,
         bucket: i64,
         (lower, upper): (i64, i64),
         since_us: Option<i64>,
         ascending: bool,
         want: usize,
-        out: &mut Vec<StoredMessage>,
+        out: &mut Vec<H::Message>,
     ) -> Result<bool> {
+        let tables = H::tables(self);
         let (mut lower, mut upper) = (lower, upper);
         loop {
             let fetch = (want - out.len()).clamp(16, CHUNK);
             let statement = if ascending {
-                &self.st().MESSAGES_UP
+                tables.messages_up
             } else {
-                &self.st().MESSAGES_DOWN
+                tables.messages_down
             };
-            let rows: Vec<MessageRow> = self
+            let rows: Vec<H::Row> = self
                 .rows(
                     statement,
-                    (conv, bucket, upper, lower, fetch as i32),
-                    "reading history",
+                    (history.key(), bucket, upper, lower, fetch as i32),
+                    tables.reading,
                 )
                 .await?;
             let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
                 return Ok(true);
             };
-            let hidden = self
-                .hidden_between(viewer, conv, first.0.min(last.0), first.0.max(last.0))
+            let (first, last) = (H::seq(first), H::seq(last));
+            let hidden = history
+                .hidden(self, first.min(last), first.max(last))
                 .await?;
             let fetched = rows.len();
             for row in rows {
-                let seq = row.0;
+                let seq = H::seq(&row);
                 if ascending {
                     lower = seq;
                 } else {
                     upper = seq;
                 }
-                let Some(m) = StoredMessage::from_row(row) else {
+                let Some(m) = history.message(row)? else {
                     continue;
                 };
                 if let Some(since) = since_us
-                    && m.sent_at_us < since
+                    && H::sent_at_us(&m) < since
                 {
                     if ascending {
                         continue;
@@ -1985,6 +2073,124 @@ impl ScyllaStore {
                 return Ok(true);
             }
         }
+    }
+}
+
+/// The statements that read one kind of history, and what their errors say was being read.
+pub(super) struct HistoryTables<'a> {
+    /// A partition's non-empty buckets at or after one, oldest first.
+    pub(super) buckets_up: &'a PreparedStatement,
+    /// A partition's non-empty buckets at or before one, newest first.
+    pub(super) buckets_down: &'a PreparedStatement,
+    /// A bucket's message rows between two seqs (exclusive), oldest first.
+    pub(super) messages_up: &'a PreparedStatement,
+    /// A bucket's message rows between two seqs (exclusive), newest first.
+    pub(super) messages_down: &'a PreparedStatement,
+    /// What an error of a bucket read says was being read.
+    pub(super) reading_buckets: &'static str,
+    /// What an error of a message read says was being read.
+    pub(super) reading: &'static str,
+}
+
+/// Where a message stands in its history.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Place {
+    pub(super) bucket: i64,
+    pub(super) seq: i64,
+}
+
+/// A history that [`ScyllaStore::history_page`] pages through, as one viewer sees it: a
+/// conversation's messages or a channel's, in rows ordered by seq within time buckets (see
+/// [`history_bucket`]), with a table of the partition's non-empty buckets keyed like them. The
+/// two kinds are walked and paged alike; they differ only in what this trait says.
+pub(super) trait History {
+    /// A message row, its seq first.
+    type Row: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm>;
+    /// A message as the page holds it.
+    type Message;
+    /// The history's latest numbers: none before its first message.
+    type Tail;
+
+    /// The partition key of its tables.
+    fn key(&self) -> Uuid;
+
+    /// Its statements, as `store` prepared them.
+    fn tables(store: &ScyllaStore) -> HistoryTables<'_>;
+
+    /// Where a message of this history is; `None` if the id is of no message of it.
+    async fn place(&self, store: &ScyllaStore, message_id: Uuid) -> Result<Option<Place>>;
+
+    async fn tail(&self, store: &ScyllaStore) -> Result<Option<Self::Tail>>;
+
+    /// The seqs in `[from, to]` the viewer hid.
+    async fn hidden(&self, store: &ScyllaStore, from: i64, to: i64) -> Result<HashSet<i64>>;
+
+    fn seq(row: &Self::Row) -> i64;
+
+    /// The message of a row as the viewer sees it, `None` for a row that holds no message.
+    fn message(&self, row: Self::Row) -> Result<Option<Self::Message>>;
+
+    fn sent_at_us(message: &Self::Message) -> i64;
+}
+
+/// A conversation's history as one of its users sees it.
+struct ConversationHistory {
+    viewer: Uuid,
+    conversation: Uuid,
+}
+
+impl History for ConversationHistory {
+    type Row = MessageRow;
+    type Message = StoredMessage;
+    type Tail = Tail;
+
+    fn key(&self) -> Uuid {
+        self.conversation
+    }
+
+    fn tables(store: &ScyllaStore) -> HistoryTables<'_> {
+        let st = store.st();
+        HistoryTables {
+            buckets_up: &st.BUCKETS_UP,
+            buckets_down: &st.BUCKETS_DOWN,
+            messages_up: &st.MESSAGES_UP,
+            messages_down: &st.MESSAGES_DOWN,
+            reading_buckets: "reading history buckets",
+            reading: "reading history",
+        }
+    }
+
+    async fn place(&self, store: &ScyllaStore, message_id: Uuid) -> Result<Option<Place>> {
+        Ok(store
+            .location(message_id)
+            .await?
+            .filter(|l| l.conversation_id == self.conversation)
+            .map(|l| Place {
+                bucket: l.bucket,
+                seq: l.seq,
+            }))
+    }
+
+    async fn tail(&self, store: &ScyllaStore) -> Result<Option<Tail>> {
+        store.tail(self.conversation).await
+    }
+
+    async fn hidden(&self, store: &ScyllaStore, from: i64, to: i64) -> Result<HashSet<i64>> {
+        store
+            .hidden_between(self.viewer, self.conversation, from, to)
+            .await
+    }
+
+    fn seq(row: &MessageRow) -> i64 {
+        row.0
+    }
+
+    fn message(&self, row: MessageRow) -> Result<Option<StoredMessage>> {
+        Ok(StoredMessage::from_row(row))
+    }
+
+    fn sent_at_us(message: &StoredMessage) -> i64 {
+        message.sent_at_us
     }
 }
 
@@ -2199,85 +2405,16 @@ impl ReadStore for ScyllaStore {
         query: HistoryQuery,
     ) -> Result<Page<Message>> {
         let conv = conversation;
-        let cursor = |id: Uuid| async move {
-            self.location(id)
-                .await?
-                .filter(|l| l.conversation_id == conv)
-                .ok_or(StoreError::UnknownCursor(id))
+        let history = ConversationHistory {
+            viewer,
+            conversation,
         };
-        let optional = |id: Option<Uuid>| async move {
-            match id {
-                Some(id) => cursor(id).await.map(Some),
-                None => Ok(None),
-            }
-        };
-        let (before, after, tail) = futures::try_join!(
-            optional(query.before),
-            optional(query.after),
-            self.tail(conv)
-        )?;
-        let Some(tail) = tail else {
+        let Some((tail, found)) = self.history_page(&history, &query).await? else {
             return Ok(Page {
                 items: Vec::new(),
                 next: None,
             });
         };
-        let upper = before.map_or(i64::MAX, |l| l.seq);
-        let lower = after.map_or(0, |l| l.seq);
-        let since_us = query.since.map(micros);
-        let want = query.limit + 1;
-        let ascending = query.ascending();
-        let mut found: Vec<StoredMessage> = Vec::new();
-        // Walk the conversation's non-empty buckets from the first that can hold the page.
-        let (buckets_from, mut from, floor) = if ascending {
-            let mut from = after.map_or(i64::MIN, |l| l.bucket);
-            if let Some(since) = since_us {
-                from = from.max(history_bucket(since));
-            }
-            (&self.st().BUCKETS_UP, from, i64::MIN)
-        } else {
-            let from = before.map_or(i64::MAX, |l| l.bucket);
-            (
-                &self.st().BUCKETS_DOWN,
-                from,
-                after.map_or(i64::MIN, |l| l.bucket),
-            )
-        };
-        'walk: loop {
-            let buckets: Vec<(i64,)> = self
-                .rows(
-                    buckets_from,
-                    (conv, from, BUCKET_CHUNK),
-                    "reading history buckets",
-                )
-                .await?;
-            for &(bucket,) in &buckets {
-                if bucket < floor {
-                    break 'walk;
-                }
-                let go_on = self
-                    .read_bucket_page(
-                        viewer,
-                        conv,
-                        bucket,
-                        (lower, upper),
-                        since_us,
-                        ascending,
-                        want,
-                        &mut found,
-                    )
-                    .await?;
-                if !go_on {
-                    break 'walk;
-                }
-            }
-            match buckets.last() {
-                Some(&(last,)) if buckets.len() == BUCKET_CHUNK as usize => {
-                    from = if ascending { last + 1 } else { last - 1 }
-                }
-                _ => break,
-            }
-        }
         let (lo_read, hi_read) = futures::try_join!(
             self.read_seq(tail.user_lo, conv),
             self.read_seq(tail.user_hi, conv)
