@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
-use chrono::{DateTime, Utc};
 use missive_events::Visibility;
 use missive_service::SendReceipt;
 use missive_store::{
@@ -20,7 +19,8 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::{
-    ApiResult, Auth, detached, page_json, parse_limit, position_json, read_after, ts,
+    ApiResult, Auth, HistoryParams, ListParams, ReadBody, ReadParams, detached, page_json,
+    parse_limit, position_json, read_after, ts,
 };
 
 /// The routes of this module (listed in [`crate::routes::ROUTES`]).
@@ -245,11 +245,6 @@ async fn search_servers(
     Ok(axum::Json(page_json(&page, server_json)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct ReadParams {
-    min_position: Option<String>,
-}
-
 async fn get_server(
     State(state): State<AppState>,
     Auth(actor): Auth,
@@ -298,13 +293,6 @@ async fn unsubscribe(
     ApiPath(server_id): ApiPath<Uuid>,
 ) -> ApiResult {
     subscription(state, actor, server_id, false).await
-}
-
-#[derive(Debug, Deserialize)]
-struct ListParams {
-    cursor: Option<String>,
-    limit: Option<usize>,
-    min_position: Option<String>,
 }
 
 async fn user_servers(
@@ -641,15 +629,6 @@ async fn send_channel_message(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct HistoryParams {
-    before: Option<Uuid>,
-    after: Option<Uuid>,
-    since: Option<DateTime<Utc>>,
-    limit: Option<usize>,
-    min_position: Option<String>,
-}
-
 async fn channel_history(
     State(state): State<AppState>,
     Auth(actor): Auth,
@@ -669,12 +648,6 @@ async fn channel_history(
         .channel_history(actor, server_id, channel_id, query)
         .await?;
     Ok(axum::Json(page_json(&page, |m| channel_message_json(m, actor.user_id))).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReadBody {
-    up_to: Uuid,
 }
 
 async fn mark_channel_read(

@@ -391,8 +391,8 @@ async fn register(
 }
 
 #[derive(Debug, Deserialize)]
-struct ReadParams {
-    min_position: Option<String>,
+pub(crate) struct ReadParams {
+    pub(crate) min_position: Option<String>,
 }
 
 async fn get_user(
@@ -545,10 +545,10 @@ async fn send_message(
 }
 
 #[derive(Debug, Deserialize)]
-struct ListParams {
-    cursor: Option<String>,
-    limit: Option<usize>,
-    min_position: Option<String>,
+pub(crate) struct ListParams {
+    pub(crate) cursor: Option<String>,
+    pub(crate) limit: Option<usize>,
+    pub(crate) min_position: Option<String>,
 }
 
 async fn list_conversations(
@@ -566,12 +566,12 @@ async fn list_conversations(
 }
 
 #[derive(Debug, Deserialize)]
-struct HistoryParams {
-    before: Option<Uuid>,
-    after: Option<Uuid>,
-    since: Option<DateTime<Utc>>,
-    limit: Option<usize>,
-    min_position: Option<String>,
+pub(crate) struct HistoryParams {
+    pub(crate) before: Option<Uuid>,
+    pub(crate) after: Option<Uuid>,
+    pub(crate) since: Option<DateTime<Utc>>,
+    pub(crate) limit: Option<usize>,
+    pub(crate) min_position: Option<String>,
 }
 
 async fn history(
@@ -631,8 +631,8 @@ async fn messages_since(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReadBody {
-    up_to: Uuid,
+pub(crate) struct ReadBody {
+    pub(crate) up_to: Uuid,
 }
 
 async fn mark_read(
