@@ -153,6 +153,113 @@ pub async fn checkpoints_and_seek(log: Arc<dyn EventLog>) {
     assert_eq!(all.len(), 6, "a new group starts at the beginning");
 }
 
+/// A scan reads a stretch of the log, start to end, in order per partition, commits nothing for
+/// any group, and stops at its bound; a following scan sees later appends.
+pub async fn scans_read_a_bounded_stretch(log: Arc<dyn EventLog>) {
+    use crate::scan::{Scan, ScanEnd};
+    let a = log
+        .append((0..6).map(|n| record("scan-a", n)).collect())
+        .await
+        .expect("append");
+    let b = log
+        .append((0..4).map(|n| record("scan-b", n)).collect())
+        .await
+        .expect("append");
+    let read_all = |mut scan: Scan| async move {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while !scan.is_done() && start.elapsed() < DEADLINE {
+            out.extend(
+                scan.poll(100, Duration::from_millis(200))
+                    .await
+                    .expect("poll"),
+            );
+        }
+        assert!(scan.is_done(), "the scan reached its end: {scan:?}");
+        out
+    };
+
+    let whole = Scan::open(
+        log.as_ref(),
+        "contract-scan",
+        &Default::default(),
+        ScanEnd::LogEnd,
+    )
+    .await
+    .expect("scan");
+    assert_eq!(whole.remaining(), Some(10));
+    let got = read_all(whole).await;
+    let mut positions: Vec<Position> = got.iter().map(|r| r.position).collect();
+    positions.sort();
+    let mut want: Vec<Position> = a.iter().chain(&b).copied().collect();
+    want.sort();
+    assert_eq!(positions, want, "every record once");
+    for key in ["scan-a", "scan-b"] {
+        let payloads: Vec<&[u8]> = got
+            .iter()
+            .filter(|r| r.key == key)
+            .map(|r| r.payload.as_slice())
+            .collect();
+        let expected: Vec<Vec<u8>> = (0..payloads.len())
+            .map(|n| format!("{key}#{n}").into_bytes())
+            .collect();
+        assert_eq!(
+            payloads,
+            expected.iter().map(Vec::as_slice).collect::<Vec<_>>()
+        );
+    }
+
+    // From a's second record to just before its fifth; b's partition is not read unless it
+    // is a's.
+    let start = std::collections::BTreeMap::from([(a[1].partition, a[1].offset)]);
+    let end = std::collections::BTreeMap::from([(a[4].partition, a[4].offset)]);
+    let bounded = Scan::open(log.as_ref(), "contract-scan", &start, ScanEnd::Before(end))
+        .await
+        .expect("scan");
+    let got = read_all(bounded).await;
+    let a_part: Vec<Position> = got
+        .iter()
+        .filter(|r| r.key == "scan-a")
+        .map(|r| r.position)
+        .collect();
+    assert_eq!(a_part, a[1..4].to_vec());
+    if b[0].partition != a[0].partition {
+        assert!(
+            got.iter().all(|r| r.key == "scan-a"),
+            "b's partition is not named"
+        );
+    }
+
+    // A following scan from the end sees what is appended after it opened.
+    let ends = log.end_positions().await.expect("ends");
+    let from = ends.iter().map(|p| (p.partition, p.offset)).collect();
+    let mut follow = Scan::open(log.as_ref(), "contract-scan", &from, ScanEnd::Follow)
+        .await
+        .expect("scan");
+    let later = log.append(vec![record("scan-a", 6)]).await.expect("append");
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while seen.is_empty() && start.elapsed() < DEADLINE {
+        seen = follow
+            .poll(10, Duration::from_millis(200))
+            .await
+            .expect("poll");
+    }
+    assert_eq!(seen.iter().map(|r| r.position).collect::<Vec<_>>(), later);
+    assert!(!follow.is_done());
+
+    // No scan committed anything for a group: a projector's group is untouched.
+    let group = log.consumer("read-models").await.expect("consumer");
+    assert!(
+        group
+            .committed()
+            .await
+            .expect("committed")
+            .iter()
+            .all(|p| p.offset == 0)
+    );
+}
+
 /// A poll with nothing to read returns empty after its timeout, and later records still arrive.
 pub async fn poll_times_out_then_delivers(log: Arc<dyn EventLog>) {
     let mut consumer = log.consumer("contract-timeout").await.expect("consumer");
@@ -232,4 +339,5 @@ where
     checkpoints_and_seek(make().await).await;
     poll_times_out_then_delivers(make().await).await;
     dead_letters_are_kept_until_resolved(make().await).await;
+    scans_read_a_bounded_stretch(make().await).await;
 }

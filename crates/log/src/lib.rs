@@ -13,10 +13,12 @@
 //! - `kafka` (feature `kafka`, on by default): the production adapter on rdkafka, and
 //!   `schema_registry`, its optional Confluent Schema Registry wire format.
 //! - [`contract`]: the port contract suite, generic over any [`EventLog`].
+//! - [`scan`]: bounded, private reads of the log for tools (dump, tail, replay).
 
 pub mod contract;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod scan;
 #[cfg(feature = "kafka")]
 pub mod schema_registry;
 pub mod sqlite;

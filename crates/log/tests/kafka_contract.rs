@@ -30,6 +30,7 @@ contract_test!(concurrent_appends_keep_per_key_order);
 contract_test!(checkpoints_and_seek);
 contract_test!(poll_times_out_then_delivers);
 contract_test!(dead_letters_are_kept_until_resolved);
+contract_test!(scans_read_a_bounded_stretch);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_topic_is_named() {
