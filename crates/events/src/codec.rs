@@ -189,6 +189,36 @@ pub fn encode_with_version(envelope: &Envelope, version: u32) -> Result<Vec<u8>,
 ///
 /// Every malformed input is an `Err`, never a panic.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
+    let (value, event_type, version) = decode_datum(bytes)?;
+    envelope_from_value(value, event_type, version)
+}
+
+/// A record decoded to its Avro value, for tools that print events (`missive events dump`).
+#[derive(Debug, Clone)]
+pub struct DecodedValue {
+    pub event_type: &'static str,
+    /// The schema version the record was written with.
+    pub written_version: u32,
+    /// The envelope record, upcast to the current schema of its event type, and checked to
+    /// be a well-formed envelope.
+    pub value: Value,
+}
+
+/// Decodes like [`decode`] (same checks, old versions upcast to the current schema), but keeps
+/// the Avro value rather than building an [`Envelope`].
+pub fn decode_value(bytes: &[u8]) -> Result<DecodedValue, CodecError> {
+    let (value, event_type, written_version) = decode_datum(bytes)?;
+    envelope_from_value(value.clone(), event_type, written_version)?;
+    Ok(DecodedValue {
+        event_type,
+        written_version,
+        value,
+    })
+}
+
+/// Checks the framing, reads the datum with its writer schema and resolves it to the current
+/// one: the envelope's Avro value, its event type and the version it was written with.
+fn decode_datum(bytes: &[u8]) -> Result<(Value, &'static str, u32), CodecError> {
     let too_short = CodecError::TooShort { len: bytes.len() };
     let Some((marker, rest)) = bytes.split_first_chunk::<2>() else {
         return Err(too_short);
@@ -248,7 +278,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
             count: input.rest.len(),
         });
     }
-    envelope_from_value(value, event_type, version)
+    Ok((value, event_type, version))
 }
 
 /// The schema version [`encode`] writes for `event_type`, if it has a schema.
