@@ -682,6 +682,16 @@ pub enum ProjectorError {
     Log(#[from] missive_log::LogError),
     #[error("the projector could not write the read models")]
     Store(#[from] missive_store::StoreError),
+    /// A rebuild was asked to stop before what its store holds already.
+    #[error(
+        "the target read models already hold partition {partition} up to offset {applied}, past \
+         the bound {bound}: rebuild into an empty target"
+    )]
+    PastBound {
+        partition: u32,
+        applied: u64,
+        bound: u64,
+    },
 }
 
 /// How often [`follow_progress`] reads the checkpoints.
@@ -726,4 +736,175 @@ pub fn follow_progress(
         }
     });
     (rx, task)
+}
+
+/// How far [`Projector::rebuild`] applies the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Until {
+    /// The log's end when the rebuild starts.
+    End,
+    /// Per partition, the first offset *not* to apply; a partition not named is not applied.
+    Before(BTreeMap<u32, u64>),
+    /// The events that occurred at or before this time: each partition stops at its first event
+    /// that occurred after it (a cut of the log, as it stood at that moment).
+    Time(DateTime<Utc>),
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebuilt {
+    /// Events applied.
+    pub events: u64,
+    /// Records that could not be decoded (recorded as dead letters, as the live projector does).
+    pub undecodable: u64,
+    pub elapsed: Duration,
+    /// Per partition, the next offset the rebuilt read models would apply: their checkpoint.
+    pub reached: BTreeMap<u32, u64>,
+}
+
+impl Rebuilt {
+    /// Rebuild speed, in events per second.
+    pub fn events_per_second(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            (self.events + self.undecodable) as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A rebuild's progress, handed to its observer after every batch.
+#[derive(Debug, Clone, Copy)]
+pub struct RebuildProgress {
+    pub events: u64,
+    /// Records left to read before the bound (for a time bound, whose cut is not known
+    /// beforehand: before the log's end).
+    pub remaining: u64,
+}
+
+impl Projector {
+    /// Applies the log to this projector's store up to `until` and returns: `missive replay`'s
+    /// rebuild. It starts at the store's own checkpoints (the log's start for an empty store),
+    /// so an interrupted rebuild resumes, and a rebuilt store can be caught up again later. It
+    /// reads with a private consumer group (the live projectors' group is untouched) and
+    /// commits its checkpoints with the read models as [`Projector::run`] does, so the live
+    /// projector carries on exactly where a rebuild ended once it is pointed at the rebuilt
+    /// store. Stops early, consistently, when `shutdown` resolves.
+    pub async fn rebuild(
+        self,
+        until: &Until,
+        mut observe: impl FnMut(RebuildProgress),
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<Rebuilt, ProjectorError> {
+        use missive_log::scan::{Scan, ScanEnd};
+        let started = Instant::now();
+        let start: BTreeMap<u32, u64> = self
+            .store
+            .checkpoints(&self.name)
+            .await?
+            .into_iter()
+            .map(|p| (p.partition, p.offset))
+            .collect();
+        let end = match until {
+            Until::End | Until::Time(_) => ScanEnd::LogEnd,
+            Until::Before(before) => {
+                for (partition, applied) in &start {
+                    let bound = before.get(partition).copied().unwrap_or(0);
+                    if *applied > bound {
+                        return Err(ProjectorError::PastBound {
+                            partition: *partition,
+                            applied: *applied,
+                            bound,
+                        });
+                    }
+                }
+                ScanEnd::Before(before.clone())
+            }
+        };
+        let mut scan = Scan::open(self.log.as_ref(), "missive-replay", &start, end).await?;
+        tracing::info!(projection = %self.name, ?start, ?until, "rebuild started");
+        let mut done = Rebuilt {
+            events: 0,
+            undecodable: 0,
+            elapsed: Duration::ZERO,
+            reached: scan.next_offsets().clone(),
+        };
+        tokio::pin!(shutdown);
+        while !scan.is_done() {
+            let records = tokio::select! {
+                _ = &mut shutdown => break,
+                polled = scan.poll(self.batch_size, Duration::from_millis(500)) => polled?,
+            };
+            let mut kept = Vec::with_capacity(records.len());
+            let mut changes = Vec::with_capacity(records.len() * 2);
+            let mut checkpoint: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut cut: Vec<u32> = Vec::new();
+            for record in records {
+                let Position { partition, offset } = record.position;
+                if cut.contains(&partition) {
+                    continue;
+                }
+                match missive_events::decode(&record.payload) {
+                    Ok(envelope) => {
+                        if let Until::Time(time) = until
+                            && envelope.occurred_at > *time
+                        {
+                            scan.end_partition_at(partition, offset);
+                            cut.push(partition);
+                            continue;
+                        }
+                        changes.extend(project(&envelope, record.position));
+                        done.events += 1;
+                    }
+                    Err(error) => {
+                        tracing::error!(projection = %self.name, position = %record.position, %error, "cannot decode event; recorded as a dead letter");
+                        self.log
+                            .dead_letter(DeadLetter {
+                                projection: self.name.clone(),
+                                source: record.position,
+                                event_type: record.event_type.clone(),
+                                key: record.key.clone(),
+                                payload: record.payload.clone(),
+                                error: error.to_string(),
+                            })
+                            .await?;
+                        done.undecodable += 1;
+                    }
+                }
+                checkpoint.insert(partition, offset + 1);
+                kept.push(record);
+            }
+            if kept.is_empty() {
+                continue;
+            }
+            let checkpoint: Vec<Position> = checkpoint
+                .into_iter()
+                .map(|(p, o)| Position::new(p, o))
+                .collect();
+            match self
+                .apply_with_retry(changes, &kept, checkpoint.clone(), &mut shutdown)
+                .await?
+            {
+                Applied::Yes => {}
+                Applied::ShutDown => break,
+                Applied::Refused(error) => {
+                    tracing::warn!(projection = %self.name, %error, "batch refused; applying its events one by one");
+                    if !self.apply_one_by_one(&kept, &mut shutdown).await? {
+                        break;
+                    }
+                }
+            }
+            for cp in &checkpoint {
+                done.reached.insert(cp.partition, cp.offset);
+            }
+            observe(RebuildProgress {
+                events: done.events + done.undecodable,
+                remaining: scan.remaining().unwrap_or(0),
+            });
+        }
+        done.elapsed = started.elapsed();
+        tracing::info!(projection = %self.name, events = done.events, reached = ?done.reached, "rebuild ended");
+        Ok(done)
+    }
 }

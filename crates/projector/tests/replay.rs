@@ -579,6 +579,12 @@ impl ReadStore for Faulty {
     async fn checkpoints(&self, p: &str) -> missive_store::Result<Vec<Position>> {
         self.inner.checkpoints(p).await
     }
+    async fn tables(&self) -> missive_store::Result<Vec<String>> {
+        self.inner.tables().await
+    }
+    async fn table_rows(&self, table: &str) -> missive_store::Result<Vec<String>> {
+        self.inner.table_rows(table).await
+    }
     async fn user(&self, id: Uuid) -> missive_store::Result<Option<missive_store::User>> {
         self.inner.user(id).await
     }

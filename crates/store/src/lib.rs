@@ -101,6 +101,16 @@ pub trait ReadStore: Send + Sync + 'static {
     /// The checkpoints `projection` recorded, one per partition it has seen.
     async fn checkpoints(&self, projection: &str) -> Result<Vec<Position>>;
 
+    /// The read-model tables by name, for comparing two stores row by row (`missive replay
+    /// --verify`): every table the projection writes except the checkpoints (compared apart,
+    /// per projection), nor the stores' own bookkeeping (schema versions, other consumers'
+    /// tables).
+    async fn tables(&self) -> Result<Vec<String>>;
+
+    /// Every row of one of [`ReadStore::tables`], each as one line of text (its columns in
+    /// the table's order), sorted. Reads the whole table into memory.
+    async fn table_rows(&self, table: &str) -> Result<Vec<String>>;
+
     async fn user(&self, id: Uuid) -> Result<Option<User>>;
 
     /// Looks a user up by username, ignoring case.

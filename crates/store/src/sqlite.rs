@@ -821,6 +821,55 @@ impl ReadStore for SqliteStore {
         })
     }
 
+    async fn tables(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' \
+                     AND name NOT LIKE 'sqlite_%' AND name != 'checkpoints' ORDER BY name",
+                )
+                .map_err(sql("listing tables"))?;
+            let names = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(sql("listing tables"))?;
+            names
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(sql("listing tables"))
+        })
+    }
+
+    async fn table_rows(&self, table: &str) -> Result<Vec<String>> {
+        if !self.tables().await?.iter().any(|t| t == table) {
+            return Err(StoreError::Corrupt(format!(
+                "no read-model table {table:?}"
+            )));
+        }
+        self.read(|c| {
+            // The name is one of the tables listed above: safe to quote into the statement.
+            let mut stmt = c
+                .prepare(&format!("SELECT * FROM \"{table}\""))
+                .map_err(sql("reading a table"))?;
+            let columns = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    let mut line = String::new();
+                    for i in 0..columns {
+                        if i > 0 {
+                            line.push_str(" | ");
+                        }
+                        line.push_str(&value_text(r.get_ref(i)?));
+                    }
+                    Ok(line)
+                })
+                .map_err(sql("reading a table"))?;
+            let mut lines = rows
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(sql("reading a table"))?;
+            lines.sort_unstable();
+            Ok(lines)
+        })
+    }
+
     async fn user(&self, id: Uuid) -> Result<Option<User>> {
         self.read(|c| {
             c.prepare_cached(&format!(
@@ -1280,5 +1329,23 @@ impl ReadStore for SqliteStore {
 
     async fn latest_channel_message(&self, channel: Uuid) -> Result<Option<ChannelMessage>> {
         self.read(|c| communities::latest_channel_message(c, channel))
+    }
+}
+
+/// A column's value as text for [`ReadStore::table_rows`]: 16-byte blobs (the ids) as UUIDs.
+fn value_text(value: rusqlite::types::ValueRef<'_>) -> String {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => "NULL".to_owned(),
+        ValueRef::Integer(n) => n.to_string(),
+        ValueRef::Real(x) => x.to_string(),
+        ValueRef::Text(t) => format!("{:?}", String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => match Uuid::from_slice(b) {
+            Ok(id) => id.to_string(),
+            Err(_) => format!(
+                "x'{}'",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            ),
+        },
     }
 }

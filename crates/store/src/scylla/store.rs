@@ -2255,6 +2255,44 @@ impl ReadStore for ScyllaStore {
         applying.flush().await
     }
 
+    async fn tables(&self) -> Result<Vec<String>> {
+        Ok(read_model_tables())
+    }
+
+    async fn table_rows(&self, table: &str) -> Result<Vec<String>> {
+        const ACTION: &str = "reading a table";
+        if !read_model_tables().iter().any(|t| t == table) {
+            return Err(StoreError::Corrupt(format!(
+                "no read-model table {table:?}"
+            )));
+        }
+        // The name is one of the schema's tables: safe to put into the statement.
+        let mut lines: Vec<String> = self
+            .inner
+            .session
+            .query_iter(format!("SELECT * FROM {table}"), ())
+            .await
+            .map_err(pager_err(ACTION))?
+            .rows_stream::<::scylla::value::Row>()
+            .map_err(|e| e.to_string())
+            .map_err(shape_err(ACTION))?
+            .map_err(row_err(ACTION))
+            .map_ok(|row| {
+                row.columns
+                    .iter()
+                    .map(|c| match c {
+                        Some(value) => format!("{value:?}"),
+                        None => "NULL".to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            })
+            .try_collect()
+            .await?;
+        lines.sort_unstable();
+        Ok(lines)
+    }
+
     async fn checkpoints(&self, projection: &str) -> Result<Vec<Position>> {
         let rows: Vec<(i32, Option<i64>)> = self
             .all(
@@ -2768,9 +2806,38 @@ impl ReadStore for ScyllaStore {
     }
 }
 
+/// The tables the read-model schema creates (`CREATE TABLE IF NOT EXISTS <name>` lines of the
+/// migrations), less the checkpoints and the analytics consumer's own tables (`analytics_*`).
+fn read_model_tables() -> Vec<String> {
+    let mut tables: Vec<String> = MIGRATIONS
+        .iter()
+        .flat_map(|m| m.cql.lines())
+        .filter_map(|line| line.trim().strip_prefix("CREATE TABLE IF NOT EXISTS "))
+        .filter_map(|rest| {
+            rest.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .next()
+        })
+        .filter(|name| *name != "checkpoints" && !name.starts_with("analytics"))
+        .map(str::to_owned)
+        .collect();
+    tables.sort();
+    tables.dedup();
+    tables
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_model_tables_are_the_schemas_less_checkpoints() {
+        let tables = read_model_tables();
+        for table in ["users", "messages", "pending_messages", "channel_reads"] {
+            assert!(tables.iter().any(|t| t == table), "{table} in {tables:?}");
+        }
+        assert!(!tables.iter().any(|t| t == "checkpoints" || t == "says"));
+        assert!(!tables.iter().any(|t| t.starts_with("analytics")));
+    }
 
     #[test]
     fn feed_cursors_round_trip_and_reject_garbage() {
