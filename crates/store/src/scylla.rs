@@ -50,6 +50,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_read_models.cql"),
     migration!(2, "0002_delivery.cql"),
     migration!(3, "0003_communities.cql"),
+    migration!(4, "0004_analytics.cql"),
 ];
 
 /// How the keyspace is replicated.
