@@ -1,6 +1,7 @@
 //! Bearer tokens: JWT (RFC 7519) signed with HMAC-SHA256 (HS256) and a server secret.
 //!
-//! Claims: `sub` (the user id), `iat` and `exp` (seconds since the epoch). Only HS256 is
+//! Claims: `sub` (the user id), `iat` and `exp` (seconds since the epoch), and `adm: true` on
+//! an operator's token (`missive token --admin`; the admin routes require it). Only HS256 is
 //! accepted; the signature is checked in constant time before anything else is trusted.
 
 use base64::Engine;
@@ -21,6 +22,9 @@ pub struct Claims {
     pub sub: Uuid,
     pub iat: i64,
     pub exp: i64,
+    /// An operator's token: may call the admin routes. Absent (false) on users' tokens.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adm: bool,
 }
 
 /// Why a token was refused. The texts go to clients as they are.
@@ -57,12 +61,26 @@ impl Secret {
 
     /// Issues a token for `user` valid for `ttl_seconds` from `now` (seconds since the epoch).
     pub fn issue(&self, user: Uuid, now: i64, ttl_seconds: i64) -> String {
-        let claims = Claims {
+        self.sign(&Claims {
             sub: user,
             iat: now,
             exp: now.saturating_add(ttl_seconds),
-        };
-        let payload = serde_json::to_vec(&claims).expect("claims serialize");
+            adm: false,
+        })
+    }
+
+    /// Issues an operator's token (the admin routes accept it), acting as `user`.
+    pub fn issue_admin(&self, user: Uuid, now: i64, ttl_seconds: i64) -> String {
+        self.sign(&Claims {
+            sub: user,
+            iat: now,
+            exp: now.saturating_add(ttl_seconds),
+            adm: true,
+        })
+    }
+
+    fn sign(&self, claims: &Claims) -> String {
+        let payload = serde_json::to_vec(claims).expect("claims serialize");
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(HEADER),
@@ -118,6 +136,24 @@ impl Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_tokens_carry_the_claim_and_users_tokens_do_not() {
+        let secret = Secret::new(b"s3cret".to_vec());
+        let user = Uuid::now_v7();
+        assert!(
+            secret
+                .verify(&secret.issue_admin(user, 1_000, 60), 1_010)
+                .unwrap()
+                .adm
+        );
+        let plain = secret.issue(user, 1_000, 60);
+        assert!(!secret.verify(&plain, 1_010).unwrap().adm);
+        // A user's token says nothing of it (older tokens, and tokens of other issuers, too).
+        let payload = plain.split('.').nth(1).expect("payload");
+        let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert!(!claims.contains("adm"), "{claims}");
+    }
 
     #[test]
     fn issued_tokens_verify_and_tampering_is_caught() {

@@ -8,6 +8,7 @@
 //! - [`error`]: the error type and the extractors that map rejections to 4xx answers.
 //! - [`routes`]: handlers and JSON shapes.
 
+mod admin;
 pub mod auth;
 pub mod communities;
 pub mod error;
@@ -48,7 +49,7 @@ pub struct ApiConfig {
 }
 
 /// What every handler shares.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
     pub config: Arc<ApiConfig>,
@@ -56,6 +57,19 @@ pub struct AppState {
     pub sessions: Arc<ws::Sessions>,
     /// Pushes log events to the WebSocket sessions; [`gateway::Gateway::run`] feeds it.
     pub gateway: Arc<gateway::Gateway>,
+    /// The analytics consumer's rollups (`GET /v1/admin/analytics`); `None` when analytics
+    /// are off.
+    pub analytics: Option<Arc<dyn missive_analytics::AnalyticsStore>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .field("analytics", &self.analytics.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The whole API as a router.

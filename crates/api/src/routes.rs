@@ -39,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/admin/analytics"),
     ("POST", "/v1/users"),
     ("GET", "/v1/users/{id}"),
     ("GET", "/v1/users/me"),
@@ -101,6 +102,7 @@ pub fn routes() -> Router<AppState> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/admin/analytics", get(crate::admin::analytics))
         .route("/v1/users", post(register))
         .route("/v1/users/me", get(get_me).patch(update_me))
         .route("/v1/users/{id}", get(get_user))
@@ -168,6 +170,30 @@ pub(crate) fn actor_from_token(
         user_id: claims.sub,
         correlation_id: correlation_id(headers),
     })
+}
+
+/// The caller of an admin route: a valid token with the admin claim (`missive token
+/// --admin`); a user's token is refused with 403 `admin_only`.
+pub(crate) fn admin_from_headers(state: &AppState, headers: &HeaderMap) -> ApiResult<Actor> {
+    let actor = actor_from_headers(state, headers)?;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let admin = state
+        .config
+        .secret
+        .verify(token.trim(), Utc::now().timestamp())
+        .is_ok_and(|claims| claims.adm);
+    if !admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_only",
+            "this route needs an operator's token (`missive token --admin`)",
+        ));
+    }
+    Ok(actor)
 }
 
 /// The request's `X-Request-Id` if it is a UUID, otherwise a new one.

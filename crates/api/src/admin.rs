@@ -1,0 +1,57 @@
+//! Operator routes: they need a token with the admin claim (`missive token --admin`); a user's
+//! token gets 403 `admin_only`.
+//!
+//! `GET /v1/admin/analytics?from=&to=[&granularity=minute|day]`: the analytics consumer's
+//! rollups (messages, conversations started, friendship funnel, delivery and read latency,
+//! daily and monthly active users) between two times.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, Utc};
+use missive_analytics::{QueryError, ReportQuery};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiQuery};
+use crate::routes::{ApiResult, admin_from_headers};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AnalyticsParams {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    granularity: Option<String>,
+}
+
+pub(crate) async fn analytics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<AnalyticsParams>,
+) -> ApiResult<Json<missive_analytics::AnalyticsReport>> {
+    admin_from_headers(&state, &headers)?;
+    let (Some(from), Some(to)) = (params.from, params.to) else {
+        return Err(ApiError::bad_request(
+            "`from` and `to` are required: RFC 3339 times, e.g. \
+             ?from=2026-12-01T00:00:00Z&to=2026-12-02T00:00:00Z",
+        ));
+    };
+    let query = ReportQuery::parse(from, to, params.granularity.as_deref())
+        .map_err(|e: QueryError| ApiError::bad_request(e.to_string()))?;
+    let Some(store) = &state.analytics else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "analytics_off",
+            "this server keeps no analytics (started with --analytics off)",
+        ));
+    };
+    match missive_analytics::report(store.as_ref(), &query).await {
+        Ok(report) => Ok(Json(report)),
+        Err(error) if error.is_transient() => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the analytics store is unavailable; retry shortly",
+        )),
+        Err(error) => Err(ApiError::internal(&error)),
+    }
+}
