@@ -179,7 +179,10 @@ const ACTIVE_REFRESH_MAX: Duration = Duration::from_secs(60);
 pub struct Analytics {
     log: Arc<dyn EventLog>,
     store: Arc<dyn AnalyticsStore>,
+    /// The checkpoint name in the store (and dead letters' projection).
     name: String,
+    /// The log's consumer group; the same as `name` unless a rebuild reads with its own.
+    group: String,
     batch_size: usize,
     progress: watch::Sender<Progress>,
 }
@@ -191,6 +194,7 @@ impl Analytics {
             log,
             store,
             name: CONSUMER_GROUP.to_owned(),
+            group: CONSUMER_GROUP.to_owned(),
             batch_size: 2048,
             progress,
         }
@@ -207,6 +211,15 @@ impl Analytics {
     /// nothing twice.
     pub fn with_group(mut self, name: &str) -> Self {
         self.name = name.to_owned();
+        self.group = name.to_owned();
+        self
+    }
+
+    /// Reads the log with its own consumer group but keeps [`CONSUMER_GROUP`]'s checkpoints:
+    /// a rebuild into a fresh store (`missive replay --projection analytics`), which the live
+    /// consumer then carries on from, without joining (and disturbing) the live group.
+    pub fn with_private_group(mut self, group: &str) -> Self {
+        self.group = group.to_owned();
         self
     }
 
@@ -221,7 +234,7 @@ impl Analytics {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), AnalyticsError> {
         tokio::pin!(shutdown);
-        let mut consumer = self.log.consumer(&self.name).await?;
+        let mut consumer = self.log.consumer(&self.group).await?;
         let Some(checkpoints) = self
             .retry("reading checkpoints", &mut shutdown, || {
                 self.store.checkpoints(&self.name)
@@ -279,7 +292,13 @@ impl Analytics {
             }
             match self.process(&records, &mut state, &mut shutdown).await? {
                 Some(checkpoint) => {
-                    if let Err(error) = consumer.commit(&checkpoint).await {
+                    // A private group (a rebuild) leaves no offsets behind in the log.
+                    let commit = if self.group == self.name {
+                        consumer.commit(&checkpoint).await
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(error) = commit {
                         tracing::warn!(consumer = %self.name, %error, "log checkpoint not committed; the store's checkpoint still holds");
                     }
                     progress.advance(&checkpoint);

@@ -10,9 +10,13 @@
 //! - [`server`]: configuration and start-up of the server, and the choice of log and store.
 //! - [`secret`]: the JWT secret kept in the data directory.
 //! - [`dlq`]: listing and retrying dead letters.
+//! - [`events`]: the log's records as JSON lines (`missive events dump`/`tail`).
+//! - [`replay`]: rebuilding, verifying and swapping read models (`missive replay`).
 //! - [`loadtest`]: the load harness (`missive loadtest`).
 
 pub mod dlq;
+pub mod events;
 pub mod loadtest;
+pub mod replay;
 pub mod secret;
 pub mod server;

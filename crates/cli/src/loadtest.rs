@@ -1,21 +1,194 @@
 //! `missive loadtest`: drives a running Missive over HTTP and WebSocket like real users.
 //!
-//! Built so far: the connections mode (`--connections N`), which registers users, opens N
-//! WebSocket sessions and keeps them idle (heartbeats only) for `--duration`, then reports what
-//! they cost the server: its resident memory before the users registered, before the sessions
-//! opened and with them open (read from the server's own `process_resident_memory_bytes`
-//! metric), per session, and how long sessions took to open. Message traffic (the send/read/delete mix over a Zipf distribution of
-//! conversations) is issue 7's next part.
+//! Two modes:
+//! - *traffic* (the default): registers users, befriends them, holds one WebSocket session
+//!   per user, then sends, reads history, marks read and deletes over a Zipf distribution of
+//!   conversations, at a fixed rate (open model) or as fast as `--concurrency` workers go
+//!   (closed model). It reports throughput and latency per operation, errors by kind, the
+//!   time from a send's acknowledgement to the message's arrival on the recipient's
+//!   WebSocket and in their history, and the server's projector lag over time.
+//! - *connections* (`--connections N`): registers users, opens N WebSocket sessions and keeps
+//!   them idle (heartbeats only) for `--duration`, then reports what they cost the server: its
+//!   resident memory before the users registered, before the sessions opened and with them
+//!   open (read from the server's own `process_resident_memory_bytes` metric), per session,
+//!   and how long sessions took to open.
+//!
+//! # Layout
+//! - this module: the flags, the connections mode, and what both modes share (registration,
+//!   opening sessions, progress bars, percentiles, reading `/metrics`).
+//! - [`plan`]: the traffic mode's choices without I/O: the mix, Zipf sampling, the friendship
+//!   graph, the operation at each index of a run.
+//! - [`traffic`]: the traffic mode's setup, sessions, schedulers and operations.
+//! - [`report`]: the traffic mode's report, as a table and as JSON.
+
+pub mod plan;
+pub mod report;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
+use rand::Rng;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use plan::Mix;
+use report::Model;
+use traffic::{Load, TrafficPlan};
+
+/// Flags of `missive loadtest`. Without `--connections` it runs the traffic mode.
+#[derive(Debug, clap::Args)]
+pub struct LoadtestArgs {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "MISSIVE_LOADTEST_TARGET",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub target: String,
+    /// Connections mode: open this many idle WebSocket sessions and measure their cost to the
+    /// server (memory per session), instead of sending traffic.
+    #[arg(long, env = "MISSIVE_LOADTEST_CONNECTIONS")]
+    pub connections: Option<usize>,
+    /// Users to register. Traffic mode: the simulated users, each holding one WebSocket
+    /// session (default 100). Connections mode: sessions are spread over them (default: one
+    /// session per user); at most --ws-max-sessions-per-user sessions per user are accepted by
+    /// the server.
+    #[arg(long, env = "MISSIVE_LOADTEST_USERS")]
+    pub users: Option<usize>,
+    /// Traffic mode: how long operations are issued (unless --count). Connections mode: how
+    /// long to hold the sessions open before measuring. E.g. `10s`, `2m`, `500ms`.
+    #[arg(long, env = "MISSIVE_LOADTEST_DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Requests in flight at once while registering, befriending and opening sessions. Traffic
+    /// mode without --rate: also the workers of the closed model, each issuing its next
+    /// operation as soon as the last one is answered.
+    #[arg(long, env = "MISSIVE_LOADTEST_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub concurrency: u64,
+    /// Print the report as JSON instead of a table.
+    #[arg(long, env = "MISSIVE_LOADTEST_JSON")]
+    pub json: bool,
+    /// Friends of each user (a friend request and its acceptance per pair, through the API);
+    /// every friend pair is a conversation. One more when both this and --users are odd.
+    #[arg(long, env = "MISSIVE_LOADTEST_FRIENDS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "connections", help_heading = "Traffic mode")]
+    pub friends_per_user: u64,
+    /// Issue exactly this many operations, instead of running for --duration.
+    #[arg(long, env = "MISSIVE_LOADTEST_COUNT", value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["connections", "duration"], help_heading = "Traffic mode")]
+    pub count: Option<u64>,
+    /// Open model: issue this many operations per second, each at its scheduled instant
+    /// whatever the server's answers (so slow answers cannot hide latency); latency is
+    /// measured from the scheduled instant. Without it: the closed model, --concurrency
+    /// workers at full speed.
+    #[arg(long, env = "MISSIVE_LOADTEST_RATE", value_parser = plan::parse_rate, conflicts_with = "connections", help_heading = "Traffic mode")]
+    pub rate: Option<f64>,
+    /// Open model: operations in flight at most. One due while this many are in flight is not
+    /// issued, and counts as the error `dropped: too many in flight`.
+    #[arg(long, env = "MISSIVE_LOADTEST_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000), conflicts_with = "connections", help_heading = "Traffic mode")]
+    pub max_in_flight: u64,
+    /// Weights of the operations: send (a direct message to the conversation's other user),
+    /// history (a page of the conversation), read (mark read up to the latest message
+    /// received), delete (one of the user's own messages, for everyone or for them only).
+    /// Operations left out weigh 0; send must weigh more than 0.
+    #[arg(long, env = "MISSIVE_LOADTEST_MIX", default_value = "send=70,history=20,read=8,delete=2", value_parser = Mix::parse, conflicts_with = "connections", help_heading = "Traffic mode")]
+    pub mix: Mix,
+    /// Exponent of the Zipf distribution of operations over conversations: the k-th busiest
+    /// conversation is picked with probability proportional to 1/k^S (0: uniform).
+    #[arg(long, env = "MISSIVE_LOADTEST_ZIPF", default_value = "1.0", value_parser = plan::parse_zipf, conflicts_with = "connections", help_heading = "Traffic mode")]
+    pub zipf: f64,
+    /// Seed of the friendship graph and of the sequence of operations (kind, conversation,
+    /// which side acts), so that runs can be repeated. Default: random, printed in the report.
+    #[arg(
+        long,
+        env = "MISSIVE_LOADTEST_SEED",
+        conflicts_with = "connections",
+        help_heading = "Traffic mode"
+    )]
+    pub seed: Option<u64>,
+    /// Follow one send in this many into the recipient's history, to time how long it takes
+    /// to become visible there (0: none). Every send is timed to the recipient's WebSocket.
+    #[arg(
+        long,
+        env = "MISSIVE_LOADTEST_E2E_SAMPLE",
+        default_value_t = 20,
+        conflicts_with = "connections",
+        help_heading = "Traffic mode"
+    )]
+    pub e2e_sample: u64,
+}
+
+/// `10s`, `2m`, `500ms`, `1h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 10s, 2m or 500ms"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("{text:?}: the unit is one of ms, s, m, h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Runs `missive loadtest` with its flags and prints the report.
+pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
+    let Some(sessions) = args.connections else {
+        let plan = TrafficPlan {
+            target: args.target.trim_end_matches('/').to_owned(),
+            users: args.users.unwrap_or(DEFAULT_TRAFFIC_USERS),
+            friends_per_user: usize::try_from(args.friends_per_user)?,
+            load: args.count.map_or(Load::For(args.duration), Load::Count),
+            model: match args.rate {
+                Some(rate) => Model::Open {
+                    rate,
+                    max_in_flight: usize::try_from(args.max_in_flight)?,
+                },
+                None => Model::Closed {
+                    concurrency: args.concurrency as usize,
+                },
+            },
+            mix: args.mix,
+            zipf: args.zipf,
+            seed: args
+                .seed
+                .unwrap_or_else(|| u64::from(rand::rng().random::<u32>())),
+            e2e_sample: args.e2e_sample,
+            setup_concurrency: args.concurrency as usize,
+        };
+        let report = traffic::traffic(&plan).await?;
+        if args.json {
+            println!("{}", report.to_json());
+        } else {
+            print!("{}", report.to_table());
+        }
+        return Ok(());
+    };
+    let mut plan = ConnectionsPlan::new(&args.target, sessions);
+    if let Some(users) = args.users {
+        plan.users = users;
+    }
+    plan.hold = args.duration;
+    plan.concurrency = args.concurrency as usize;
+    let report = connections(&plan).await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
+}
+
+/// Simulated users of the traffic mode unless --users says otherwise.
+const DEFAULT_TRAFFIC_USERS: usize = 100;
 /// Requests (registrations, session openings) in flight at once.
 const DEFAULT_CONCURRENCY: usize = 64;
 /// How often an idle session sends a heartbeat: well inside the server's default 60 s.
@@ -200,7 +373,7 @@ pub async fn connections(plan: &ConnectionsPlan) -> anyhow::Result<ConnectionsRe
         |i| {
             let (http, target) = (&http, &plan.target);
             let username = format!("lt{run}_{i}");
-            async move { register(http, target, &username).await }
+            async move { Ok(register(http, target, &username).await?.token) }
         },
     )
     .await;
@@ -216,12 +389,7 @@ pub async fn connections(plan: &ConnectionsPlan) -> anyhow::Result<ConnectionsRe
     let (stop, stopped) = tokio::sync::watch::channel(false);
 
     let started = Instant::now();
-    let ws_url = format!(
-        "{}/v1/ws",
-        plan.target
-            .replacen("http://", "ws://", 1)
-            .replacen("https://", "wss://", 1)
-    );
+    let ws_url = ws_url(&plan.target);
     let opened = run_counted(
         plan.connections,
         plan.concurrency,
@@ -311,8 +479,18 @@ fn progress(len: usize, what: &'static str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Registers a user; its token, or the kind of failure.
-async fn register(http: &reqwest::Client, target: &str, username: &str) -> Result<String, String> {
+/// A registered user.
+struct Registered {
+    id: uuid::Uuid,
+    token: String,
+}
+
+/// Registers a user; its id and token, or the kind of failure.
+async fn register(
+    http: &reqwest::Client,
+    target: &str,
+    username: &str,
+) -> Result<Registered, String> {
     let answer = http
         .post(format!("{target}/v1/users"))
         .json(&json!({ "username": username }))
@@ -327,10 +505,25 @@ async fn register(http: &reqwest::Client, target: &str, username: &str) -> Resul
         .json()
         .await
         .map_err(|_| "register: unreadable answer".to_owned())?;
-    body["token"]
+    let id = body["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| "register: no id in the answer".to_owned())?;
+    let token = body["token"]
         .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| "register: no token in the answer".to_owned())
+        .ok_or_else(|| "register: no token in the answer".to_owned())?;
+    Ok(Registered { id, token })
+}
+
+/// The WebSocket endpoint of the server at `target`.
+fn ws_url(target: &str) -> String {
+    format!(
+        "{}/v1/ws",
+        target
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1)
+    )
 }
 
 fn kind_of(error: &reqwest::Error) -> &'static str {
@@ -345,6 +538,16 @@ fn kind_of(error: &reqwest::Error) -> &'static str {
 
 /// Opens a session and reads what was pending, up to `synced`.
 async fn open(url: &str, token: &str) -> Result<(Socket, Duration), String> {
+    open_with(url, token, |_| {}).await
+}
+
+/// Opens a session and hands each frame received before `synced` (the pending messages) to
+/// `on_frame`.
+async fn open_with(
+    url: &str,
+    token: &str,
+    mut on_frame: impl FnMut(&Value),
+) -> Result<(Socket, Duration), String> {
     let mut request = url
         .into_client_request()
         .map_err(|e| format!("open: bad URL ({e})"))?;
@@ -372,6 +575,7 @@ async fn open(url: &str, token: &str) -> Result<(Socket, Duration), String> {
                     if frame["type"] == "synced" {
                         return Ok(socket);
                     }
+                    on_frame(&frame);
                 }
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map_or(0, |f| u16::from(f.code));

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -71,6 +72,16 @@ struct LogArgs {
 }
 
 impl LogArgs {
+    /// The log as tools open it (`events`, `replay`): the topics' settings are the servers'
+    /// business, not checked again here.
+    fn tool_backend(&self) -> anyhow::Result<LogBackend> {
+        let mut backend = self.backend()?;
+        if let LogBackend::Kafka(config) = &mut backend {
+            config.check_topic_settings = false;
+        }
+        Ok(backend)
+    }
+
     fn backend(&self) -> anyhow::Result<LogBackend> {
         let durability = match self.log_sync {
             Sync::Full => Durability::Full,
@@ -178,6 +189,17 @@ struct ServeArgs {
         default_value = "auto"
     )]
     reset_presence: Switch,
+    /// Whether `serve` also runs the analytics consumer (rollups in `analytics.db`, or the
+    /// Scylla keyspace) and the API answers GET /v1/admin/analytics. With split processes,
+    /// run `missive analytics` for the consumer; `api` processes answer the queries.
+    #[arg(long, env = "MISSIVE_ANALYTICS", value_enum, default_value = "on")]
+    analytics: OnOff,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -207,6 +229,7 @@ impl ServeArgs {
             send_timeout: Duration::from_secs(self.ws_send_timeout_secs),
         };
         config.notify_interval = Duration::from_secs(self.notify_interval_secs);
+        config.analytics = matches!(self.analytics, OnOff::On);
         config.reset_presence = match self.reset_presence {
             Switch::Auto => None,
             Switch::On => Some(true),
@@ -240,7 +263,7 @@ enum DlqCommand {
 }
 
 /// How to reach the Scylla read store: the flags beside every `--store`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct ScyllaArgs {
     /// Consistency level of the Scylla store's reads and writes.
     #[arg(
@@ -357,6 +380,12 @@ enum Command {
     /// Run the projectors only (no HTTP): consume the log and keep the read models current.
     /// With Kafka, several of these split the partitions in a consumer group.
     Project(ServeArgs),
+    /// Run the analytics consumer only (no HTTP): a consumer group of its own that computes,
+    /// from the events alone, messages per minute, conversations started, the friendship
+    /// funnel, delivery and read latency, and daily and monthly active users, into rollups
+    /// per minute and per day (queried with GET /v1/admin/analytics and an admin token).
+    /// Restartable without double counting.
+    Analytics(ServeArgs),
     /// Print a bearer token for a user id, signed with the server's secret.
     Token {
         /// The user the token speaks for.
@@ -370,79 +399,411 @@ enum Command {
         /// Lifetime of the token, in days.
         #[arg(long, default_value_t = 30)]
         ttl_days: u64,
+        /// An operator's token: it may call the admin routes (GET /v1/admin/analytics).
+        #[arg(long)]
+        admin: bool,
     },
     /// Drive a running Missive over HTTP and WebSocket like real users, and report what it
-    /// cost. `--connections N` registers users, opens N idle WebSocket sessions, holds them
-    /// for `--duration` (heartbeats only), and reports the server's resident memory before and
-    /// with them open (its `process_resident_memory_bytes` metric), per session, and how long
-    /// sessions took to open. Registration must be open on the target. The message-traffic
-    /// mode (sends, reads, deletes over a Zipf distribution) is not built yet.
-    Loadtest(LoadtestArgs),
+    /// cost. By default (traffic mode): registers --users, befriends them (--friends-per-user),
+    /// opens a WebSocket session each, then sends, reads history, marks read and deletes
+    /// (--mix) over a Zipf distribution of conversations (--zipf), for --duration or --count,
+    /// at a fixed --rate (open model: latency from the scheduled instant) or at full speed
+    /// with --concurrency workers; reports throughput and latency percentiles per operation,
+    /// errors by kind, send-to-WebSocket and send-to-history latency, and projector lag.
+    /// `--connections N` instead opens N idle sessions and reports the server's memory per
+    /// session. Registration must be open on the target.
+    Loadtest(missive_cli::loadtest::LoadtestArgs),
+    /// Rebuild read models from the event log: into a fresh target while the live system keeps
+    /// serving (then switch with --swap, or, with Scylla, by pointing --store at the new
+    /// keyspace), as they were at a point in time (--until), or into a scratch target compared
+    /// row by row with the live read models (--verify). Reports the rebuild speed in events/s.
+    ///
+    /// A target holds its checkpoints with its read models: a rebuild that is interrupted
+    /// (Ctrl-C) resumes where it stopped when run again, and a rebuilt store can be caught up
+    /// again later; the live projectors carry on from where the rebuild ended.
+    Replay(ReplayArgs),
+    /// Print the event log's records as JSON lines (decoded with the schemas in schemas/, old
+    /// versions upcast), for debugging and for piping into other tools (e.g. jq).
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+/// Which projection `missive replay` rebuilds.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Projection {
+    /// The read models the queries read (users, friendships, conversations, messages,
+    /// servers, channels).
+    ReadModels,
+    /// The analytics consumer's rollups (`analytics.db`, or the analytics tables of a Scylla
+    /// keyspace); a rebuild runs up to the log's end (no --until, no --verify).
+    Analytics,
 }
 
 #[derive(Debug, clap::Args)]
-struct LoadtestArgs {
-    /// The server's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    target: String,
-    /// Open this many idle WebSocket sessions and measure their cost to the server.
+struct ReplayArgs {
+    /// The data directory (the embedded log and read store live there).
+    #[arg(long, env = "MISSIVE_DATA_DIR", default_value = "./missive-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
+    /// The live read store (`embedded` or `scylla://host:port/keyspace`): what --verify
+    /// compares with, and the kind of target a rebuild makes.
+    #[arg(long = "store", env = "MISSIVE_STORE")]
+    store: Option<String>,
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+    /// Where to rebuild: a SQLite file (embedded; default `<data-dir>/read.rebuild.db`) or a
+    /// keyspace `scylla://host:port/keyspace` (required with a Scylla live store; created and
+    /// migrated if needed). With --verify, the scratch target (default: a temporary file, or
+    /// the keyspace `<live>_verify`, dropped afterwards).
     #[arg(long)]
-    connections: Option<usize>,
-    /// Users to register; sessions are spread over them (default: one session per user).
-    /// At most --ws-max-sessions-per-user sessions per user are accepted by the server.
-    #[arg(long)]
-    users: Option<usize>,
-    /// How long to hold the sessions open before measuring: e.g. `10s`, `2m`, `500ms`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Registrations and session openings in flight at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    concurrency: u64,
-    /// Print the report as JSON instead of a table.
-    #[arg(long)]
-    json: bool,
+    into: Option<String>,
+    /// The projection to rebuild.
+    #[arg(long, value_enum, default_value = "read-models")]
+    projection: Projection,
+    /// Build the read models as they were at a moment: an RFC 3339 time
+    /// (`2026-12-03T10:00:00Z`) or date (`2026-12-03`), events up to it included; or log
+    /// positions `<partition>:<offset>[,...]` naming every partition, those events included.
+    #[arg(long, value_parser = missive_cli::events::Bound::parse)]
+    until: Option<missive_cli::events::Bound>,
+    /// Rebuild into a scratch target up to the live read models' checkpoints and compare the
+    /// two row by row; print every difference and exit 1 if there is one.
+    #[arg(long, conflicts_with_all = ["until", "swap"])]
+    verify: bool,
+    /// Embedded only: with every server of the data directory stopped, catch the rebuilt
+    /// target up to the log's end and put it in place of `read.db` (the old one is kept as
+    /// `read.db.replaced-<time>`). Start the server again afterwards: it continues from the
+    /// target's checkpoints, so no event is lost between the rebuild and the swap.
+    #[arg(long, conflicts_with = "until")]
+    swap: bool,
+    /// Replication of a Scylla target keyspace when it is created (see `missive store
+    /// migrate`).
+    #[arg(
+        long,
+        env = "MISSIVE_STORE_REPLICATION",
+        default_value = "datacenter1:3"
+    )]
+    replication: String,
 }
 
-/// `10s`, `2m`, `500ms`, `1h`, or plain seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a duration such as 10s, 2m or 500ms"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return Err(format!("{text:?}: the unit is one of ms, s, m, h")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Print the records up to the log's end (as it was when the dump began), then exit.
+    Dump(EventsArgs),
+    /// Print records as they are appended, until Ctrl-C (from the end, or from --from).
+    Tail(EventsArgs),
 }
 
-async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
-    let Some(connections) = args.connections else {
-        anyhow::bail!(
-            "only the connections mode is built so far: pass --connections N (the message \
-             traffic mode is not built yet)"
-        );
-    };
-    let mut plan = missive_cli::loadtest::ConnectionsPlan::new(&args.target, connections);
-    if let Some(users) = args.users {
-        plan.users = users;
+#[derive(Debug, clap::Args)]
+struct EventsArgs {
+    /// The data directory (the embedded log lives there).
+    #[arg(long, env = "MISSIVE_DATA_DIR", default_value = "./missive-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
+    /// From a time (RFC 3339 or a date; inclusive) or log positions `<partition>:<offset>[,...]`
+    /// (each partition named from that offset).
+    #[arg(long, value_parser = missive_cli::events::Bound::parse)]
+    from: Option<missive_cli::events::Bound>,
+    /// Until a time (inclusive) or log positions (inclusive; partitions not named are not
+    /// read).
+    #[arg(long, value_parser = missive_cli::events::Bound::parse)]
+    until: Option<missive_cli::events::Bound>,
+    /// Only these event types (comma-separated, e.g. `MessageSent,MessagesRead`).
+    #[arg(long = "type", value_delimiter = ',')]
+    types: Vec<String>,
+    /// Only the records of this partition key (a conversation, user or user pair's key).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl EventsArgs {
+    async fn run(self, follow: bool) -> anyhow::Result<()> {
+        let filter = missive_cli::events::Filter {
+            from: self.from,
+            until: self.until,
+            types: self.types,
+            key: self.key,
+        };
+        filter.check().map_err(anyhow::Error::msg)?;
+        let log = self.log.tool_backend()?.open(&self.data_dir).await?;
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        missive_cli::events::print(log.as_ref(), &filter, follow, &mut out, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        Ok(())
     }
-    plan.hold = args.duration;
-    plan.concurrency = args.concurrency as usize;
-    let report = missive_cli::loadtest::connections(&plan).await?;
-    if args.json {
-        println!("{}", report.to_json());
-    } else {
-        print!("{}", report.to_table());
+}
+
+impl ReplayArgs {
+    async fn run(self) -> anyhow::Result<()> {
+        use missive_cli::replay;
+        let analytics = matches!(self.projection, Projection::Analytics);
+        if analytics {
+            anyhow::ensure!(
+                !self.verify && self.until.is_none(),
+                "--verify and --until apply to --projection read-models; the analytics rollups \
+                 are rebuilt to the log's end (their figures are exact under any re-run)"
+            );
+        }
+        let live_backend = ReadStoreArgs {
+            store: self.store.clone(),
+            scylla: self.scylla.clone(),
+        }
+        .backend()?;
+        let scylla_live = matches!(live_backend, StoreBackend::Scylla(_));
+        if self.swap && scylla_live {
+            anyhow::bail!(
+                "--swap replaces the embedded read store; with Scylla, switching is a \
+                 configuration change: restart `missive api` and `missive project` with \
+                 --store naming the rebuilt keyspace (it holds its checkpoints, so its \
+                 projectors continue exactly where the rebuild ended)"
+            );
+        }
+        // Held for the whole swap: no server may start meanwhile.
+        let _alone = if self.swap {
+            Some(missive_cli::server::DataDirUse::exclusive(&self.data_dir)?)
+        } else {
+            None
+        };
+        let log = self.log.tool_backend()?.open(&self.data_dir).await?;
+        let until = replay::until(log.as_ref(), self.until.as_ref()).await?;
+
+        if self.verify {
+            let live = live_backend.open(&self.data_dir).await?;
+            let (scratch, cleanup) = self.scratch(&live_backend).await?;
+            let verified = replay::verify(log, live.as_ref(), scratch).await;
+            cleanup.run().await;
+            let verified = verified?;
+            for rebuilt in &verified.rebuilt {
+                println!("{}", replay::summary(rebuilt));
+            }
+            let at: Vec<String> = verified
+                .at
+                .iter()
+                .map(|(p, o)| format!("{p}:{o}"))
+                .collect();
+            let d = &verified.differences;
+            if d.is_empty() {
+                println!(
+                    "verified: the live read models match a rebuild from the log ({} tables, {} \
+                     rows, at {})",
+                    d.compared_tables,
+                    d.compared_rows,
+                    at.join(",")
+                );
+                return Ok(());
+            }
+            print!("{}", d.report(20));
+            println!(
+                "DIFFERENT: {} of {} tables differ from a rebuild from the log (at {})",
+                d.tables.len(),
+                d.compared_tables,
+                at.join(",")
+            );
+            std::process::exit(1);
+        }
+
+        if analytics {
+            return self.rebuild_analytics(log, scylla_live).await;
+        }
+        let target = self.target(scylla_live).await?;
+        if self.until.is_some() {
+            let held = replay::checkpoints(target.store.as_ref()).await?;
+            anyhow::ensure!(
+                held.is_empty(),
+                "--until builds the read models as they were at a moment: it needs an empty \
+                 target, and {} holds events already (up to {held:?})",
+                target.name
+            );
+        }
+        let rebuilt = replay::rebuild(log, target.store.clone(), &until).await?;
+        println!("{}", replay::summary(&rebuilt));
+        println!("target: {}", target.name);
+        if self.swap {
+            let StoreTarget { path, store, .. } = target;
+            drop(store);
+            let path = path.context("an embedded target")?;
+            let kept = replay::swap_embedded(&self.data_dir, &path, "read.db")?;
+            println!(
+                "swapped: {} now holds the rebuilt read models{}; start the server again",
+                self.data_dir.join("read.db").display(),
+                kept.map(|k| format!(" (the old ones: {})", k.display()))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// `--projection analytics`: rebuild (and with --swap, put in place) the rollups.
+    async fn rebuild_analytics(
+        &self,
+        log: Arc<dyn missive_log::EventLog>,
+        scylla_live: bool,
+    ) -> anyhow::Result<()> {
+        use missive_cli::replay;
+        let (name, store, path): (String, Arc<dyn missive_analytics::AnalyticsStore>, _) =
+            match self.into.as_deref() {
+                Some(url) if url.starts_with("scylla://") => {
+                    let mut config = self.scylla.config(url)?;
+                    config.replication =
+                        missive_store::scylla::Replication::parse(&self.replication)
+                            .map_err(anyhow::Error::msg)?;
+                    let session = missive_store::scylla::connect(&config).await?;
+                    missive_store::scylla::migrate(&session, &config).await?;
+                    let store = missive_analytics::scylla::ScyllaAnalytics::open(&config).await?;
+                    (
+                        StoreBackend::Scylla(config).to_string(),
+                        Arc::new(store),
+                        None,
+                    )
+                }
+                _ if scylla_live => anyhow::bail!(
+                    "the live store is Scylla: name the target keyspace with --into \
+                     scylla://host:port/keyspace"
+                ),
+                into => {
+                    let path = into
+                        .map_or_else(|| self.data_dir.join("analytics.rebuild.db"), PathBuf::from);
+                    anyhow::ensure!(
+                        path != self.data_dir.join("analytics.db"),
+                        "--into {}: that is the live analytics store",
+                        path.display()
+                    );
+                    let store = missive_analytics::sqlite::SqliteAnalytics::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    (path.display().to_string(), Arc::new(store), Some(path))
+                }
+            };
+        let rebuilt = replay::rebuild_analytics(log, store.clone()).await?;
+        println!("{}", replay::summary(&rebuilt));
+        println!("target: {name}");
+        if self.swap {
+            drop(store);
+            let path = path.context("an embedded target")?;
+            let kept = replay::swap_embedded(&self.data_dir, &path, "analytics.db")?;
+            println!(
+                "swapped: {} now holds the rebuilt analytics{}; start the server again",
+                self.data_dir.join("analytics.db").display(),
+                kept.map(|k| format!(" (the old ones: {})", k.display()))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// The rebuild's target store.
+    async fn target(&self, scylla_live: bool) -> anyhow::Result<StoreTarget> {
+        match self.into.as_deref() {
+            Some(url) if url.starts_with("scylla://") => {
+                let mut config = self.scylla.config(url)?;
+                config.replication = missive_store::scylla::Replication::parse(&self.replication)
+                    .map_err(anyhow::Error::msg)?;
+                let session = missive_store::scylla::connect(&config).await?;
+                missive_store::scylla::migrate(&session, &config).await?;
+                let store = StoreBackend::Scylla(config.clone());
+                Ok(StoreTarget {
+                    name: store.to_string(),
+                    store: store.open(&self.data_dir).await?,
+                    path: None,
+                })
+            }
+            _ if scylla_live => anyhow::bail!(
+                "the live store is Scylla: name the target keyspace with --into \
+                 scylla://host:port/keyspace"
+            ),
+            into => {
+                let path = into.map_or_else(
+                    || missive_cli::replay::default_embedded_target(&self.data_dir),
+                    PathBuf::from,
+                );
+                if path == self.data_dir.join("read.db") {
+                    anyhow::bail!("--into {}: that is the live read store", path.display());
+                }
+                let store = missive_store::sqlite::SqliteStore::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                Ok(StoreTarget {
+                    name: path.display().to_string(),
+                    store: Arc::new(store),
+                    path: Some(path),
+                })
+            }
+        }
+    }
+
+    /// The scratch target of --verify, and how to clean it up.
+    async fn scratch(
+        &self,
+        live: &StoreBackend,
+    ) -> anyhow::Result<(Arc<dyn missive_store::ReadStore>, Cleanup)> {
+        match live {
+            StoreBackend::Scylla(live) => {
+                let url = match &self.into {
+                    Some(url) => url.clone(),
+                    None => format!("scylla://{}/{}_verify", live.nodes.join(","), live.keyspace),
+                };
+                let mut config = self.scylla.config(&url)?;
+                anyhow::ensure!(
+                    config.keyspace != live.keyspace,
+                    "--into names the live keyspace"
+                );
+                config.replication = missive_store::scylla::Replication::parse(&self.replication)
+                    .map_err(anyhow::Error::msg)?;
+                let session = missive_store::scylla::connect(&config).await?;
+                missive_store::scylla::drop_keyspace(&session, &config.keyspace).await?;
+                missive_store::scylla::migrate(&session, &config).await?;
+                let store = StoreBackend::Scylla(config.clone())
+                    .open(&self.data_dir)
+                    .await?;
+                Ok((store, Cleanup::Keyspace(session, config.keyspace.clone())))
+            }
+            StoreBackend::Embedded => {
+                let dir = tempfile::tempdir_in(&self.data_dir)
+                    .or_else(|_| tempfile::tempdir())
+                    .context("creating a scratch directory")?;
+                let path = match &self.into {
+                    Some(into) => PathBuf::from(into),
+                    None => dir.path().join("read.verify.db"),
+                };
+                anyhow::ensure!(
+                    !path.exists(),
+                    "--into {}: the scratch target must not exist",
+                    path.display()
+                );
+                let store = missive_store::sqlite::SqliteStore::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                Ok((Arc::new(store), Cleanup::Dir(dir)))
+            }
+        }
+    }
+}
+
+/// A rebuild's target.
+struct StoreTarget {
+    name: String,
+    store: Arc<dyn missive_store::ReadStore>,
+    path: Option<PathBuf>,
+}
+
+/// What --verify removes when done.
+enum Cleanup {
+    Dir(tempfile::TempDir),
+    Keyspace(Arc<scylla::client::session::Session>, String),
+}
+
+impl Cleanup {
+    async fn run(self) {
+        match self {
+            Cleanup::Dir(dir) => drop(dir),
+            Cleanup::Keyspace(session, keyspace) => {
+                if let Err(error) = missive_store::scylla::drop_keyspace(&session, &keyspace).await
+                {
+                    eprintln!("could not drop the scratch keyspace {keyspace}: {error}");
+                }
+            }
+        }
+    }
 }
 
 #[tokio::main]
@@ -455,9 +816,13 @@ async fn main() -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Serve(args) => run(args.config(Role::All)?).await,
-        Command::Loadtest(args) => loadtest(args).await,
+        Command::Loadtest(args) => missive_cli::loadtest::run(args).await,
+        Command::Replay(args) => args.run().await,
+        Command::Events(EventsCommand::Dump(args)) => args.run(false).await,
+        Command::Events(EventsCommand::Tail(args)) => args.run(true).await,
         Command::Api(args) => run(args.config(Role::Api)?).await,
         Command::Project(args) => run(args.config(Role::Projector)?).await,
+        Command::Analytics(args) => run(args.config(Role::Analytics)?).await,
         Command::Dlq(DlqCommand::List { log, data_dir }) => {
             let log = log.backend()?.open(&data_dir).await?;
             for letter in log.dead_letters().await? {
@@ -529,6 +894,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             jwt_secret,
             ttl_days,
+            admin,
         } => {
             let secret = match jwt_secret {
                 Some(s) => s.into_bytes(),
@@ -540,11 +906,16 @@ async fn main() -> anyhow::Result<()> {
                     )
                 })?,
             };
-            let token = missive_api::Secret::new(secret).issue(
-                user_id,
+            let secret = missive_api::Secret::new(secret);
+            let (now, ttl) = (
                 chrono::Utc::now().timestamp(),
                 (ttl_days * 24 * 3600) as i64,
             );
+            let token = if admin {
+                secret.issue_admin(user_id, now, ttl)
+            } else {
+                secret.issue(user_id, now, ttl)
+            };
             println!("{token}");
             Ok(())
         }

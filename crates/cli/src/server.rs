@@ -135,6 +135,28 @@ pub fn open_embedded_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
         .with_context(|| format!("opening the embedded read store {}", path.display()))
 }
 
+/// The analytics consumer's store: `analytics.db` in the data directory beside the embedded
+/// read store, or the Scylla store's keyspace (schema version 4).
+pub async fn open_analytics(
+    store: &StoreBackend,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<dyn missive_analytics::AnalyticsStore>> {
+    Ok(match store {
+        StoreBackend::Embedded => {
+            let path = data_dir.join("analytics.db");
+            Arc::new(
+                missive_analytics::sqlite::SqliteAnalytics::open(&path)
+                    .with_context(|| format!("opening the analytics store {}", path.display()))?,
+            )
+        }
+        StoreBackend::Scylla(config) => Arc::new(
+            missive_analytics::scylla::ScyllaAnalytics::open(config)
+                .await
+                .with_context(|| format!("opening the analytics store at {store}"))?,
+        ),
+    })
+}
+
 /// Which parts a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Role {
@@ -146,6 +168,8 @@ pub enum Role {
     Api,
     /// Projectors only, no HTTP (`missive project`).
     Projector,
+    /// The analytics consumer only, no HTTP (`missive analytics`).
+    Analytics,
 }
 
 /// Everything `missive serve` can be told.
@@ -169,6 +193,10 @@ pub struct ServerConfig {
     /// show online: right when it is the only process holding sessions (a predecessor that
     /// died left its users online). `None`: only with the embedded log.
     pub reset_presence: Option<bool>,
+    /// Whether the analytics consumer runs in `serve` (and the API answers
+    /// `/v1/admin/analytics`): its rollups live in `analytics.db` beside the embedded read
+    /// store, or in the Scylla store's keyspace.
+    pub analytics: bool,
 }
 
 impl ServerConfig {
@@ -189,6 +217,7 @@ impl ServerConfig {
             ws: missive_api::ws::WsConfig::default(),
             notify_interval: Duration::from_secs(60),
             reset_presence: None,
+            analytics: true,
         }
     }
 }
@@ -202,6 +231,9 @@ pub struct Running {
     pub secret: Secret,
     stop: watch::Sender<bool>,
     tasks: Vec<Task>,
+    /// Held shared while running: `missive replay --swap` takes it exclusively, so it never
+    /// replaces the read store under a running process.
+    _in_use: std::fs::File,
 }
 
 impl std::fmt::Debug for Running {
@@ -224,10 +256,45 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         None => crate::secret::load_or_generate(&config.data_dir)?,
     };
     let secret = Secret::new(secret);
+    let in_use = DataDirUse::shared(&config.data_dir)?;
     let log = config.log.open(&config.data_dir).await?;
     let store = config.store.open(&config.data_dir).await?;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks: Vec<Task> = Vec::new();
+
+    let analytics = if config.analytics || config.role == Role::Analytics {
+        Some(open_analytics(&config.store, &config.data_dir).await?)
+    } else {
+        None
+    };
+    if let Some(analytics_store) = &analytics
+        && matches!(config.role, Role::All | Role::Analytics)
+    {
+        // Registered now, so that /metrics shows them before the first event.
+        missive_analytics::worker::metrics();
+        let worker = missive_analytics::Analytics::new(log.clone(), analytics_store.clone());
+        let worker_stop = stopped(stop_rx.clone());
+        tasks.push((
+            "analytics",
+            tokio::spawn(async move {
+                let outcome = worker.run(worker_stop).await;
+                if let Err(error) = &outcome {
+                    tracing::error!(%error, "the analytics consumer stopped with an error");
+                }
+                Ok(outcome?)
+            }),
+        ));
+    }
+    if config.role == Role::Analytics {
+        tracing::info!(data_dir = %config.data_dir.display(), store = %config.store, "missive analytics is running");
+        return Ok(Running {
+            addr: None,
+            secret,
+            stop,
+            tasks,
+            _in_use: in_use,
+        });
+    }
 
     let progress = if config.role == Role::Api {
         let (progress, follower) = missive_projector::follow_progress(
@@ -303,6 +370,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             }),
             sessions: Arc::default(),
             gateway,
+            analytics,
         };
         let shutdown = stopped(stop_rx);
         tasks.push((
@@ -322,7 +390,52 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         secret,
         stop,
         tasks,
+        _in_use: in_use,
     })
+}
+
+/// The lock file that tells whether processes use a data directory (`in-use.lock`): servers
+/// hold it shared (several may share a data directory), `missive replay --swap` exclusively.
+/// The operating system releases it when a process exits, however it exits.
+#[derive(Debug)]
+pub struct DataDirUse;
+
+impl DataDirUse {
+    fn open(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+        let path = data_dir.join("in-use.lock");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))
+    }
+
+    /// Held by a running server.
+    pub fn shared(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+        let file = Self::open(data_dir)?;
+        file.try_lock_shared().map_err(|_| {
+            anyhow::anyhow!(
+                "the data directory {} is being swapped by `missive replay --swap`; start again \
+                 once it is done",
+                data_dir.display()
+            )
+        })?;
+        Ok(file)
+    }
+
+    /// Held by whoever must be alone with the data directory; fails while a server runs.
+    pub fn exclusive(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+        let file = Self::open(data_dir)?;
+        file.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "a Missive process is using the data directory {} (serve, api or project): stop \
+                 it first",
+                data_dir.display()
+            )
+        })?;
+        Ok(file)
+    }
 }
 
 /// Marks offline every user the read models show online: no session of theirs is open, as
