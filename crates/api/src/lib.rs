@@ -127,3 +127,23 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// Serves only `GET /metrics` and `GET /healthz`: the listener of a process without the API
+/// (`missive analytics`), until `shutdown` resolves.
+pub async fn run_metrics(
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", axum::routing::get(routes::metrics))
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .fallback(|| async {
+            ApiError::not_found("this process serves /metrics and /healthz only")
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -384,7 +384,7 @@ enum Command {
     /// from the events alone, messages per minute, conversations started, the friendship
     /// funnel, delivery and read latency, and daily and monthly active users, into rollups
     /// per minute and per day (queried with GET /v1/admin/analytics and an admin token).
-    /// Restartable without double counting.
+    /// Restartable without double counting. Serves GET /metrics (and /healthz) on --listen.
     Analytics(ServeArgs),
     /// Print a bearer token for a user id, signed with the server's secret.
     Token {

@@ -286,9 +286,18 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         ));
     }
     if config.role == Role::Analytics {
-        tracing::info!(data_dir = %config.data_dir.display(), store = %config.store, "missive analytics is running");
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let shutdown = stopped(stop_rx);
+        tasks.push((
+            "metrics listener",
+            tokio::spawn(async move { Ok(missive_api::run_metrics(listener, shutdown).await?) }),
+        ));
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), store = %config.store, "missive analytics is running (GET /metrics)");
         return Ok(Running {
-            addr: None,
+            addr: Some(addr),
             secret,
             stop,
             tasks,

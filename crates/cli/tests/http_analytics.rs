@@ -151,7 +151,74 @@ async fn analytics_count_the_traffic_for_operators_only() {
     h.shutdown().await;
 }
 
+/// With `--analytics off` the API says so; `missive analytics` alone counts and serves only
+/// its metrics.
+async fn analytics_off_and_the_standalone_consumer() {
+    let h = Harness::start_with(|c| c.analytics = false).await;
+    let alice = h.register("alice").await;
+    let admin = h.server.as_ref().expect("running").secret.issue_admin(
+        alice.id,
+        Utc::now().timestamp(),
+        600,
+    );
+    let off = h
+        .call(
+            Method::GET,
+            "/v1/admin/analytics?from=2026-12-01T00:00:00Z&to=2026-12-02T00:00:00Z",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::SERVICE_UNAVAILABLE, "{off:?}");
+    assert_eq!(off.code(), "analytics_off");
+
+    let consumer = h
+        .start_companion(missive_cli::server::Role::Analytics)
+        .await;
+    let base = format!("http://{}", consumer.addr.expect("a metrics listener"));
+    let metrics = h
+        .client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.text().await.expect("text");
+    assert!(text.contains("missive_analytics_position"), "{text}");
+    let api = h
+        .client
+        .get(format!("{base}/v1/users/me"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(api.status(), StatusCode::NOT_FOUND);
+    // It counted alice's registration: she is today's one active user.
+    let store = missive_cli::server::open_analytics(&h.config.store, &h.config.data_dir)
+        .await
+        .expect("the analytics store");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let today = Utc::now().date_naive();
+    loop {
+        let active = store
+            .active_users(missive_analytics::Period::Day(today))
+            .await
+            .expect("active users");
+        if active == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never counted: {active}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer.shutdown().await.expect("clean shutdown");
+    h.shutdown().await;
+}
+
 mod embedded {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn analytics_off_and_the_standalone_consumer() {
+        super::analytics_off_and_the_standalone_consumer().await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn analytics_count_the_traffic_for_operators_only() {
         super::analytics_count_the_traffic_for_operators_only().await
