@@ -150,6 +150,71 @@ async fn dump_prints_the_log_as_json_lines() {
     h.shutdown().await;
 }
 
+/// `events tail` prints what is appended after it started, as it arrives.
+async fn tail_follows_the_log() {
+    let h = Harness::start().await;
+    let (alice, bob, _) = conversation(&h, &["before"]).await;
+    let mut args: Vec<String> = vec![
+        "events".into(),
+        "tail".into(),
+        "--type".into(),
+        "MessageSent".into(),
+    ];
+    args.push("--data-dir".into());
+    args.push(h.config.data_dir.display().to_string());
+    if let LogBackend::Kafka(kafka) = &h.config.log {
+        args.extend([
+            "--log".into(),
+            format!("kafka://{}", kafka.brokers),
+            "--kafka-topic-prefix".into(),
+            kafka.topic_prefix.clone(),
+        ]);
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_missive"))
+        .args(&args)
+        .env_remove("MISSIVE_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tail starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Until the tail is up, what is sent may come before its start: send until a line arrives.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut n = 0;
+    let line = loop {
+        n += 1;
+        h.send(&alice, &bob, &format!("after {n}")).await;
+        if let Ok(Some(line)) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), rx.recv()).await
+        {
+            break line;
+        }
+        assert!(std::time::Instant::now() < deadline, "tail printed nothing");
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let line: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(line["event_type"], "MessageSent");
+    let text = line["event"]["text"].as_str().expect("text");
+    assert!(
+        text.starts_with("after "),
+        "not the message sent before it started: {line}"
+    );
+    h.shutdown().await;
+}
+
 async fn unread(h: &Harness, who: &Client, position: &Value) -> i64 {
     let list = h.get_at("/v1/conversations", who, position).await;
     list.items()[0]["unread_count"].as_i64().expect("unread")
@@ -396,6 +461,11 @@ async fn history(path: &Path, viewer: &Client, conv: &str) -> Vec<String> {
 }
 
 mod embedded {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tail_follows_the_log() {
+        super::tail_follows_the_log().await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn analytics_are_rebuilt_and_swapped() {
         super::analytics_are_rebuilt_and_swapped().await
