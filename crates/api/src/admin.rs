@@ -27,15 +27,24 @@ pub(crate) struct AnalyticsParams {
 pub(crate) async fn analytics(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiQuery(params): ApiQuery<AnalyticsParams>,
+    params: Result<ApiQuery<AnalyticsParams>, ApiError>,
 ) -> ApiResult<Json<missive_analytics::AnalyticsReport>> {
+    // Who asks first: an anonymous caller learns nothing about the parameters.
     admin_from_headers(&state, &headers)?;
+    let ApiQuery(params) = params?;
     let (Some(from), Some(to)) = (params.from, params.to) else {
         return Err(ApiError::bad_request(
             "`from` and `to` are required: RFC 3339 times, e.g. \
              ?from=2026-12-01T00:00:00Z&to=2026-12-02T00:00:00Z",
         ));
     };
+    for (name, time) in [("from", from), ("to", to)] {
+        if !(1970..=9999).contains(&chrono::Datelike::year(&time)) {
+            return Err(ApiError::bad_request(format!(
+                "`{name}` must be a time between the years 1970 and 9999"
+            )));
+        }
+    }
     let query = ReportQuery::parse(from, to, params.granularity.as_deref())
         .map_err(|e: QueryError| ApiError::bad_request(e.to_string()))?;
     let Some(store) = &state.analytics else {

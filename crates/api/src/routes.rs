@@ -142,17 +142,28 @@ impl FromRequestParts<AppState> for Auth {
 
 /// The caller named by the `Authorization: Bearer <token>` header.
 pub(crate) fn actor_from_headers(state: &AppState, headers: &HeaderMap) -> ApiResult<Actor> {
+    actor_from_token(state, bearer(headers)?, headers)
+}
+
+/// The token of the `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
-    let token = value
+    value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-        })?;
-    actor_from_token(state, token, headers)
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))
+}
+
+/// A token's claims, checked.
+fn claims(state: &AppState, token: &str) -> ApiResult<crate::auth::Claims> {
+    state
+        .config
+        .secret
+        .verify(token.trim(), Utc::now().timestamp())
+        .map_err(|e| ApiError::unauthorized(e.to_string()))
 }
 
 /// The caller a bearer token names.
@@ -161,11 +172,7 @@ pub(crate) fn actor_from_token(
     token: &str,
     headers: &HeaderMap,
 ) -> ApiResult<Actor> {
-    let claims = state
-        .config
-        .secret
-        .verify(token.trim(), Utc::now().timestamp())
-        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let claims = claims(state, token)?;
     Ok(Actor {
         user_id: claims.sub,
         correlation_id: correlation_id(headers),
@@ -175,25 +182,18 @@ pub(crate) fn actor_from_token(
 /// The caller of an admin route: a valid token with the admin claim (`missive token
 /// --admin`); a user's token is refused with 403 `admin_only`.
 pub(crate) fn admin_from_headers(state: &AppState, headers: &HeaderMap) -> ApiResult<Actor> {
-    let actor = actor_from_headers(state, headers)?;
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let admin = state
-        .config
-        .secret
-        .verify(token.trim(), Utc::now().timestamp())
-        .is_ok_and(|claims| claims.adm);
-    if !admin {
+    let claims = claims(state, bearer(headers)?)?;
+    if !claims.adm {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "admin_only",
             "this route needs an operator's token (`missive token --admin`)",
         ));
     }
-    Ok(actor)
+    Ok(Actor {
+        user_id: claims.sub,
+        correlation_id: correlation_id(headers),
+    })
 }
 
 /// The request's `X-Request-Id` if it is a UUID, otherwise a new one.

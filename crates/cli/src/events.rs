@@ -101,9 +101,12 @@ impl Filter {
             && self.key.as_ref().is_none_or(|k| *k == record.key)
     }
 
+    /// Whether a record's time is within `--from`/`--until`. A record that could not be
+    /// decoded has no time: it passes only when no time is asked for.
     fn in_time(&self, occurred_at: Option<DateTime<Utc>>) -> bool {
         let Some(at) = occurred_at else {
-            return true;
+            return !matches!(self.from, Some(Bound::Time(_)))
+                && !matches!(self.until, Some(Bound::Time(_)));
         };
         let after_from = match &self.from {
             Some(Bound::Time(from)) => at >= *from,
@@ -225,6 +228,13 @@ pub async fn print(
             if filter.in_time(occurred_at) {
                 writeln!(out, "{line}")?;
                 printed += 1;
+            }
+            // A tail past its --until time is done (its partitions' later records are too).
+            if let (true, Some(Bound::Time(until)), Some(at)) = (follow, &filter.until, occurred_at)
+                && at > *until
+            {
+                out.flush()?;
+                return Ok(printed);
             }
         }
         out.flush()?;

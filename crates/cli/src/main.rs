@@ -571,7 +571,18 @@ impl ReplayArgs {
         let until = replay::until(log.as_ref(), self.until.as_ref()).await?;
 
         if self.verify {
-            let live = live_backend.open(&self.data_dir).await?;
+            let live: Arc<dyn missive_store::ReadStore> = match &live_backend {
+                // Never the opening that rebuilds a store of another schema version.
+                StoreBackend::Embedded => {
+                    let path = self.data_dir.join("read.db");
+                    Arc::new(
+                        missive_store::sqlite::SqliteStore::open_existing(&path).with_context(
+                            || format!("opening the live store {}", path.display()),
+                        )?,
+                    )
+                }
+                StoreBackend::Scylla(_) => live_backend.open(&self.data_dir).await?,
+            };
             let (scratch, cleanup) = self.scratch(&live_backend).await?;
             let verified = replay::verify(log, live.as_ref(), scratch).await;
             cleanup.run().await;
@@ -621,6 +632,9 @@ impl ReplayArgs {
         let rebuilt = replay::rebuild(log, target.store.clone(), &until).await?;
         println!("{}", replay::summary(&rebuilt));
         println!("target: {}", target.name);
+        if !rebuilt.complete {
+            interrupted(self.until.is_some());
+        }
         if self.swap {
             let StoreTarget { path, store, .. } = target;
             drop(store);
@@ -646,12 +660,7 @@ impl ReplayArgs {
         let (name, store, path): (String, Arc<dyn missive_analytics::AnalyticsStore>, _) =
             match self.into.as_deref() {
                 Some(url) if url.starts_with("scylla://") => {
-                    let mut config = self.scylla.config(url)?;
-                    config.replication =
-                        missive_store::scylla::Replication::parse(&self.replication)
-                            .map_err(anyhow::Error::msg)?;
-                    let session = missive_store::scylla::connect(&config).await?;
-                    missive_store::scylla::migrate(&session, &config).await?;
+                    let (config, _) = self.scylla_target(url, false).await?;
                     let store = missive_analytics::scylla::ScyllaAnalytics::open(&config).await?;
                     (
                         StoreBackend::Scylla(config).to_string(),
@@ -667,7 +676,7 @@ impl ReplayArgs {
                     let path = into
                         .map_or_else(|| self.data_dir.join("analytics.rebuild.db"), PathBuf::from);
                     anyhow::ensure!(
-                        path != self.data_dir.join("analytics.db"),
+                        !missive_cli::replay::same_path(&path, &self.data_dir.join("analytics.db")),
                         "--into {}: that is the live analytics store",
                         path.display()
                     );
@@ -679,6 +688,9 @@ impl ReplayArgs {
         let rebuilt = replay::rebuild_analytics(log, store.clone()).await?;
         println!("{}", replay::summary(&rebuilt));
         println!("target: {name}");
+        if !rebuilt.complete {
+            interrupted(false);
+        }
         if self.swap {
             drop(store);
             let path = path.context("an embedded target")?;
@@ -697,12 +709,8 @@ impl ReplayArgs {
     async fn target(&self, scylla_live: bool) -> anyhow::Result<StoreTarget> {
         match self.into.as_deref() {
             Some(url) if url.starts_with("scylla://") => {
-                let mut config = self.scylla.config(url)?;
-                config.replication = missive_store::scylla::Replication::parse(&self.replication)
-                    .map_err(anyhow::Error::msg)?;
-                let session = missive_store::scylla::connect(&config).await?;
-                missive_store::scylla::migrate(&session, &config).await?;
-                let store = StoreBackend::Scylla(config.clone());
+                let (config, _) = self.scylla_target(url, false).await?;
+                let store = StoreBackend::Scylla(config);
                 Ok(StoreTarget {
                     name: store.to_string(),
                     store: store.open(&self.data_dir).await?,
@@ -718,7 +726,7 @@ impl ReplayArgs {
                     || missive_cli::replay::default_embedded_target(&self.data_dir),
                     PathBuf::from,
                 );
-                if path == self.data_dir.join("read.db") {
+                if missive_cli::replay::same_path(&path, &self.data_dir.join("read.db")) {
                     anyhow::bail!("--into {}: that is the live read store", path.display());
                 }
                 let store = missive_store::sqlite::SqliteStore::open(&path)
@@ -732,6 +740,27 @@ impl ReplayArgs {
         }
     }
 
+    /// The Scylla keyspace at `url` with the replay's flags, migrated (created if needed;
+    /// dropped first when `fresh`).
+    async fn scylla_target(
+        &self,
+        url: &str,
+        fresh: bool,
+    ) -> anyhow::Result<(
+        missive_store::scylla::ScyllaConfig,
+        Arc<scylla::client::session::Session>,
+    )> {
+        let mut config = self.scylla.config(url)?;
+        config.replication = missive_store::scylla::Replication::parse(&self.replication)
+            .map_err(anyhow::Error::msg)?;
+        let session = missive_store::scylla::connect(&config).await?;
+        if fresh {
+            missive_store::scylla::drop_keyspace(&session, &config.keyspace).await?;
+        }
+        missive_store::scylla::migrate(&session, &config).await?;
+        Ok((config, session))
+    }
+
     /// The scratch target of --verify, and how to clean it up.
     async fn scratch(
         &self,
@@ -739,24 +768,33 @@ impl ReplayArgs {
     ) -> anyhow::Result<(Arc<dyn missive_store::ReadStore>, Cleanup)> {
         match live {
             StoreBackend::Scylla(live) => {
-                let url = match &self.into {
-                    Some(url) => url.clone(),
-                    None => format!("scylla://{}/{}_verify", live.nodes.join(","), live.keyspace),
+                // The default scratch keyspace is ours by name: dropped before and after. One
+                // named with --into is never dropped, and must hold no read models yet.
+                let (url, ours) = match &self.into {
+                    Some(url) => (url.clone(), false),
+                    None => (
+                        format!("scylla://{}/{}_verify", live.nodes.join(","), live.keyspace),
+                        true,
+                    ),
                 };
-                let mut config = self.scylla.config(&url)?;
+                let (config, session) = self.scylla_target(&url, ours).await?;
                 anyhow::ensure!(
                     config.keyspace != live.keyspace,
                     "--into names the live keyspace"
                 );
-                config.replication = missive_store::scylla::Replication::parse(&self.replication)
-                    .map_err(anyhow::Error::msg)?;
-                let session = missive_store::scylla::connect(&config).await?;
-                missive_store::scylla::drop_keyspace(&session, &config.keyspace).await?;
-                missive_store::scylla::migrate(&session, &config).await?;
                 let store = StoreBackend::Scylla(config.clone())
                     .open(&self.data_dir)
                     .await?;
-                Ok((store, Cleanup::Keyspace(session, config.keyspace.clone())))
+                if ours {
+                    return Ok((store, Cleanup::Keyspace(session, config.keyspace.clone())));
+                }
+                anyhow::ensure!(
+                    missive_cli::replay::checkpoints(store.as_ref())
+                        .await?
+                        .is_empty(),
+                    "--into {url}: the scratch keyspace holds read models already; name a new one"
+                );
+                Ok((store, Cleanup::Keep(config.keyspace.clone())))
             }
             StoreBackend::Embedded => {
                 let dir = tempfile::tempdir_in(&self.data_dir)
@@ -779,6 +817,21 @@ impl ReplayArgs {
     }
 }
 
+/// Ends a rebuild stopped by Ctrl-C: nothing swapped, exit status 130.
+fn interrupted(point_in_time: bool) -> ! {
+    if point_in_time {
+        eprintln!(
+            "interrupted: the target holds part of the point in time; delete it and start again"
+        );
+    } else {
+        eprintln!(
+            "interrupted: the target is consistent; run the same command again to resume \
+             (nothing was swapped)"
+        );
+    }
+    std::process::exit(130)
+}
+
 /// A rebuild's target.
 struct StoreTarget {
     name: String,
@@ -790,12 +843,17 @@ struct StoreTarget {
 enum Cleanup {
     Dir(tempfile::TempDir),
     Keyspace(Arc<scylla::client::session::Session>, String),
+    /// A scratch keyspace the operator named: left for them to drop.
+    Keep(String),
 }
 
 impl Cleanup {
     async fn run(self) {
         match self {
             Cleanup::Dir(dir) => drop(dir),
+            Cleanup::Keep(keyspace) => {
+                eprintln!("the scratch keyspace {keyspace} is left in place: drop it when done")
+            }
             Cleanup::Keyspace(session, keyspace) => {
                 if let Err(error) = missive_store::scylla::drop_keyspace(&session, &keyspace).await
                 {

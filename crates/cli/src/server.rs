@@ -423,27 +423,33 @@ impl DataDirUse {
     /// Held by a running server.
     pub fn shared(data_dir: &Path) -> anyhow::Result<std::fs::File> {
         let file = Self::open(data_dir)?;
-        file.try_lock_shared().map_err(|_| {
-            anyhow::anyhow!(
+        match file.try_lock_shared() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
                 "the data directory {} is being swapped by `missive replay --swap`; start again \
                  once it is done",
                 data_dir.display()
-            )
-        })?;
-        Ok(file)
+            ),
+            Err(std::fs::TryLockError::Error(error)) => {
+                Err(error).with_context(|| format!("locking {} (in-use.lock)", data_dir.display()))
+            }
+        }
     }
 
     /// Held by whoever must be alone with the data directory; fails while a server runs.
     pub fn exclusive(data_dir: &Path) -> anyhow::Result<std::fs::File> {
         let file = Self::open(data_dir)?;
-        file.try_lock().map_err(|_| {
-            anyhow::anyhow!(
-                "a Missive process is using the data directory {} (serve, api or project): stop \
-                 it first",
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "a Missive process is using the data directory {} (serve, api, project or \
+                 analytics): stop it first",
                 data_dir.display()
-            )
-        })?;
-        Ok(file)
+            ),
+            Err(std::fs::TryLockError::Error(error)) => {
+                Err(error).with_context(|| format!("locking {} (in-use.lock)", data_dir.display()))
+            }
+        }
     }
 }
 

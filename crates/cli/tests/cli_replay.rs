@@ -279,12 +279,37 @@ async fn replay_verifies_rebuilds_and_swaps() {
         assert!(out.status.success(), "{out:?}");
         assert_eq!(history(&pit, &bob, &conv).await, ["one", "two"]);
     } else {
-        let out = missive(&h, &["replay", "--until", "0:0", "--into", &pit_arg]).await;
-        assert!(!out.status.success(), "{out:?}");
+        // Every partition holding events, at its last event; the second message's partition
+        // at the second message.
+        let second = sent[1]["position"].as_str().expect("position");
+        let (conv_partition, _) = second.split_once(':').expect("p:o");
+        let mut until: Vec<String> = log_end(&h)
+            .await
+            .into_iter()
+            .filter(|(p, _)| p.to_string() != conv_partition)
+            .map(|(p, end)| format!("{p}:{}", end - 1))
+            .collect();
+        let only_one = missive(
+            &h,
+            &["replay", "--until", &until.join(","), "--into", &pit_arg],
+        )
+        .await;
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("name one for every partition"),
-            "{out:?}"
+            !only_one.status.success(),
+            "the conversation's partition is missing"
         );
+        assert!(
+            String::from_utf8_lossy(&only_one.stderr).contains("name one for every partition"),
+            "{only_one:?}"
+        );
+        until.push(second.to_owned());
+        let out = missive(
+            &h,
+            &["replay", "--until", &until.join(","), "--into", &pit_arg],
+        )
+        .await;
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(history(&pit, &bob, &conv).await, ["one", "two"]);
     }
     // By time: once the third was sent (its time, from the log).
     let third = times[2].clone();
@@ -331,6 +356,21 @@ async fn replay_verifies_rebuilds_and_swaps() {
     let swapped = missive(&h, &["replay", "--swap"]).await;
     assert!(swapped.status.success(), "{swapped:?}");
     assert!(stdout(&swapped).contains("swapped"), "{swapped:?}");
+    // The swapped-in store itself, before any server runs on it: at the log's end, with what
+    // was sent after the rebuild.
+    {
+        let path = h.config.data_dir.join("read.db");
+        let swapped = SqliteStore::open_existing(&path).expect("read.db");
+        assert_eq!(
+            missive_cli::replay::checkpoints(&swapped)
+                .await
+                .expect("checkpoints"),
+            log_end(&h).await
+        );
+        let texts = history(&path, &bob, &conv).await;
+        assert!(texts.contains(&"five".to_owned()), "{texts:?}");
+        assert!(texts.contains(&"six".to_owned()), "{texts:?}");
+    }
     h.restart().await;
     let page = h
         .get_at(
@@ -432,11 +472,42 @@ async fn analytics_are_rebuilt_and_swapped() {
         stdout(&swapped).contains("analytics.db now holds"),
         "{swapped:?}"
     );
+    {
+        use missive_analytics::AnalyticsStore;
+        let path = h.config.data_dir.join("analytics.db");
+        let swapped =
+            missive_analytics::sqlite::SqliteAnalytics::open(&path).expect("analytics.db");
+        let at: std::collections::BTreeMap<u32, u64> = swapped
+            .checkpoints(missive_analytics::CONSUMER_GROUP)
+            .await
+            .expect("checkpoints")
+            .into_iter()
+            .map(|p| (p.partition, p.offset))
+            .filter(|(_, o)| *o > 0)
+            .collect();
+        assert_eq!(at, log_end(&h).await);
+    }
     h.restart().await;
     let after = analytics_report(&h, 3).await;
     assert_eq!(after["totals"], before["totals"]);
     assert_eq!(after["daily_active_users"], before["daily_active_users"]);
     h.shutdown().await;
+}
+
+/// Per partition holding events, the log's end.
+async fn log_end(h: &Harness) -> std::collections::BTreeMap<u32, u64> {
+    let mut backend = h.config.log.clone();
+    if let LogBackend::Kafka(config) = &mut backend {
+        config.check_topic_settings = false;
+    }
+    let log = backend.open(&h.config.data_dir).await.expect("the log");
+    log.end_positions()
+        .await
+        .expect("ends")
+        .into_iter()
+        .filter(|p| p.offset > 0)
+        .map(|p| (p.partition, p.offset))
+        .collect()
 }
 
 /// The texts of a conversation's history in a rebuilt store, oldest first.

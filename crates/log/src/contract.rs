@@ -165,6 +165,14 @@ pub async fn scans_read_a_bounded_stretch(log: Arc<dyn EventLog>) {
         .append((0..4).map(|n| record("scan-b", n)).collect())
         .await
         .expect("append");
+    // A group that committed: scans must leave it as it is.
+    let committed = Position::new(a[2].partition, a[2].offset + 1);
+    log.consumer("contract-scan-group")
+        .await
+        .expect("consumer")
+        .commit(&[committed])
+        .await
+        .expect("commit");
     let read_all = |mut scan: Scan| async move {
         let start = Instant::now();
         let mut out = Vec::new();
@@ -248,15 +256,14 @@ pub async fn scans_read_a_bounded_stretch(log: Arc<dyn EventLog>) {
     assert_eq!(seen.iter().map(|r| r.position).collect::<Vec<_>>(), later);
     assert!(!follow.is_done());
 
-    // No scan committed anything for a group: a projector's group is untouched.
-    let group = log.consumer("read-models").await.expect("consumer");
+    // The group's checkpoint is as it was.
+    let group = log.consumer("contract-scan-group").await.expect("consumer");
+    let now = group.committed().await.expect("committed");
+    assert!(now.contains(&committed), "{now:?}");
     assert!(
-        group
-            .committed()
-            .await
-            .expect("committed")
-            .iter()
-            .all(|p| p.offset == 0)
+        now.iter()
+            .all(|p| p.partition != committed.partition || *p == committed),
+        "{now:?}"
     );
 }
 

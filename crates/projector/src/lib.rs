@@ -755,11 +755,14 @@ pub enum Until {
 pub struct Rebuilt {
     /// Events applied.
     pub events: u64,
-    /// Records that could not be decoded (recorded as dead letters, as the live projector does).
+    /// Records that could not be decoded: skipped and logged (the live projector records them
+    /// as dead letters; a rebuild leaves the dead letters alone).
     pub undecodable: u64,
     pub elapsed: Duration,
     /// Per partition, the next offset the rebuilt read models would apply: their checkpoint.
     pub reached: BTreeMap<u32, u64>,
+    /// False when stopped (`shutdown`) before the bound: the target is consistent but short.
+    pub complete: bool,
 }
 
 impl Rebuilt {
@@ -829,6 +832,7 @@ impl Projector {
             undecodable: 0,
             elapsed: Duration::ZERO,
             reached: scan.next_offsets().clone(),
+            complete: false,
         };
         tokio::pin!(shutdown);
         while !scan.is_done() {
@@ -858,17 +862,9 @@ impl Projector {
                         done.events += 1;
                     }
                     Err(error) => {
-                        tracing::error!(projection = %self.name, position = %record.position, %error, "cannot decode event; recorded as a dead letter");
-                        self.log
-                            .dead_letter(DeadLetter {
-                                projection: self.name.clone(),
-                                source: record.position,
-                                event_type: record.event_type.clone(),
-                                key: record.key.clone(),
-                                payload: record.payload.clone(),
-                                error: error.to_string(),
-                            })
-                            .await?;
+                        // Not recorded: the dead letters are the live projector's (recording
+                        // again would reopen one resolved already).
+                        tracing::error!(projection = %self.name, position = %record.position, %error, "cannot decode event; skipped (see `missive dlq list`)");
                         done.undecodable += 1;
                     }
                 }
@@ -904,7 +900,8 @@ impl Projector {
             });
         }
         done.elapsed = started.elapsed();
-        tracing::info!(projection = %self.name, events = done.events, reached = ?done.reached, "rebuild ended");
+        done.complete = scan.is_done();
+        tracing::info!(projection = %self.name, events = done.events, reached = ?done.reached, complete = done.complete, "rebuild ended");
         Ok(done)
     }
 }

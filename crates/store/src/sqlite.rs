@@ -181,6 +181,26 @@ fn from_micros(v: i64) -> rusqlite::Result<DateTime<Utc>> {
 }
 
 impl SqliteStore {
+    /// Opens an existing read store of this schema version, changing nothing: for tools that
+    /// read a live store (`missive replay --verify`). A missing file, or one of another version
+    /// (which [`SqliteStore::open`] would rebuild), is refused.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        let version: i64 = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+        .map_err(sql("opening an existing read store"))?;
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds read-model schema version {version}, this binary's is \
+                 {SCHEMA_VERSION}: start the matching server first (it rebuilds them)",
+                path.display()
+            )));
+        }
+        Self::open(path)
+    }
+
     /// Opens (creating if needed) the read store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let writer = open_connection(path)?;
