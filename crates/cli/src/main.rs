@@ -571,20 +571,22 @@ impl ReplayArgs {
         let until = replay::until(log.as_ref(), self.until.as_ref()).await?;
 
         if self.verify {
-            let live: Arc<dyn missive_store::ReadStore> = match &live_backend {
+            let (scratch, cleanup) = self.scratch(&live_backend).await?;
+            let verified = match &live_backend {
                 // Never the opening that rebuilds a store of another schema version.
                 StoreBackend::Embedded => {
                     let path = self.data_dir.join("read.db");
-                    Arc::new(
-                        missive_store::sqlite::SqliteStore::open_existing(&path).with_context(
-                            || format!("opening the live store {}", path.display()),
-                        )?,
-                    )
+                    match missive_store::sqlite::SqliteStore::open_existing(&path) {
+                        Ok(live) => replay::verify_embedded(log, &live, scratch).await,
+                        Err(error) => Err(anyhow::Error::new(error)
+                            .context(format!("opening the live store {}", path.display()))),
+                    }
                 }
-                StoreBackend::Scylla(_) => live_backend.open(&self.data_dir).await?,
+                StoreBackend::Scylla(_) => match live_backend.open(&self.data_dir).await {
+                    Ok(live) => replay::verify(log, live.as_ref(), scratch).await,
+                    Err(error) => Err(error),
+                },
             };
-            let (scratch, cleanup) = self.scratch(&live_backend).await?;
-            let verified = replay::verify(log, live.as_ref(), scratch).await;
             cleanup.run().await;
             let verified = verified?;
             for rebuilt in &verified.rebuilt {

@@ -259,16 +259,35 @@ impl Differences {
 
 /// Compares two stores row by row, every read-model table of either.
 pub async fn compare(live: &dyn ReadStore, rebuilt: &dyn ReadStore) -> anyhow::Result<Differences> {
-    let mut tables = live.tables().await?;
+    compare_with(Rows::Store(live), rebuilt).await
+}
+
+/// The live side of a comparison: a store read table by table, or a snapshot in hand.
+enum Rows<'a> {
+    Store(&'a dyn ReadStore),
+    Snapshot(&'a BTreeMap<String, Vec<String>>),
+}
+
+async fn compare_with(live: Rows<'_>, rebuilt: &dyn ReadStore) -> anyhow::Result<Differences> {
+    let mut tables = match &live {
+        Rows::Store(store) => store.tables().await?,
+        Rows::Snapshot(snapshot) => snapshot.keys().cloned().collect(),
+    };
     tables.extend(rebuilt.tables().await?);
     tables.sort();
     tables.dedup();
     let mut differences = Differences::default();
     for table in tables {
-        let a = live
-            .table_rows(&table)
-            .await
-            .with_context(|| format!("reading {table} in the live store"))?;
+        let a = match &live {
+            Rows::Store(store) => store
+                .table_rows(&table)
+                .await
+                .with_context(|| format!("reading {table} in the live store"))?,
+            Rows::Snapshot(snapshot) => snapshot
+                .get(&table)
+                .cloned()
+                .with_context(|| format!("the live store has no table {table}"))?,
+        };
         let b = rebuilt
             .table_rows(&table)
             .await
@@ -336,6 +355,31 @@ pub struct Verified {
 
 /// How many times `--verify` rebuilds further when the live store moved during a comparison.
 const VERIFY_ATTEMPTS: usize = 5;
+
+/// Like [`verify`] for the embedded live store, without retries: its checkpoints and rows are
+/// read in one transaction, then the scratch store is rebuilt to exactly those checkpoints.
+/// Works however busy the live store is; holds the live store in memory.
+pub async fn verify_embedded(
+    log: Arc<dyn EventLog>,
+    live: &missive_store::sqlite::SqliteStore,
+    scratch: Arc<dyn ReadStore>,
+) -> anyhow::Result<Verified> {
+    let (at, rows) = tokio::task::block_in_place(|| live.snapshot(READ_MODELS))?;
+    let at: BTreeMap<u32, u64> = at.into_iter().map(|p| (p.partition, p.offset)).collect();
+    let rebuilt = rebuild(log, scratch.clone(), &Until::Before(at.clone())).await?;
+    anyhow::ensure!(rebuilt.complete, "interrupted");
+    let scratch_at = checkpoints(scratch.as_ref()).await?;
+    anyhow::ensure!(
+        scratch_at == at,
+        "the rebuild stopped at {scratch_at:?}, short of the live checkpoints {at:?}"
+    );
+    let differences = compare_with(Rows::Snapshot(&rows), scratch.as_ref()).await?;
+    Ok(Verified {
+        differences,
+        at,
+        rebuilt: vec![rebuilt],
+    })
+}
 
 /// Rebuilds `scratch` (empty) up to the live store's checkpoints and compares the two. The live
 /// store may keep moving: when its checkpoints changed while it was read, the scratch store is

@@ -12,6 +12,7 @@
 //! Servers, invitations, posts and channels have their own tables and queries in
 //! `communities`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -199,6 +200,43 @@ impl SqliteStore {
             )));
         }
         Self::open(path)
+    }
+
+    /// `projection`'s checkpoints and every read-model table's rows ([`ReadStore::tables`],
+    /// [`ReadStore::table_rows`]) as of one moment: read in one transaction, so the rows are
+    /// exactly those the checkpoints account for, however busy the projector is. Holds the
+    /// whole store in memory.
+    pub fn snapshot(
+        &self,
+        projection: &str,
+    ) -> Result<(Vec<Position>, BTreeMap<String, Vec<String>>)> {
+        self.read(|c| {
+            c.execute_batch("BEGIN")
+                .map_err(sql("starting a snapshot"))?;
+            let snapshot = (|| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT partition, next_offset FROM checkpoints WHERE projection = ?1 \
+                         ORDER BY partition",
+                    )
+                    .map_err(sql("reading checkpoints"))?;
+                let checkpoints = stmt
+                    .query_map([projection], |r| {
+                        Ok(Position::new(r.get(0)?, r.get::<_, i64>(1)? as u64))
+                    })
+                    .map_err(sql("reading checkpoints"))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(sql("reading checkpoints"))?;
+                let mut tables = BTreeMap::new();
+                for table in table_names(c)? {
+                    let rows = table_rows(c, &table)?;
+                    tables.insert(table, rows);
+                }
+                Ok((checkpoints, tables))
+            })();
+            let _ = c.execute_batch("COMMIT");
+            snapshot
+        })
     }
 
     /// Opens (creating if needed) the read store at `path`.
@@ -842,51 +880,17 @@ impl ReadStore for SqliteStore {
     }
 
     async fn tables(&self) -> Result<Vec<String>> {
-        self.read(|c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' \
-                     AND name NOT LIKE 'sqlite_%' AND name != 'checkpoints' ORDER BY name",
-                )
-                .map_err(sql("listing tables"))?;
-            let names = stmt
-                .query_map([], |r| r.get(0))
-                .map_err(sql("listing tables"))?;
-            names
-                .collect::<rusqlite::Result<Vec<String>>>()
-                .map_err(sql("listing tables"))
-        })
+        self.read(table_names)
     }
 
     async fn table_rows(&self, table: &str) -> Result<Vec<String>> {
-        if !self.tables().await?.iter().any(|t| t == table) {
-            return Err(StoreError::Corrupt(format!(
-                "no read-model table {table:?}"
-            )));
-        }
         self.read(|c| {
-            // The name is one of the tables listed above: safe to quote into the statement.
-            let mut stmt = c
-                .prepare(&format!("SELECT * FROM \"{table}\""))
-                .map_err(sql("reading a table"))?;
-            let columns = stmt.column_count();
-            let rows = stmt
-                .query_map([], |r| {
-                    let mut line = String::new();
-                    for i in 0..columns {
-                        if i > 0 {
-                            line.push_str(" | ");
-                        }
-                        line.push_str(&value_text(r.get_ref(i)?));
-                    }
-                    Ok(line)
-                })
-                .map_err(sql("reading a table"))?;
-            let mut lines = rows
-                .collect::<rusqlite::Result<Vec<String>>>()
-                .map_err(sql("reading a table"))?;
-            lines.sort_unstable();
-            Ok(lines)
+            if !table_names(c)?.iter().any(|t| t == table) {
+                return Err(StoreError::Corrupt(format!(
+                    "no read-model table {table:?}"
+                )));
+            }
+            table_rows(c, table)
         })
     }
 
@@ -1350,6 +1354,48 @@ impl ReadStore for SqliteStore {
     async fn latest_channel_message(&self, channel: Uuid) -> Result<Option<ChannelMessage>> {
         self.read(|c| communities::latest_channel_message(c, channel))
     }
+}
+
+/// The read-model tables: every table but SQLite's own and the checkpoints.
+fn table_names(c: &Connection) -> Result<Vec<String>> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name NOT LIKE 'sqlite_%' AND name != 'checkpoints' ORDER BY name",
+        )
+        .map_err(sql("listing tables"))?;
+    let names = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(sql("listing tables"))?;
+    names
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(sql("listing tables"))
+}
+
+/// Every row of `table` (one of [`table_names`]) as text, sorted.
+fn table_rows(c: &Connection, table: &str) -> Result<Vec<String>> {
+    // The name is one of the schema's tables: safe to quote into the statement.
+    let mut stmt = c
+        .prepare(&format!("SELECT * FROM \"{table}\""))
+        .map_err(sql("reading a table"))?;
+    let columns = stmt.column_count();
+    let rows = stmt
+        .query_map([], |r| {
+            let mut line = String::new();
+            for i in 0..columns {
+                if i > 0 {
+                    line.push_str(" | ");
+                }
+                line.push_str(&value_text(r.get_ref(i)?));
+            }
+            Ok(line)
+        })
+        .map_err(sql("reading a table"))?;
+    let mut lines = rows
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(sql("reading a table"))?;
+    lines.sort_unstable();
+    Ok(lines)
 }
 
 /// A column's value as text for [`ReadStore::table_rows`]: 16-byte blobs (the ids) as UUIDs.

@@ -287,9 +287,9 @@ impl TrafficReport {
                 for line in self.lag.chunks(8) {
                     let points: Vec<String> = line
                         .iter()
-                        .map(|(t, lag)| format!("{:>8}", format!("{t:.1}s:{lag}")))
+                        .map(|(t, lag)| format!("{:>10}", format!("{t:.1}s:{lag}")))
                         .collect();
-                    let _ = writeln!(out, "            {}", points.join(""));
+                    let _ = writeln!(out, "           {}", points.join(" "));
                 }
             }
             None => {
