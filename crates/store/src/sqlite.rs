@@ -206,10 +206,7 @@ impl SqliteStore {
     /// [`ReadStore::table_rows`]) as of one moment: read in one transaction, so the rows are
     /// exactly those the checkpoints account for, however busy the projector is. Holds the
     /// whole store in memory.
-    pub fn snapshot(
-        &self,
-        projection: &str,
-    ) -> Result<(Vec<Position>, BTreeMap<String, Vec<String>>)> {
+    pub fn snapshot(&self, projection: &str) -> Result<Snapshot> {
         self.read(|c| {
             c.execute_batch("BEGIN")
                 .map_err(sql("starting a snapshot"))?;
@@ -1355,6 +1352,10 @@ impl ReadStore for SqliteStore {
         self.read(|c| communities::latest_channel_message(c, channel))
     }
 }
+
+/// A projection's checkpoints, and every read-model table's rows by table name
+/// ([`SqliteStore::snapshot`]).
+pub type Snapshot = (Vec<Position>, BTreeMap<String, Vec<String>>);
 
 /// The read-model tables: every table but SQLite's own and the checkpoints.
 fn table_names(c: &Connection) -> Result<Vec<String>> {
