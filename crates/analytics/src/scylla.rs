@@ -17,14 +17,10 @@
 //! Partitions stay bounded: minute rows are partitioned by (granularity, day), day rows by
 //! (granularity, month); active users by (period, shard of 16 by user id).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use ::scylla::client::session::Session;
-use ::scylla::errors::{
-    DbError, ExecutionError, NextPageError, NextRowError, PagerExecutionError, PrepareError,
-    RequestAttemptError, RequestError,
-};
+use ::scylla::errors::{ExecutionError, NextRowError, PagerExecutionError};
 use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::prepared::PreparedStatement;
 use async_trait::async_trait;
@@ -32,6 +28,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt, stream};
 use missive_log::Position;
 use missive_store::scylla::ScyllaConfig;
+use missive_store::scylla::{exec_transient, next_page_transient, prepare_transient};
 use uuid::Uuid;
 
 use crate::model::from_micros;
@@ -59,7 +56,6 @@ pub mod cql {
         };
     }
 
-    pub const MIGRATIONS_GET: &str = "SELECT version FROM schema_migrations";
     pub const ROLLUP_PUT: &str = concat!(
         "INSERT INTO analytics_rollups (span_us, ",
         rollup_columns!(),
@@ -92,7 +88,6 @@ pub mod cql {
 
     /// Every statement above.
     pub const ALL: &[&str] = &[
-        MIGRATIONS_GET,
         ROLLUP_PUT,
         ROLLUP_GET,
         ROLLUPS_BETWEEN,
@@ -105,62 +100,7 @@ pub mod cql {
     ];
 }
 
-// ----- errors (as the read store classifies them) -----
-
-fn attempt_transient(e: &RequestAttemptError) -> bool {
-    match e {
-        RequestAttemptError::DbError(db, _) => matches!(
-            db,
-            DbError::Unavailable { .. }
-                | DbError::ReadTimeout { .. }
-                | DbError::WriteTimeout { .. }
-                | DbError::ReadFailure { .. }
-                | DbError::WriteFailure { .. }
-                | DbError::Overloaded
-                | DbError::IsBootstrapping
-                | DbError::RateLimitReached { .. }
-                | DbError::ServerError
-        ),
-        RequestAttemptError::BrokenConnectionError(_)
-        | RequestAttemptError::UnableToAllocStreamId => true,
-        _ => false,
-    }
-}
-
-fn request_transient(e: &RequestError) -> bool {
-    match e {
-        RequestError::LastAttemptError(a) => attempt_transient(a),
-        RequestError::EmptyPlan
-        | RequestError::ConnectionPoolError(_)
-        | RequestError::RequestTimeout(_) => true,
-        _ => false,
-    }
-}
-
-fn prepare_transient(e: &PrepareError) -> bool {
-    match e {
-        PrepareError::ConnectionPoolError(_) | PrepareError::PreparedStatementIdsMismatch => true,
-        PrepareError::AllAttemptsFailed { first_attempt } => attempt_transient(first_attempt),
-        _ => false,
-    }
-}
-
-fn exec_transient(e: &ExecutionError) -> bool {
-    match e {
-        ExecutionError::LastAttemptError(a) => attempt_transient(a),
-        ExecutionError::RequestTimeout(_)
-        | ExecutionError::ConnectionPoolError(_)
-        | ExecutionError::EmptyPlan
-        | ExecutionError::SchemaAgreementError(_)
-        | ExecutionError::MetadataError(_) => true,
-        ExecutionError::PrepareError(p) => prepare_transient(p),
-        _ => false,
-    }
-}
-
-fn next_page_transient(e: &NextPageError) -> bool {
-    matches!(e, NextPageError::RequestFailure(r) if request_transient(r))
-}
+// ----- errors (classified as the read store does: missive_store::scylla) -----
 
 fn failed(action: &'static str, transient: bool, reason: impl ToString) -> StoreError {
     StoreError::Scylla {
@@ -303,39 +243,13 @@ impl ScyllaAnalytics {
     /// Connects (as the read store does), uses the configured keyspace, checks that schema
     /// version 4 is applied (`missive store migrate`), and prepares every statement.
     pub async fn open(config: &ScyllaConfig) -> Result<Self> {
-        let session = missive_store::scylla::connect(config)
+        let session = missive_store::scylla::open_keyspace(config, &[SCHEMA_VERSION])
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| match e {
+                missive_store::StoreError::Schema(why) => StoreError::Schema(why),
+                other => StoreError::Unavailable(other.to_string()),
+            })?;
         let ks = &config.keyspace;
-        let not_ready = |why: String| {
-            StoreError::Schema(format!(
-                "keyspace {ks}: {why}; run `missive store migrate --store scylla://.../{ks}` first"
-            ))
-        };
-        session
-            .use_keyspace(ks.as_str(), false)
-            .await
-            .map_err(|e| not_ready(format!("cannot use it ({e})")))?;
-        let applied = session
-            .prepare(cql::MIGRATIONS_GET)
-            .await
-            .map_err(|e| not_ready(format!("no schema_migrations table ({e})")))?;
-        let versions: HashSet<i32> = session
-            .execute_unpaged(&applied, ())
-            .await
-            .map_err(exec_err("reading the applied schema versions"))?
-            .into_rows_result()
-            .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?
-            .rows::<(i32,)>()
-            .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?
-            .map(|r| r.map(|(v,)| v))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?;
-        if !versions.contains(&SCHEMA_VERSION) {
-            return Err(not_ready(format!(
-                "schema version {SCHEMA_VERSION} (0004_analytics.cql) is not applied"
-            )));
-        }
         let s = &session;
         let st = Statements {
             rollup_put: prepare(s, cql::ROLLUP_PUT).await?,

@@ -640,15 +640,22 @@ impl ReplayArgs {
         if self.swap {
             let StoreTarget { path, store, .. } = target;
             drop(store);
-            let path = path.context("an embedded target")?;
-            let kept = replay::swap_embedded(&self.data_dir, &path, "read.db")?;
-            println!(
-                "swapped: {} now holds the rebuilt read models{}; start the server again",
-                self.data_dir.join("read.db").display(),
-                kept.map(|k| format!(" (the old ones: {})", k.display()))
-                    .unwrap_or_default()
-            );
+            self.swap_into_place(path, "read.db")?;
         }
+        Ok(())
+    }
+
+    /// `--swap`: puts the embedded target (its connections closed) in place of `live` and
+    /// says so.
+    fn swap_into_place(&self, target: Option<PathBuf>, live: &str) -> anyhow::Result<()> {
+        let target = target.context("an embedded target")?;
+        let kept = missive_cli::replay::swap_embedded(&self.data_dir, &target, live)?;
+        println!(
+            "swapped: {} now holds the rebuilt store{}; start the server again",
+            self.data_dir.join(live).display(),
+            kept.map(|k| format!(" (the old one: {})", k.display()))
+                .unwrap_or_default()
+        );
         Ok(())
     }
 
@@ -695,14 +702,7 @@ impl ReplayArgs {
         }
         if self.swap {
             drop(store);
-            let path = path.context("an embedded target")?;
-            let kept = replay::swap_embedded(&self.data_dir, &path, "analytics.db")?;
-            println!(
-                "swapped: {} now holds the rebuilt analytics{}; start the server again",
-                self.data_dir.join("analytics.db").display(),
-                kept.map(|k| format!(" (the old ones: {})", k.display()))
-                    .unwrap_or_default()
-            );
+            self.swap_into_place(path, "analytics.db")?;
         }
         Ok(())
     }

@@ -24,7 +24,10 @@ use crate::{Result, StoreError};
 mod communities;
 mod store;
 
-pub use store::{ScyllaStore, cql};
+pub use store::{
+    ScyllaStore, attempt_transient, cql, exec_transient, next_page_transient, open_keyspace,
+    prepare_transient, request_transient,
+};
 
 /// One schema version: a file of `projections/`, compiled in.
 #[derive(Debug, Clone, Copy)]

@@ -325,8 +325,9 @@ statements! {
 
 /// Whether a failed attempt may succeed later: timeouts, unavailable replicas, overload, lost
 /// connections. Refusals of the request itself (syntax, invalid, unauthorized, serialization)
-/// fail every time.
-fn attempt_transient(e: &RequestAttemptError) -> bool {
+/// fail every time. These classifiers are shared by every Scylla adapter (the analytics store
+/// too).
+pub fn attempt_transient(e: &RequestAttemptError) -> bool {
     match e {
         RequestAttemptError::DbError(db, _) => matches!(
             db,
@@ -347,7 +348,8 @@ fn attempt_transient(e: &RequestAttemptError) -> bool {
     }
 }
 
-fn request_transient(e: &RequestError) -> bool {
+/// Whether a failed request may succeed later (see [`attempt_transient`]).
+pub fn request_transient(e: &RequestError) -> bool {
     match e {
         RequestError::LastAttemptError(a) => attempt_transient(a),
         RequestError::EmptyPlan
@@ -357,7 +359,8 @@ fn request_transient(e: &RequestError) -> bool {
     }
 }
 
-fn exec_transient(e: &ExecutionError) -> bool {
+/// Whether a failed execution may succeed later (see [`attempt_transient`]).
+pub fn exec_transient(e: &ExecutionError) -> bool {
     match e {
         ExecutionError::LastAttemptError(a) => attempt_transient(a),
         ExecutionError::RequestTimeout(_)
@@ -370,11 +373,13 @@ fn exec_transient(e: &ExecutionError) -> bool {
     }
 }
 
-fn next_page_transient(e: &NextPageError) -> bool {
+/// Whether a failed page fetch may succeed later (see [`attempt_transient`]).
+pub fn next_page_transient(e: &NextPageError) -> bool {
     matches!(e, NextPageError::RequestFailure(r) if request_transient(r))
 }
 
-fn prepare_transient(e: &PrepareError) -> bool {
+/// Whether a failed preparation may succeed later (see [`attempt_transient`]).
+pub fn prepare_transient(e: &PrepareError) -> bool {
     match e {
         PrepareError::ConnectionPoolError(_) | PrepareError::PreparedStatementIdsMismatch => true,
         PrepareError::AllAttemptsFailed { first_attempt } => attempt_transient(first_attempt),
@@ -729,47 +734,56 @@ impl std::fmt::Debug for ScyllaStore {
     }
 }
 
+/// Connects, uses `config`'s keyspace and checks that the schema versions `required` are
+/// applied (`missive store migrate`): the opening every Scylla adapter shares.
+pub async fn open_keyspace(config: &ScyllaConfig, required: &[i32]) -> Result<Arc<Session>> {
+    let session = super::connect(config).await?;
+    let ks = &config.keyspace;
+    let not_ready = |why: String| {
+        StoreError::Schema(format!(
+            "keyspace {ks}: {why}; run `missive store migrate --store scylla://.../{ks}` first"
+        ))
+    };
+    session
+        .use_keyspace(ks.as_str(), false)
+        .await
+        .map_err(|e| not_ready(format!("cannot use it ({e})")))?;
+    let applied_query = session
+        .prepare(cql::MIGRATIONS_GET)
+        .await
+        .map_err(|e| not_ready(format!("no schema_migrations table ({e})")))?;
+    let applied: HashSet<i32> = session
+        .execute_unpaged(&applied_query, ())
+        .await
+        .map_err(exec_err("reading the applied schema versions"))?
+        .into_rows_result()
+        .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?
+        .rows::<(i32,)>()
+        .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?
+        .map(|r| r.map(|(v,)| v))
+        .collect::<Result<_, _>>()
+        .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?;
+    let missing: Vec<String> = MIGRATIONS
+        .iter()
+        .filter(|m| required.contains(&m.version) && !applied.contains(&m.version))
+        .map(|m| format!("{} ({})", m.version, m.file))
+        .collect();
+    if !missing.is_empty() {
+        return Err(not_ready(format!(
+            "schema versions not applied: {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(session)
+}
+
 impl ScyllaStore {
     /// Connects, uses the configured keyspace, checks that every schema version is applied
     /// (`missive store migrate`), and prepares every statement.
     pub async fn open(config: &ScyllaConfig) -> Result<Self> {
-        let session = super::connect(config).await?;
+        let all: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        let session = open_keyspace(config, &all).await?;
         let ks = &config.keyspace;
-        let not_ready = |why: String| {
-            StoreError::Schema(format!(
-                "keyspace {ks}: {why}; run `missive store migrate --store scylla://.../{ks}` first"
-            ))
-        };
-        session
-            .use_keyspace(ks.as_str(), false)
-            .await
-            .map_err(|e| not_ready(format!("cannot use it ({e})")))?;
-        let applied_query = session
-            .prepare(cql::MIGRATIONS_GET)
-            .await
-            .map_err(|e| not_ready(format!("no schema_migrations table ({e})")))?;
-        let applied: HashSet<i32> = session
-            .execute_unpaged(&applied_query, ())
-            .await
-            .map_err(exec_err("reading the applied schema versions"))?
-            .into_rows_result()
-            .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?
-            .rows::<(i32,)>()
-            .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?
-            .map(|r| r.map(|(v,)| v))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Corrupt(format!("schema_migrations: {e}")))?;
-        let missing: Vec<String> = MIGRATIONS
-            .iter()
-            .filter(|m| !applied.contains(&m.version))
-            .map(|m| format!("{} ({})", m.version, m.file))
-            .collect();
-        if !missing.is_empty() {
-            return Err(not_ready(format!(
-                "schema versions not applied: {}",
-                missing.join(", ")
-            )));
-        }
         use ::scylla::statement::Consistency::*;
         if matches!(config.consistency, Any | One | Two | Three | LocalOne) {
             // Projectors read (a conversation's tail, where a message is) before they write:
