@@ -184,7 +184,10 @@ async fn analytics_off_and_the_standalone_consumer() {
         .expect("metrics");
     assert_eq!(metrics.status(), StatusCode::OK);
     let text = metrics.text().await.expect("text");
-    assert!(text.contains("missive_analytics_position"), "{text}");
+    assert!(
+        text.contains("missive_analytics_daily_active_users"),
+        "{text}"
+    );
     let api = h
         .client
         .get(format!("{base}/v1/users/me"))

@@ -165,14 +165,14 @@ pub async fn scans_read_a_bounded_stretch(log: Arc<dyn EventLog>) {
         .append((0..4).map(|n| record("scan-b", n)).collect())
         .await
         .expect("append");
-    // A group that committed: scans must leave it as it is.
+    // A group that committed: scans must leave it as it is. (A member commits once it has
+    // joined the group: after a first poll.)
     let committed = Position::new(a[2].partition, a[2].offset + 1);
-    log.consumer("contract-scan-group")
-        .await
-        .expect("consumer")
-        .commit(&[committed])
-        .await
-        .expect("commit");
+    {
+        let mut member = log.consumer("contract-scan-group").await.expect("consumer");
+        assert!(!drain(member.as_mut(), 1).await.is_empty());
+        member.commit(&[committed]).await.expect("commit");
+    }
     let read_all = |mut scan: Scan| async move {
         let start = Instant::now();
         let mut out = Vec::new();
@@ -257,7 +257,8 @@ pub async fn scans_read_a_bounded_stretch(log: Arc<dyn EventLog>) {
     assert!(!follow.is_done());
 
     // The group's checkpoint is as it was.
-    let group = log.consumer("contract-scan-group").await.expect("consumer");
+    let mut group = log.consumer("contract-scan-group").await.expect("consumer");
+    drain(group.as_mut(), 1).await;
     let now = group.committed().await.expect("committed");
     assert!(now.contains(&committed), "{now:?}");
     assert!(
