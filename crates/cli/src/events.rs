@@ -207,11 +207,7 @@ pub async fn print(
 ) -> anyhow::Result<u64> {
     let start = if follow && filter.from.is_none() {
         // `tail` without --from starts at the end.
-        log.end_positions()
-            .await?
-            .into_iter()
-            .map(|p| (p.partition, p.offset))
-            .collect()
+        missive_log::by_partition(log.end_positions().await?)
     } else {
         filter.start()
     };

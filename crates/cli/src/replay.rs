@@ -104,18 +104,8 @@ pub async fn rebuild_analytics(
 ) -> anyhow::Result<Rebuilt> {
     use missive_analytics::{Analytics, CONSUMER_GROUP};
     let started = std::time::Instant::now();
-    let ends: BTreeMap<u32, u64> = log
-        .end_positions()
-        .await?
-        .into_iter()
-        .map(|p| (p.partition, p.offset))
-        .collect();
-    let start: BTreeMap<u32, u64> = store
-        .checkpoints(CONSUMER_GROUP)
-        .await?
-        .into_iter()
-        .map(|p| (p.partition, p.offset))
-        .collect();
+    let ends = missive_log::by_partition(log.end_positions().await?);
+    let start = missive_log::by_partition(store.checkpoints(CONSUMER_GROUP).await?);
     let total: u64 = ends
         .iter()
         .map(|(p, end)| end.saturating_sub(start.get(p).copied().unwrap_or(0)))
@@ -336,12 +326,9 @@ fn sorted_difference(a: &[String], b: &[String]) -> (Vec<String>, Vec<String>) {
 
 /// A projection's checkpoints by partition.
 pub async fn checkpoints(store: &dyn ReadStore) -> anyhow::Result<BTreeMap<u32, u64>> {
-    Ok(store
-        .checkpoints(READ_MODELS)
-        .await?
-        .into_iter()
-        .map(|p| (p.partition, p.offset))
-        .collect())
+    Ok(missive_log::by_partition(
+        store.checkpoints(READ_MODELS).await?,
+    ))
 }
 
 /// What `--verify` found.
@@ -365,7 +352,7 @@ pub async fn verify_embedded(
     scratch: Arc<dyn ReadStore>,
 ) -> anyhow::Result<Verified> {
     let (at, rows) = tokio::task::block_in_place(|| live.snapshot(READ_MODELS))?;
-    let at: BTreeMap<u32, u64> = at.into_iter().map(|p| (p.partition, p.offset)).collect();
+    let at = missive_log::by_partition(at);
     let rebuilt = rebuild(log, scratch.clone(), &Until::Before(at.clone())).await?;
     anyhow::ensure!(rebuilt.complete, "interrupted");
     let scratch_at = checkpoints(scratch.as_ref()).await?;

@@ -240,7 +240,7 @@ pub async fn scans_read_a_bounded_stretch(log: Arc<dyn EventLog>) {
 
     // A following scan from the end sees what is appended after it opened.
     let ends = log.end_positions().await.expect("ends");
-    let from = ends.iter().map(|p| (p.partition, p.offset)).collect();
+    let from = crate::by_partition(ends);
     let mut follow = Scan::open(log.as_ref(), "contract-scan", &from, ScanEnd::Follow)
         .await
         .expect("scan");

@@ -63,6 +63,17 @@ impl FromStr for Position {
     }
 }
 
+/// Positions as offsets by partition (a checkpoint, a log's end): the shape bounds and
+/// progress are kept in.
+pub fn by_partition(
+    positions: impl IntoIterator<Item = Position>,
+) -> std::collections::BTreeMap<u32, u64> {
+    positions
+        .into_iter()
+        .map(|p| (p.partition, p.offset))
+        .collect()
+}
+
 /// A record to append: an encoded event with the metadata consumers route by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -50,7 +50,7 @@ impl Scan {
     ) -> Result<Scan> {
         let log_end = log.end_positions().await?;
         let end = match end {
-            ScanEnd::LogEnd => Some(log_end.iter().map(|p| (p.partition, p.offset)).collect()),
+            ScanEnd::LogEnd => Some(crate::by_partition(log_end.iter().copied())),
             ScanEnd::Before(before) => Some(before),
             ScanEnd::Follow => None,
         };

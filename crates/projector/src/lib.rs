@@ -713,12 +713,7 @@ pub fn follow_progress(
         loop {
             match store.checkpoints(&projection).await {
                 Ok(checkpoints) => {
-                    let progress = Progress(
-                        checkpoints
-                            .iter()
-                            .map(|p| (p.partition, p.offset))
-                            .collect(),
-                    );
+                    let progress = Progress(missive_log::by_partition(checkpoints));
                     tx.send_if_modified(|current| {
                         let changed = *current != progress;
                         *current = progress;
@@ -802,13 +797,7 @@ impl Projector {
     ) -> Result<Rebuilt, ProjectorError> {
         use missive_log::scan::{Scan, ScanEnd};
         let started = Instant::now();
-        let start: BTreeMap<u32, u64> = self
-            .store
-            .checkpoints(&self.name)
-            .await?
-            .into_iter()
-            .map(|p| (p.partition, p.offset))
-            .collect();
+        let start = missive_log::by_partition(self.store.checkpoints(&self.name).await?);
         let end = match until {
             Until::End | Until::Time(_) => ScanEnd::LogEnd,
             Until::Before(before) => {
