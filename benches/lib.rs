@@ -12,8 +12,8 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use missive_events::{
-    ChannelLeaveReason, DeleteScope, Envelope, Event, InvitationOutcome, NotificationKind,
-    Presence, RemovalReason, Visibility,
+    AccountStatus, ChannelLeaveReason, DeleteScope, Envelope, Event, InvitationOutcome,
+    NotificationKind, Presence, RemovalReason, Visibility,
 };
 use uuid::Uuid;
 
@@ -31,7 +31,7 @@ const POST_CONTENT: &str = "Release notes for 2.4: the scheduler now batches ret
 const _: () = assert!(POST_CONTENT.len() == 280);
 
 /// How many event types there are: [`ordinal`] numbers them `0..EVENT_TYPES`.
-const EVENT_TYPES: usize = 23;
+const EVENT_TYPES: usize = 24;
 
 /// A distinct number per event type. The match is exhaustive, so a new event type does not
 /// compile here until it is numbered, and [`every_event`] then refuses to run without a sample.
@@ -60,6 +60,7 @@ fn ordinal(event: &Event) -> usize {
         Event::ChannelLeft { .. } => 20,
         Event::ChannelMessageSent { .. } => 21,
         Event::ChannelMessagesRead { .. } => 22,
+        Event::AccountStatusChanged { .. } => 23,
     }
 }
 
@@ -200,6 +201,13 @@ pub fn every_event() -> Vec<Envelope> {
                 status: Presence::Online,
             },
             BOB,
+        ),
+        envelope(
+            Event::AccountStatusChanged {
+                user_id: id(BOB),
+                status: AccountStatus::Blocked,
+            },
+            ALICE,
         ),
         envelope(
             Event::ServerCreated {

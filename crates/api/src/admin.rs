@@ -4,6 +4,11 @@
 //! `GET /v1/admin/analytics?from=&to=[&granularity=minute|day]`: the analytics consumer's
 //! rollups (messages, conversations started, friendship funnel, delivery and read latency,
 //! daily and monthly active users) between two times.
+//!
+//! `POST /v1/admin/users/{user_id}/block`, `.../unblock` and `DELETE /v1/admin/users/{user_id}`:
+//! an account's standing. A blocked user's commands are refused (403 `account_blocked`) and
+//! nobody can message, befriend or invite them (403 `recipient_unavailable`) until unblocked;
+//! deletion is final (403 `account_deleted`) and frees the username.
 
 use axum::Json;
 use axum::extract::State;
@@ -13,8 +18,11 @@ use missive_analytics::{QueryError, ReportQuery};
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::error::ApiPath;
 use crate::error::{ApiError, ApiQuery};
-use crate::routes::{ApiResult, admin_from_headers};
+use crate::routes::{ApiResult, admin_from_headers, position_json, user_json};
+use missive_events::AccountStatus;
+use uuid::Uuid;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,4 +71,48 @@ pub(crate) async fn analytics(
         )),
         Err(error) => Err(ApiError::internal(&error)),
     }
+}
+
+pub(crate) async fn block_user(
+    state: State<AppState>,
+    headers: HeaderMap,
+    user: Result<ApiPath<Uuid>, ApiError>,
+) -> ApiResult<Json<serde_json::Value>> {
+    set_standing(state, headers, user, AccountStatus::Blocked).await
+}
+
+pub(crate) async fn unblock_user(
+    state: State<AppState>,
+    headers: HeaderMap,
+    user: Result<ApiPath<Uuid>, ApiError>,
+) -> ApiResult<Json<serde_json::Value>> {
+    set_standing(state, headers, user, AccountStatus::Active).await
+}
+
+pub(crate) async fn delete_user(
+    state: State<AppState>,
+    headers: HeaderMap,
+    user: Result<ApiPath<Uuid>, ApiError>,
+) -> ApiResult<Json<serde_json::Value>> {
+    set_standing(state, headers, user, AccountStatus::Deleted).await
+}
+
+/// Sets an account's standing: the account afterwards and the event's position (`null` when
+/// it already had that standing).
+async fn set_standing(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: Result<ApiPath<Uuid>, ApiError>,
+    status: AccountStatus,
+) -> ApiResult<Json<serde_json::Value>> {
+    // Who asks first: an anonymous caller learns nothing about the user id.
+    let operator = admin_from_headers(&state, &headers)?;
+    let ApiPath(user) = user?;
+    let (account, position) = state
+        .service
+        .set_account_status(operator, user, status)
+        .await?;
+    let mut body = user_json(&account);
+    body["position"] = position_json(position);
+    Ok(Json(body))
 }

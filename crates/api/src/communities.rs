@@ -182,18 +182,18 @@ fn tag_list(tags: Option<&str>) -> Vec<String> {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum VisibilityParam {
+pub(crate) enum VisibilityParam {
     Public,
     Private,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateServerBody {
-    name: String,
+pub(crate) struct CreateServerBody {
+    pub(crate) name: String,
     #[serde(default)]
-    tags: Vec<String>,
-    visibility: Option<VisibilityParam>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) visibility: Option<VisibilityParam>,
 }
 
 async fn create_server(
@@ -332,8 +332,8 @@ async fn my_channel(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InviteBody {
-    user_id: Uuid,
+pub(crate) struct InviteBody {
+    pub(crate) user_id: Uuid,
 }
 
 async fn invite(
@@ -428,10 +428,10 @@ async fn decline(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PostBody {
-    content: String,
+pub(crate) struct PostBody {
+    pub(crate) content: String,
     #[serde(default)]
-    tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
 }
 
 async fn publish_post(
@@ -476,8 +476,8 @@ async fn list_posts(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChannelBody {
-    name: String,
+pub(crate) struct ChannelBody {
+    pub(crate) name: String,
 }
 
 async fn create_channel(
@@ -589,9 +589,9 @@ async fn channel_members(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChannelSendBody {
-    text: String,
-    client_msg_id: Option<String>,
+pub(crate) struct ChannelSendBody {
+    pub(crate) text: String,
+    pub(crate) client_msg_id: Option<String>,
 }
 
 async fn send_channel_message(

@@ -104,6 +104,11 @@ impl From<DomainError> for ApiError {
             DomainError::ServerNameTaken(_) => (StatusCode::CONFLICT, "server_name_taken"),
             DomainError::ChannelNameTaken(_) => (StatusCode::CONFLICT, "channel_name_taken"),
             DomainError::AlreadySubscribed(_) => (StatusCode::CONFLICT, "already_subscribed"),
+            DomainError::AccountBlocked => (StatusCode::FORBIDDEN, "account_blocked"),
+            DomainError::AccountDeleted => (StatusCode::FORBIDDEN, "account_deleted"),
+            DomainError::RecipientUnavailable(_) => {
+                (StatusCode::FORBIDDEN, "recipient_unavailable")
+            }
         };
         ApiError::new(status, code, e.to_string())
     }

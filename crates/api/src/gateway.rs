@@ -76,6 +76,8 @@ pub enum Kick {
     /// An event for the session could not be pushed (its message was not projected in time,
     /// or the read models could not be read): the client reconnects and receives it then.
     OutOfSync,
+    /// The server is shutting down: the client reconnects (to another process, or later).
+    GoingAway,
 }
 
 struct Subscriber {
@@ -217,6 +219,16 @@ impl Gateway {
         self.routes.lock().users.contains_key(&user)
     }
 
+    /// Ends every session this process holds with [`Kick::GoingAway`] (shutdown).
+    pub fn close_all(&self) {
+        let mut routes = self.routes.lock();
+        for subscribers in routes.users.values_mut() {
+            for s in subscribers.iter_mut() {
+                s.kick(Kick::GoingAway);
+            }
+        }
+    }
+
     /// Brings the fan-out index forward by one event.
     fn apply_index(&self, event: &Event) {
         self.routes.lock().index.apply(event);
@@ -277,6 +289,15 @@ impl Follower {
         projection_wait: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<(), LogError> {
+        // However the gateway stops, its sessions end with "going away" rather than waiting
+        // for pushes that will not come.
+        struct CloseAll<'a>(&'a Gateway);
+        impl Drop for CloseAll<'_> {
+            fn drop(&mut self) {
+                self.0.close_all();
+            }
+        }
+        let _close = CloseAll(&self.gateway);
         let dispatch = Dispatch {
             gateway: &self.gateway,
             store: store.as_ref(),
@@ -671,6 +692,14 @@ impl Dispatch<'_> {
                     let mut frame = status(*message_id, *conversation_id, "deleted");
                     frame["scope"] = json!(scope);
                     out.push(Out::Frame(user, "status", frame, None));
+                }
+            }
+            Event::AccountStatusChanged { user_id, status } => {
+                // Every API process follows the log: each learns of blocks and deletions here.
+                self.service.note_account(*user_id, *status);
+                // A blocked or deleted user's sessions end; reconnecting is refused (403).
+                if *status != missive_events::AccountStatus::Active && local(user_id) {
+                    out.push(Out::Resync(*user_id));
                 }
             }
             Event::PresenceChanged { user_id, status } => {

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`auth`]: HS256 bearer tokens.
 //! - [`error`]: the error type and the extractors that map rejections to 4xx answers.
+//! - [`ratelimit`]: per-user and per-address limits of commands (429 with `Retry-After`).
 //! - [`routes`]: handlers and JSON shapes.
 
 mod admin;
@@ -13,7 +14,10 @@ pub mod auth;
 pub mod communities;
 pub mod error;
 mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
+pub mod ratelimit;
 pub mod routes;
 pub mod ws;
 
@@ -30,6 +34,9 @@ use tokio::net::TcpListener;
 
 pub use auth::Secret;
 pub use error::ApiError;
+
+/// The header carrying a request's id, both ways.
+pub const REQUEST_ID: &str = "x-request-id";
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -60,6 +67,8 @@ pub struct AppState {
     /// The analytics consumer's rollups (`GET /v1/admin/analytics`); `None` when analytics
     /// are off.
     pub analytics: Option<Arc<dyn missive_analytics::AnalyticsStore>>,
+    /// Per-user and per-address limits of commands ([`ratelimit::limit_commands`]).
+    pub limiter: Arc<ratelimit::RateLimiter>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -84,6 +93,11 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Inside `observe`, so that refusals (429) are counted like any answer.
+        .layer(middleware::from_fn_with_state(
+            state.limiter.clone(),
+            ratelimit::limit_commands,
+        ))
         .layer(middleware::from_fn(observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             tracing::error!("a handler panicked");
@@ -97,16 +111,31 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Records request counts and latencies by route template.
-async fn observe(request: Request, next: Next) -> Response {
+/// Gives every request an id (the client's `X-Request-Id` when it is a UUID, else a new
+/// UUIDv7), runs it in a `request` span carrying that id (the events a command appends carry
+/// it as their `correlation_id`), echoes it in the answer's `X-Request-Id`, and records request
+/// counts and latencies by route template.
+async fn observe(mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().as_str().to_owned();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| uuid::Uuid::parse_str(v).ok())
+        .unwrap_or_else(uuid::Uuid::now_v7);
+    let header = axum::http::HeaderValue::from_str(&request_id.to_string())
+        .expect("a UUID is a valid header value");
+    // Handlers read the id from here (`routes::correlation_id`).
+    request.headers_mut().insert(REQUEST_ID, header.clone());
+    let span = tracing::info_span!("request", %request_id, %method, %route);
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    response.headers_mut().insert(REQUEST_ID, header);
     let m = missive_telemetry::metrics();
     m.http_requests
         .with_label_values(&[&route, &method, response.status().as_str()])
@@ -123,9 +152,13 @@ pub async fn run(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // With the peer's address, for the per-address rate limit.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Serves only `GET /metrics` and `GET /healthz`: the listener of a process without the API

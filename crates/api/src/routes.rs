@@ -13,7 +13,7 @@ use axum::routing::{delete, get, post};
 use chrono::{DateTime, SecondsFormat, Utc};
 use missive_domain::FriendshipState;
 use missive_domain::friends::FriendCommand;
-use missive_events::{DeleteScope, Presence};
+use missive_events::{AccountStatus, DeleteScope, Presence};
 use missive_log::Position;
 use missive_service::{Actor, Service, ServiceError};
 use missive_store::{
@@ -40,6 +40,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/admin/analytics"),
+    ("POST", "/v1/admin/users/{user_id}/block"),
+    ("POST", "/v1/admin/users/{user_id}/unblock"),
+    ("DELETE", "/v1/admin/users/{user_id}"),
     ("POST", "/v1/users"),
     ("GET", "/v1/users/{id}"),
     ("GET", "/v1/users/me"),
@@ -103,6 +106,18 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/admin/analytics", get(crate::admin::analytics))
+        .route(
+            "/v1/admin/users/{user_id}/block",
+            post(crate::admin::block_user),
+        )
+        .route(
+            "/v1/admin/users/{user_id}/unblock",
+            post(crate::admin::unblock_user),
+        )
+        .route(
+            "/v1/admin/users/{user_id}",
+            delete(crate::admin::delete_user),
+        )
         .route("/v1/users", post(register))
         .route("/v1/users/me", get(get_me).patch(update_me))
         .route("/v1/users/{id}", get(get_user))
@@ -211,12 +226,18 @@ pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn user_json(u: &User) -> Value {
+pub(crate) fn user_json(u: &User) -> Value {
+    let status = match u.account {
+        AccountStatus::Deleted => "deleted",
+        AccountStatus::Blocked => "blocked",
+        AccountStatus::Active if u.online => "online",
+        AccountStatus::Active => "offline",
+    };
     json!({
         "id": u.id,
         "username": u.username,
         "display_name": u.display_name,
-        "status": if u.online { "online" } else { "offline" },
+        "status": status,
         "last_seen": u.last_seen.map(ts),
         "registered_at": ts(u.registered_at),
     })
@@ -382,9 +403,9 @@ async fn openapi() -> Response {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegisterBody {
-    username: String,
-    display_name: Option<String>,
+pub(crate) struct RegisterBody {
+    pub(crate) username: String,
+    pub(crate) display_name: Option<String>,
 }
 
 async fn register(
@@ -447,8 +468,8 @@ async fn profile(state: &AppState, id: Uuid, params: ReadParams) -> ApiResult {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ProfileBody {
-    display_name: String,
+pub(crate) struct ProfileBody {
+    pub(crate) display_name: String,
 }
 
 async fn update_me(
@@ -527,9 +548,9 @@ async fn list_friends(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SendBody {
-    text: String,
-    client_msg_id: Option<String>,
+pub(crate) struct SendBody {
+    pub(crate) text: String,
+    pub(crate) client_msg_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -721,15 +742,15 @@ async fn delete_message(
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum PresenceParam {
+pub(crate) enum PresenceParam {
     Online,
     Offline,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PresenceBody {
-    status: PresenceParam,
+pub(crate) struct PresenceBody {
+    pub(crate) status: PresenceParam,
 }
 
 async fn presence(

@@ -54,6 +54,8 @@ pub const CLOSE_TOO_SLOW: u16 = 4001;
 /// Close code for a session the server could not push an event to (the read models were not
 /// ready in time): the client reconnects and receives what it missed as pending.
 pub const CLOSE_OUT_OF_SYNC: u16 = 4002;
+/// Close code when the server shuts down (RFC 6455 "going away"): reconnect.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// How long the server tries to send a close frame.
 const CLOSE_SEND_WAIT: Duration = Duration::from_secs(1);
 /// Pending messages read at once while a session starts.
@@ -158,6 +160,7 @@ pub(crate) async fn upgrade(
         Some(token) => crate::routes::actor_from_token(&state, &token, &headers)?,
         None => crate::routes::actor_from_headers(&state, &headers)?,
     };
+    state.service.check_actor(actor.user_id)?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::bad_request(format!(
             "GET /v1/ws opens a WebSocket session: send a WebSocket upgrade request ({})",
@@ -306,7 +309,7 @@ enum ClientFrame {
 }
 
 /// What a client frame calls for.
-enum Answer {
+pub(crate) enum Answer {
     /// These replies.
     Now(Vec<serde_json::Value>),
     /// An acknowledgement to record; its replies follow.
@@ -333,6 +336,13 @@ const TOO_SLOW: Ended = (
 const SEND_TIMEOUT: Ended = (
     "send_timeout",
     Some((CLOSE_TOO_SLOW, "the client did not take a frame in time")),
+);
+const GOING_AWAY: Ended = (
+    "shutdown",
+    Some((
+        CLOSE_GOING_AWAY,
+        "the server is shutting down; reconnect in a moment",
+    )),
 );
 const OUT_OF_SYNC: Ended = (
     "out_of_sync",
@@ -562,12 +572,13 @@ async fn next_push(
 fn kicked(kick: Option<Kick>) -> Ended {
     match kick {
         Some(Kick::TooSlow) => TOO_SLOW,
+        Some(Kick::GoingAway) => GOING_AWAY,
         Some(Kick::OutOfSync) | None => OUT_OF_SYNC,
     }
 }
 
 /// What one client frame calls for.
-fn answer(message: WsMessage) -> Answer {
+pub(crate) fn answer(message: WsMessage) -> Answer {
     let text = match message {
         WsMessage::Text(text) => text,
         WsMessage::Binary(_) => {

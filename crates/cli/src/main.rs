@@ -194,6 +194,21 @@ struct ServeArgs {
     /// run `missive analytics` for the consumer; `api` processes answer the queries.
     #[arg(long, env = "MISSIVE_ANALYTICS", value_enum, default_value = "on")]
     analytics: OnOff,
+    /// Commands (POST, PATCH, PUT, DELETE) per second one user may send, with a burst of 2 s
+    /// worth; more are refused with 429 and Retry-After. 0 turns the limit off (benchmarks).
+    #[arg(long, env = "MISSIVE_RATE_LIMIT_PER_USER", default_value_t = 20.0)]
+    rate_limit_per_user: f64,
+    /// Commands per second one client address may send (IPv6: per /64); 0 turns it off.
+    #[arg(long, env = "MISSIVE_RATE_LIMIT_PER_IP", default_value_t = 200.0)]
+    rate_limit_per_ip: f64,
+    /// Take the client address from the last X-Forwarded-For entry: only behind exactly one
+    /// reverse proxy that appends it.
+    #[arg(long, env = "MISSIVE_TRUST_FORWARDED_FOR")]
+    trust_forwarded_for: bool,
+    /// A second listener serving only GET /metrics and GET /healthz (for Prometheus, and the
+    /// only HTTP a `missive project` process has).
+    #[arg(long, env = "MISSIVE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -230,6 +245,17 @@ impl ServeArgs {
         };
         config.notify_interval = Duration::from_secs(self.notify_interval_secs);
         config.analytics = matches!(self.analytics, OnOff::On);
+        config.rate_limits = missive_api::ratelimit::RateLimits {
+            per_user: self.rate_limit_per_user,
+            per_ip: self.rate_limit_per_ip,
+            trust_forwarded: self.trust_forwarded_for,
+            ..Default::default()
+        };
+        config
+            .rate_limits
+            .validate()
+            .context("--rate-limit-per-user / --rate-limit-per-ip")?;
+        config.admin_listen = self.admin_listen;
         config.reset_presence = match self.reset_presence {
             Switch::Auto => None,
             Switch::On => Some(true),

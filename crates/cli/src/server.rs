@@ -197,6 +197,10 @@ pub struct ServerConfig {
     /// `/v1/admin/analytics`): its rollups live in `analytics.db` beside the embedded read
     /// store, or in the Scylla store's keyspace.
     pub analytics: bool,
+    /// Per-user and per-address limits of commands.
+    pub rate_limits: missive_api::ratelimit::RateLimits,
+    /// Where to serve only `/metrics` and `/healthz` besides the API (any role).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -218,11 +222,16 @@ impl ServerConfig {
             notify_interval: Duration::from_secs(60),
             reset_presence: None,
             analytics: true,
+            rate_limits: missive_api::ratelimit::RateLimits::default(),
+            admin_listen: None,
         }
     }
 }
 
 type Task = (&'static str, JoinHandle<anyhow::Result<()>>);
+
+/// How long shutdown waits for WebSocket sessions to send their close frames.
+const SESSIONS_CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// A running process: its HTTP API and/or projector.
 pub struct Running {
@@ -231,6 +240,8 @@ pub struct Running {
     pub secret: Secret,
     stop: watch::Sender<bool>,
     tasks: Vec<Task>,
+    /// The API's WebSocket sessions: shutdown waits (briefly) for their close frames.
+    sessions: Option<Arc<missive_api::ws::Sessions>>,
     /// Held shared while running: `missive replay --swap` takes it exclusively, so it never
     /// replaces the read store under a running process.
     _in_use: std::fs::File,
@@ -261,6 +272,18 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let store = config.store.open(&config.data_dir).await?;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks: Vec<Task> = Vec::new();
+
+    if let Some(admin) = config.admin_listen {
+        let listener = TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("listening on {admin} (--admin-listen)"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+        let shutdown = stopped(stop_rx.clone());
+        tasks.push((
+            "admin listener",
+            tokio::spawn(async move { Ok(missive_api::run_metrics(listener, shutdown).await?) }),
+        ));
+    }
 
     let analytics = if config.analytics || config.role == Role::Analytics {
         Some(open_analytics(&config.store, &config.data_dir).await?)
@@ -301,6 +324,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             secret,
             stop,
             tasks,
+            sessions: None,
             _in_use: in_use,
         });
     }
@@ -334,6 +358,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     };
 
     let mut addr = None;
+    let mut sessions: Option<Arc<missive_api::ws::Sessions>> = None;
     if config.role != Role::Projector {
         let service = Arc::new(
             Service::new(log.clone(), store.clone(), progress, config.service.clone()).await?,
@@ -369,7 +394,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             "notifier",
             tokio::spawn(async move { Ok(notifier.run(notifier_stop).await?) }),
         ));
+        let limiter = Arc::new(
+            missive_api::ratelimit::RateLimiter::new(config.rate_limits.clone(), secret.clone())
+                .context("rate limits")?,
+        );
         let state = AppState {
+            limiter,
             service,
             config: Arc::new(ApiConfig {
                 secret: secret.clone(),
@@ -377,7 +407,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                 max_read_wait: config.max_read_wait,
                 ws: config.ws.clone(),
             }),
-            sessions: Arc::default(),
+            sessions: sessions.insert(Arc::default()).clone(),
             gateway,
             analytics,
         };
@@ -399,6 +429,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         secret,
         stop,
         tasks,
+        sessions,
         _in_use: in_use,
     })
 }
@@ -512,6 +543,14 @@ impl Running {
         let _ = self.stop.send(true);
         for (name, task) in self.tasks {
             task.await.with_context(|| format!("{name} task"))??;
+        }
+        // The gateway told every WebSocket session to close with 1001 (going away) as it
+        // stopped; give them a moment to send it before the process exits.
+        if let Some(sessions) = &self.sessions {
+            let deadline = tokio::time::Instant::now() + SESSIONS_CLOSE_WAIT;
+            while sessions.open() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         Ok(())
     }

@@ -175,6 +175,8 @@ impl Harness {
         let mut config = ServerConfig::embedded(dir.path().join("data"));
         config.listen = "127.0.0.1:0".parse().expect("addr");
         config.jwt_secret = Some(b"test-secret".to_vec());
+        // Tests send as fast as they can from one address; `http_rate_limit` turns limits on.
+        config.rate_limits = missive_api::ratelimit::RateLimits::off();
         let mut kafka = None;
         match BACKEND.try_with(Backend::clone) {
             Ok(Backend::Kafka) => {

@@ -26,7 +26,34 @@ both_logs!(
     a_slow_client_is_closed_without_holding_up_others,
     offline_users_get_one_notification_per_burst,
     posts_and_channel_messages_reach_the_servers_sessions,
+    shutdown_closes_sessions_with_going_away,
 );
+
+/// A graceful shutdown (SIGTERM) ends every session with 1001 "going away": clients know to
+/// reconnect rather than treat it as an error of theirs.
+async fn shutdown_closes_sessions_with_going_away() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let mut a = open(&h, &alice).await;
+    let mut b = open(&h, &bob).await;
+    h.shutdown().await;
+    for socket in [&mut a, &mut b] {
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("the server closes the session")
+            {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        };
+        let frame = closed.expect("a close frame with a code");
+        assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
+        assert!(frame.reason.contains("shutting down"), "{frame:?}");
+    }
+}
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -58,6 +58,16 @@ pub enum DomainError {
     ChannelNameTaken(String),
     #[error("user {0} is subscribed to this server already")]
     AlreadySubscribed(uuid::Uuid),
+    /// The actor's account is blocked by an operator (HTTP 403).
+    #[error("your account is blocked by an operator; commands are refused until it is unblocked")]
+    AccountBlocked,
+    /// The actor's account is deleted (HTTP 403).
+    #[error("your account is deleted")]
+    AccountDeleted,
+    /// The other user's account is blocked or deleted: nobody can message or befriend them
+    /// (HTTP 403).
+    #[error("user {0} cannot be contacted: their account is blocked or deleted")]
+    RecipientUnavailable(uuid::Uuid),
 }
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;

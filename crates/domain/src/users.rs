@@ -2,6 +2,8 @@
 
 use uuid::Uuid;
 
+use missive_events::AccountStatus;
+
 use crate::{DomainError, Event, Result, is_unprintable};
 
 /// Usernames: 3 to 32 characters; ASCII letters, digits, `_`, `.` and `-`; starting with a
@@ -77,9 +79,74 @@ pub fn decide_update_profile(
     }])
 }
 
+/// An operator sets an account's standing. `current` is the account's standing, `None` for an
+/// unknown user. Setting the standing it has decides nothing; a deleted account stays deleted.
+pub fn decide_account_status(
+    current: Option<AccountStatus>,
+    user_id: Uuid,
+    status: AccountStatus,
+) -> Result<Vec<Event>> {
+    match current {
+        None => Err(DomainError::UserNotFound(user_id)),
+        Some(now) if now == status => Ok(Vec::new()),
+        Some(AccountStatus::Deleted) => Err(DomainError::Conflict(format!(
+            "the account {user_id} is deleted; deletion is final"
+        ))),
+        Some(_) => Ok(vec![Event::AccountStatusChanged { user_id, status }]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_standing_moves_between_active_and_blocked_and_deletion_is_final() {
+        use AccountStatus::{Active, Blocked, Deleted};
+        let id = Uuid::now_v7();
+        let changed = |status| {
+            vec![Event::AccountStatusChanged {
+                user_id: id,
+                status,
+            }]
+        };
+        assert_eq!(
+            decide_account_status(Some(Active), id, Blocked).unwrap(),
+            changed(Blocked)
+        );
+        assert_eq!(
+            decide_account_status(Some(Blocked), id, Active).unwrap(),
+            changed(Active)
+        );
+        assert_eq!(
+            decide_account_status(Some(Blocked), id, Deleted).unwrap(),
+            changed(Deleted)
+        );
+        assert_eq!(
+            decide_account_status(Some(Active), id, Deleted).unwrap(),
+            changed(Deleted)
+        );
+        assert!(
+            decide_account_status(Some(Blocked), id, Blocked)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            decide_account_status(Some(Deleted), id, Deleted)
+                .unwrap()
+                .is_empty()
+        );
+        for to in [Active, Blocked] {
+            assert!(matches!(
+                decide_account_status(Some(Deleted), id, to),
+                Err(DomainError::Conflict(_))
+            ));
+        }
+        assert_eq!(
+            decide_account_status(None, id, Blocked),
+            Err(DomainError::UserNotFound(id))
+        );
+    }
 
     #[test]
     fn usernames_follow_the_rule() {

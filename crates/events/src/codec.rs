@@ -28,8 +28,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    ChannelLeaveReason, DeleteScope, Envelope, Event, InvitationOutcome, NotificationKind,
-    Presence, RemovalReason, Visibility,
+    AccountStatus, ChannelLeaveReason, DeleteScope, Envelope, Event, InvitationOutcome,
+    NotificationKind, Presence, RemovalReason, Visibility,
 };
 
 /// The two bytes that open every single-object encoded record.
@@ -399,6 +399,7 @@ const SOURCES: &[Source] = &[
     source!("ChannelLeft", 1, "channel_left.v1.avsc"),
     source!("ChannelMessageSent", 1, "channel_message_sent.v1.avsc"),
     source!("ChannelMessagesRead", 1, "channel_messages_read.v1.avsc"),
+    source!("AccountStatusChanged", 1, "account_status_changed.v1.avsc"),
 ];
 
 /// A parsed schema version.
@@ -837,6 +838,10 @@ fn payload_fields(event: &Event) -> Vec<(String, Value)> {
             uuid("user_id", *user_id),
             field("status", enum_value(presence_symbols(), status)),
         ],
+        Event::AccountStatusChanged { user_id, status } => vec![
+            uuid("user_id", *user_id),
+            field("status", enum_value(account_status_symbols(), status)),
+        ],
         Event::MessageDelivered {
             message_id,
             conversation_id,
@@ -1035,6 +1040,14 @@ fn delete_scope_symbols() -> Symbols<DeleteScope> {
 
 fn presence_symbols() -> Symbols<Presence> {
     &[(Presence::Online, "ONLINE"), (Presence::Offline, "OFFLINE")]
+}
+
+fn account_status_symbols() -> Symbols<AccountStatus> {
+    &[
+        (AccountStatus::Active, "ACTIVE"),
+        (AccountStatus::Blocked, "BLOCKED"),
+        (AccountStatus::Deleted, "DELETED"),
+    ]
 }
 
 fn notification_kind_symbols() -> Symbols<NotificationKind> {
@@ -1531,6 +1544,11 @@ fn event_from_payload(mut p: Fields) -> Result<Event, CodecError> {
             let user_id = p.uuid("user_id")?;
             let status = p.enumeration("status", presence_symbols())?;
             Event::PresenceChanged { user_id, status }
+        }
+        "AccountStatusChanged" => {
+            let user_id = p.uuid("user_id")?;
+            let status = p.enumeration("status", account_status_symbols())?;
+            Event::AccountStatusChanged { user_id, status }
         }
         "MessageDelivered" => {
             let message_id = p.uuid("message_id")?;

@@ -85,6 +85,17 @@ pub enum Presence {
     Offline,
 }
 
+/// An account's standing, set by an operator. (Whether the user is online is [`Presence`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    /// May use Missive (the state every account starts in).
+    Active,
+    /// Commands are refused and nobody can message the user, until unblocked.
+    Blocked,
+    /// Gone for good: the key sealing the user's personal data is destroyed.
+    Deleted,
+}
+
 /// Who may read a server's posts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Visibility {
@@ -192,6 +203,11 @@ pub enum Event {
         user_id: Uuid,
         status: Presence,
     },
+    /// An operator blocked, unblocked or deleted an account (the envelope's actor).
+    AccountStatusChanged {
+        user_id: Uuid,
+        status: AccountStatus,
+    },
     /// A server (community) was created; its owner is subscribed from the start.
     ServerCreated {
         server_id: Uuid,
@@ -285,6 +301,7 @@ impl Event {
             Event::MessageDelivered { .. } => "MessageDelivered",
             Event::NotificationRequested { .. } => "NotificationRequested",
             Event::PresenceChanged { .. } => "PresenceChanged",
+            Event::AccountStatusChanged { .. } => "AccountStatusChanged",
             Event::ServerCreated { .. } => "ServerCreated",
             Event::ServerSubscribed { .. } => "ServerSubscribed",
             Event::ServerUnsubscribed { .. } => "ServerUnsubscribed",
@@ -323,6 +340,7 @@ impl Event {
             | Event::ChannelLeft { .. } => Stream::Communities,
             Event::UserRegistered { .. }
             | Event::ProfileUpdated { .. }
+            | Event::AccountStatusChanged { .. }
             | Event::FriendRequested { .. }
             | Event::FriendRequestAccepted { .. }
             | Event::FriendshipRemoved { .. } => Stream::Social,
@@ -374,7 +392,8 @@ impl Event {
             Event::UserRegistered { user_id, .. }
             | Event::NotificationRequested { user_id, .. }
             | Event::ProfileUpdated { user_id, .. }
-            | Event::PresenceChanged { user_id, .. } => user_id.to_string(),
+            | Event::PresenceChanged { user_id, .. }
+            | Event::AccountStatusChanged { user_id, .. } => user_id.to_string(),
             Event::FriendRequested { requester_id, .. }
             | Event::FriendRequestAccepted { requester_id, .. } => requester_id.to_string(),
             Event::FriendshipRemoved { removed_by, .. } => removed_by.to_string(),

@@ -10,8 +10,8 @@ use missive_events::codec::{
     self, CodecError, encode_with_version, fingerprint, known_schemas, schema_version,
 };
 use missive_events::{
-    ChannelLeaveReason, DeleteScope, Envelope, Event, InvitationOutcome, NotificationKind,
-    Presence, RemovalReason, Visibility, decode, encode, truncate_to_micros,
+    AccountStatus, ChannelLeaveReason, DeleteScope, Envelope, Event, InvitationOutcome,
+    NotificationKind, Presence, RemovalReason, Visibility, decode, encode, truncate_to_micros,
 };
 use uuid::Uuid;
 
@@ -21,7 +21,8 @@ use uuid::Uuid;
 /// Fingerprints of every kept schema as wire bytes (header bytes 2..10) in hex, computed from
 /// the `.avsc` files by fastavro 1.13 (`fastavro.schema.fingerprint(to_parsing_canonical_form(..),
 /// "CRC-64-AVRO")`), an implementation independent of this crate.
-const INDEPENDENT_FINGERPRINTS: [(&str, u32, &str); 25] = [
+const INDEPENDENT_FINGERPRINTS: [(&str, u32, &str); 26] = [
+    ("AccountStatusChanged", 1, "f502fbdd78966eed"),
     ("ChannelCreated", 1, "54d19003e5c22c1f"),
     ("ChannelDeleted", 1, "f814b14f46c86764"),
     ("ChannelJoined", 1, "33faa576f4ab25e0"),
@@ -190,6 +191,14 @@ fn samples() -> Vec<Envelope> {
             user_id: id(1),
             status: Presence::Offline,
         },
+        Event::AccountStatusChanged {
+            user_id: id(2),
+            status: AccountStatus::Blocked,
+        },
+        Event::AccountStatusChanged {
+            user_id: id(2),
+            status: AccountStatus::Deleted,
+        },
         Event::MessageDelivered {
             message_id: id(30),
             conversation_id: id(31),
@@ -352,6 +361,7 @@ fn variant(event: &Event) -> usize {
         Event::ChannelLeft { .. } => 20,
         Event::ChannelMessageSent { .. } => 21,
         Event::ChannelMessagesRead { .. } => 22,
+        Event::AccountStatusChanged { .. } => 23,
     }
 }
 
@@ -439,7 +449,7 @@ fn every_variant_round_trips() {
     let covered: BTreeSet<usize> = samples.iter().map(|e| variant(&e.event)).collect();
     assert_eq!(
         covered,
-        (0..23).collect(),
+        (0..24).collect(),
         "every Event variant has a sample"
     );
     for envelope in &samples {
@@ -643,6 +653,11 @@ fn hand_built(e: &Envelope) -> Vec<u8> {
         Event::PresenceChanged { user_id, status } => body.uuid(*user_id).long(match status {
             Presence::Online => 0,
             Presence::Offline => 1,
+        }),
+        Event::AccountStatusChanged { user_id, status } => body.uuid(*user_id).long(match status {
+            AccountStatus::Active => 0,
+            AccountStatus::Blocked => 1,
+            AccountStatus::Deleted => 2,
         }),
         Event::MessageDelivered {
             message_id,
@@ -866,7 +881,7 @@ fn fingerprints_are_distinct() {
     let all: Vec<[u8; 8]> = known_schemas().map(|(_, _, fp)| fp).collect();
     let distinct: BTreeSet<[u8; 8]> = all.iter().copied().collect();
     assert_eq!(all.len(), distinct.len());
-    assert_eq!(all.len(), 25);
+    assert_eq!(all.len(), 26);
 }
 
 fn schemas_dir() -> std::path::PathBuf {

@@ -153,6 +153,14 @@ fn stream_index(stream: Stream) -> u32 {
     Stream::ALL.iter().position(|s| *s == stream).unwrap_or(0) as u32
 }
 
+/// Counts a failed append (`missive_producer_errors_total`).
+fn producer_error(kind: &'static str) {
+    missive_telemetry::metrics()
+        .producer_errors
+        .with_label_values(&[kind])
+        .inc();
+}
+
 fn broker(action: &'static str) -> impl FnOnce(KafkaError) -> LogError {
     move |e| LogError::Broker {
         action,
@@ -468,11 +476,15 @@ impl EventLog for KafkaLog {
             match self.producer.send_result(future) {
                 Ok(delivery) => pending.push((topic, delivery)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    producer_error("queue_full");
                     return Err(LogError::Overloaded {
                         pending: pending.len(),
                     });
                 }
-                Err((e, _)) => return Err(broker("enqueueing a record")(e)),
+                Err((e, _)) => {
+                    producer_error("enqueue");
+                    return Err(broker("enqueueing a record")(e));
+                }
             }
         }
         let mut positions = Vec::with_capacity(pending.len());
@@ -481,7 +493,10 @@ impl EventLog for KafkaLog {
                 Ok(Ok(d)) => {
                     positions.extend(self.position(topic, d.partition, d.offset));
                 }
-                Ok(Err((e, _))) => return Err(broker("delivering a record")(e)),
+                Ok(Err((e, _))) => {
+                    producer_error("delivery");
+                    return Err(broker("delivering a record")(e));
+                }
                 Err(_) => return Err(LogError::Closed),
             }
         }
@@ -572,6 +587,7 @@ impl EventLog for KafkaLog {
             }
             let consumer: StreamConsumer<SeekOnAssign> = config
                 .create_with_context(SeekOnAssign {
+                    group: group.clone(),
                     pending: pending.clone(),
                     assigned: assigned.clone(),
                     revoked: revoked.clone(),
@@ -601,6 +617,8 @@ type PendingSeeks = Arc<Mutex<HashMap<(String, i32), i64>>>;
 /// offsets (seeking a partition inside the rebalance callback can fail: it is not fetching
 /// yet).
 struct SeekOnAssign {
+    /// The consumer group, for the rebalance metric.
+    group: String,
     pending: PendingSeeks,
     /// Every partition assigned since [`LogConsumer::take_assigned`] last took them.
     assigned: Arc<Mutex<Vec<(String, i32)>>>,
@@ -627,6 +645,10 @@ impl ConsumerContext for SeekOnAssign {
         let Rebalance::Assign(assigned) = rebalance else {
             return;
         };
+        missive_telemetry::metrics()
+            .kafka_rebalances
+            .with_label_values(&[&self.group])
+            .inc();
         let mut pending = self.pending.lock();
         let mut wanted = TopicPartitionList::new();
         let mut any = false;

@@ -48,6 +48,11 @@ pub fn project(envelope: &Envelope, position: Position) -> Vec<Change> {
             display_name: display_name.clone(),
             version,
         }],
+        Event::AccountStatusChanged { user_id, status } => vec![Change::SetAccountStatus {
+            user_id: *user_id,
+            status: *status,
+            version,
+        }],
         Event::PresenceChanged { user_id, status } => vec![Change::SetPresence {
             user_id: *user_id,
             online: *status == Presence::Online,
@@ -352,12 +357,20 @@ pub fn project_batch(projection: &str, records: &[StoredRecord]) -> ProjectedBat
     let mut changes = Vec::with_capacity(records.len() * 2);
     let mut dead = Vec::new();
     let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    let m = metrics();
+    if !records.is_empty() {
+        m.projector_batch_records
+            .with_label_values(&[projection])
+            .observe(records.len() as f64);
+    }
     for record in records {
         next.insert(record.position.partition, record.position.offset + 1);
+        m.events_consumed
+            .with_label_values(&[projection, record.stream.name(), &record.event_type])
+            .inc();
         match missive_events::decode(&record.payload) {
             Ok(envelope) => {
-                metrics()
-                    .projector_events
+                m.projector_events
                     .with_label_values(&[projection, envelope.event_type()])
                     .inc();
                 changes.extend(project(&envelope, record.position));

@@ -653,6 +653,11 @@ impl ReadStore for Faulty {
     async fn online_users(&self) -> missive_store::Result<Vec<Uuid>> {
         self.inner.online_users().await
     }
+    async fn restricted_accounts(
+        &self,
+    ) -> missive_store::Result<Vec<(Uuid, missive_store::AccountStatus)>> {
+        self.inner.restricted_accounts().await
+    }
     async fn server(&self, id: Uuid) -> missive_store::Result<Option<missive_store::Server>> {
         self.inner.server(id).await
     }

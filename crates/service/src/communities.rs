@@ -267,6 +267,8 @@ impl Service {
     pub async fn invite(&self, actor: Actor, server_id: Uuid, invitee: Uuid) -> Result<Invited> {
         let _guard = self.locks.lock(&server_key(server_id)).await;
         self.catch_up().await?;
+        self.check_actor(actor.user_id)?;
+        self.check_reachable(invitee)?;
         let server = self.store.server(server_id).await?;
         let actor_membership = self.membership_of(server_id, actor.user_id).await?;
         let invitee_membership = if self.store.user(invitee).await?.is_some() {

@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use missive_domain::friends::FriendCommand;
 use missive_domain::messages::{Deliverable, Send, SendState, Visible};
 use missive_domain::{DomainError, FriendshipState};
-use missive_events::{DeleteScope, Envelope, Event, Presence, codec};
+use missive_events::{AccountStatus, DeleteScope, Envelope, Event, Presence, codec};
 use missive_log::{EventLog, LogError, Position, Record};
 use missive_projector::Progress;
 use missive_store::{
@@ -189,6 +189,42 @@ pub struct Service {
     /// The log's end when the service started: decisions wait until it is projected.
     startup_end: Vec<Position>,
     caught_up: AtomicBool,
+    /// Accounts that are not active (blocked or deleted): read from the read models at start,
+    /// then kept current by [`Service::note_account`] (this process's own changes, and those
+    /// the gateway sees in the log).
+    restricted: parking_lot::RwLock<Standings>,
+}
+
+/// The accounts that are not active, as this process knows them.
+#[derive(Debug, Default)]
+struct Standings {
+    restricted: HashMap<Uuid, AccountStatus>,
+    /// Users whose standing changed since start: newer than anything read at start-up.
+    noted: std::collections::HashSet<Uuid>,
+}
+
+impl Standings {
+    fn note(&mut self, user: Uuid, status: AccountStatus) {
+        self.noted.insert(user);
+        if self.restricted.get(&user) == Some(&AccountStatus::Deleted) {
+            return;
+        }
+        match status {
+            AccountStatus::Active => self.restricted.remove(&user),
+            other => self.restricted.insert(user, other),
+        };
+    }
+
+    /// Replaces what was read at start by `all`, keeping what changed since.
+    fn reload(&mut self, all: Vec<(Uuid, AccountStatus)>) {
+        let noted = &self.noted;
+        self.restricted.retain(|user, _| noted.contains(user));
+        for (user, status) in all {
+            if !self.noted.contains(&user) {
+                self.restricted.insert(user, status);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Service {
@@ -217,6 +253,10 @@ impl Service {
         config: Config,
     ) -> Result<Self> {
         let startup_end = log.end_positions().await?;
+        let restricted = Standings {
+            restricted: store.restricted_accounts().await?.into_iter().collect(),
+            noted: Default::default(),
+        };
         Ok(Service {
             log,
             store,
@@ -226,7 +266,68 @@ impl Service {
             claims: Mutex::new(Claims::default()),
             startup_end,
             caught_up: AtomicBool::new(false),
+            restricted: parking_lot::RwLock::new(restricted),
         })
+    }
+
+    // ----- account standing -----
+
+    /// Records an account's standing as the log says it changed (a deletion is never undone).
+    pub fn note_account(&self, user: Uuid, status: AccountStatus) {
+        self.restricted.write().note(user, status);
+    }
+
+    /// The account's standing as this process knows it.
+    pub fn standing(&self, user: Uuid) -> AccountStatus {
+        self.restricted
+            .read()
+            .restricted
+            .get(&user)
+            .copied()
+            .unwrap_or(AccountStatus::Active)
+    }
+
+    /// Refuses a blocked or deleted actor.
+    pub fn check_actor(&self, user: Uuid) -> Result<()> {
+        match self.standing(user) {
+            AccountStatus::Active => Ok(()),
+            AccountStatus::Blocked => Err(DomainError::AccountBlocked.into()),
+            AccountStatus::Deleted => Err(DomainError::AccountDeleted.into()),
+        }
+    }
+
+    /// Refuses to reach (message, befriend, invite) a blocked or deleted account.
+    pub fn check_reachable(&self, user: Uuid) -> Result<()> {
+        match self.standing(user) {
+            AccountStatus::Active => Ok(()),
+            _ => Err(DomainError::RecipientUnavailable(user).into()),
+        }
+    }
+
+    /// An operator blocks, unblocks or deletes `user`'s account; returns the account after.
+    /// Deleting an account that holds personal data is final.
+    pub async fn set_account_status(
+        &self,
+        operator: Actor,
+        user: Uuid,
+        status: AccountStatus,
+    ) -> Result<(User, Option<Position>)> {
+        let _guard = self.locks.lock(&format!("user:{user}")).await;
+        self.catch_up().await?;
+        let current = self.store.user(user).await?;
+        let events = missive_domain::users::decide_account_status(
+            current.as_ref().map(|u| u.account),
+            user,
+            status,
+        )?;
+        let position = self.append_and_project(operator, events).await?;
+        self.note_account(user, status);
+        let after = self
+            .store
+            .user(user)
+            .await?
+            .ok_or(ServiceError::Domain(DomainError::UserNotFound(user)))?;
+        Ok((after, position))
     }
 
     /// Waits until the event at `position` is applied to the read models, at most `timeout`.
@@ -287,6 +388,15 @@ impl Service {
         }
         let done = self.wait_for_ends(&self.startup_end, wait).await;
         if done {
+            // The standings read at start may predate the read models (a rebuild): read
+            // again now that they hold the log as it was then.
+            match self.store.restricted_accounts().await {
+                Ok(all) => self.restricted.write().reload(all),
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the restricted accounts; retrying");
+                    return false;
+                }
+            }
             self.caught_up.store(true, Ordering::Release);
         }
         done
@@ -338,6 +448,21 @@ impl Service {
     ) -> Result<Vec<Position>> {
         if events.is_empty() {
             return Ok(Vec::new());
+        }
+        // Every command of a blocked or deleted user ends here, refused; going offline and an
+        // operator's decisions are not the user's commands.
+        let own = events.iter().any(|e| {
+            !matches!(
+                e,
+                Event::AccountStatusChanged { .. }
+                    | Event::PresenceChanged {
+                        status: Presence::Offline,
+                        ..
+                    }
+            )
+        });
+        if own {
+            self.check_actor(actor.user_id)?;
         }
         let mut records = Vec::with_capacity(events.len());
         for event in events {
@@ -474,6 +599,10 @@ impl Service {
             .lock(&missive_events::ids::pair_key(actor.user_id, other))
             .await;
         self.catch_up().await?;
+        if matches!(command, FriendCommand::Request | FriendCommand::Accept) {
+            self.check_actor(actor.user_id)?;
+            self.check_reachable(other)?;
+        }
         if self.store.user(actor.user_id).await?.is_none() {
             return Err(DomainError::Forbidden(
                 "your account does not exist on this server; register first",
@@ -579,6 +708,8 @@ impl Service {
         let max = self.config.max_text_chars;
         missive_domain::messages::validate_text(text, max)?;
         self.await_startup().await?;
+        self.check_actor(actor.user_id)?;
+        self.check_reachable(peer)?;
         // Friends always exist, so the common case costs one read; only a refusal needs to
         // know whether the peer exists at all (404 rather than 403).
         let (recipient_exists, friendship) = if peer == actor.user_id {

@@ -13,7 +13,8 @@ use missive_log::Position;
 use uuid::Uuid;
 
 use crate::{
-    Change, FriendshipState, HistoryQuery, MessageStatus, ReadStore, Relation, StoreError,
+    AccountStatus, Change, FriendshipState, HistoryQuery, MessageStatus, ReadStore, Relation,
+    StoreError, deleted_username,
 };
 
 const P: &str = "contract";
@@ -318,6 +319,126 @@ pub async fn users_profiles_and_presence(store: Arc<dyn ReadStore>) {
         store.online_users().await.expect("online users"),
         vec![s.bob]
     );
+}
+
+/// Blocking and unblocking are ordered by version; deletion is final, scrubs the profile and
+/// frees the username; restricted accounts are listed; re-applying changes nothing.
+pub async fn account_standing(store: Arc<dyn ReadStore>) {
+    let s = scene();
+    store
+        .apply(P, users(&s), vec![pos(3)])
+        .await
+        .expect("apply");
+    let standing = |id| {
+        let store = store.clone();
+        async move { store.user(id).await.expect("user").expect("found").account }
+    };
+    let restricted = || {
+        let store = store.clone();
+        async move {
+            let mut all = store.restricted_accounts().await.expect("restricted");
+            all.sort_by_key(|(id, _)| *id);
+            all
+        }
+    };
+    assert_eq!(standing(s.bob).await, AccountStatus::Active);
+    assert!(restricted().await.is_empty());
+
+    let blocks = vec![
+        Change::SetAccountStatus {
+            user_id: s.bob,
+            status: AccountStatus::Blocked,
+            version: 10,
+        },
+        // Older: must not win.
+        Change::SetAccountStatus {
+            user_id: s.bob,
+            status: AccountStatus::Active,
+            version: 9,
+        },
+    ];
+    store.apply(P, blocks, vec![pos(10)]).await.expect("apply");
+    assert_eq!(standing(s.bob).await, AccountStatus::Blocked);
+    assert_eq!(restricted().await, vec![(s.bob, AccountStatus::Blocked)]);
+    let unblock = Change::SetAccountStatus {
+        user_id: s.bob,
+        status: AccountStatus::Active,
+        version: 11,
+    };
+    store
+        .apply(P, vec![unblock.clone()], vec![pos(11)])
+        .await
+        .expect("apply");
+    assert_eq!(standing(s.bob).await, AccountStatus::Active);
+    assert!(restricted().await.is_empty());
+
+    let delete = Change::SetAccountStatus {
+        user_id: s.alice,
+        status: AccountStatus::Deleted,
+        version: 20,
+    };
+    store
+        .apply(P, vec![delete.clone()], vec![pos(20)])
+        .await
+        .expect("apply");
+    let alice = store.user(s.alice).await.expect("user").expect("found");
+    assert_eq!(alice.account, AccountStatus::Deleted);
+    assert_eq!(alice.username, deleted_username(s.alice));
+    assert_eq!(alice.display_name, "");
+    assert!(
+        store
+            .user_by_username("alice")
+            .await
+            .expect("lookup")
+            .is_none(),
+        "a deleted account's username is free"
+    );
+    assert_eq!(restricted().await, vec![(s.alice, AccountStatus::Deleted)]);
+
+    // Someone else takes the name.
+    let dave = Uuid::now_v7();
+    let dave_joins = Change::AddUser {
+        user_id: dave,
+        username: "alice".into(),
+        display_name: "Dave".into(),
+        registered_at: t(100),
+    };
+    store
+        .apply(P, vec![dave_joins.clone()], vec![pos(21)])
+        .await
+        .expect("apply");
+    let before = snapshot(store.as_ref(), &[s.alice, s.bob, s.carol, dave]).await;
+
+    // Everything again, and later attempts to revive or rename the deleted account.
+    let mut again = users(&s);
+    again.push(Change::SetDisplayName {
+        user_id: s.alice,
+        display_name: "back".into(),
+        version: 15,
+    });
+    again.push(delete);
+    again.push(Change::SetAccountStatus {
+        user_id: s.alice,
+        status: AccountStatus::Active,
+        version: 30,
+    });
+    again.push(unblock);
+    again.push(dave_joins);
+    store.apply(P, again, vec![pos(30)]).await.expect("apply");
+    assert_eq!(
+        snapshot(store.as_ref(), &[s.alice, s.bob, s.carol, dave]).await,
+        before
+    );
+    assert_eq!(
+        store
+            .user_by_username("ALICE")
+            .await
+            .expect("lookup")
+            .expect("found")
+            .id,
+        dave
+    );
+    assert_eq!(restricted().await, vec![(s.alice, AccountStatus::Deleted)]);
 }
 
 /// Friendship states and the friend list as each side sees it.

@@ -173,6 +173,10 @@ pub trait ReadStore: Send + Sync + 'static {
     /// start-up (a process that died left its users online), not for requests.
     async fn online_users(&self) -> Result<Vec<Uuid>>;
 
+    /// Every account that is not active (blocked or deleted), with its standing: few, read
+    /// whole at start-up so commands check standing without a read each.
+    async fn restricted_accounts(&self) -> Result<Vec<(Uuid, AccountStatus)>>;
+
     // ----- servers (communities) -----
 
     async fn server(&self, id: Uuid) -> Result<Option<Server>>;

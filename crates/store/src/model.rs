@@ -14,6 +14,16 @@ pub struct User {
     pub online: bool,
     /// When the user was last seen online (the time of their latest presence change).
     pub last_seen: Option<DateTime<Utc>>,
+    /// The account's standing (active, blocked by an operator, or deleted).
+    pub account: AccountStatus,
+}
+
+pub use missive_events::AccountStatus;
+
+/// The username a deleted account is listed under: its personal data is gone, and the name it
+/// had is free again. Longer than any username may be, so it never collides with one.
+pub fn deleted_username(user_id: Uuid) -> String {
+    format!("deleted-{}", user_id.simple())
 }
 
 pub use missive_domain::FriendshipState;
@@ -130,6 +140,14 @@ pub enum Change {
     SetDisplayName {
         user_id: Uuid,
         display_name: String,
+        version: u64,
+    },
+    /// Sets the account's standing if `version` is newer and the account is not deleted.
+    /// Deleting also scrubs the profile: the username becomes [`deleted_username`] (freeing the
+    /// old one) and the display name empty, for good (no older profile change applies after).
+    SetAccountStatus {
+        user_id: Uuid,
+        status: AccountStatus,
         version: u64,
     },
     /// Sets presence if `version` is newer; `last_seen` only moves forward.

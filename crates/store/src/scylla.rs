@@ -54,6 +54,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_delivery.cql"),
     migration!(3, "0003_communities.cql"),
     migration!(4, "0004_analytics.cql"),
+    migration!(5, "0005_user_keys.cql"),
+    migration!(6, "0006_accounts.cql"),
 ];
 
 /// How the keyspace is replicated.

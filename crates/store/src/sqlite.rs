@@ -27,16 +27,16 @@ use uuid::Uuid;
 mod communities;
 
 use crate::{
-    Change, Channel, ChannelMessage, ChannelSummary, Conversation, FeedPage, FriendEntry,
-    FriendshipState, HistoryQuery, Invitation, Message, MessageStatus, Page, Post, ReadStore,
-    Relation, Result, Server, ServerRole, ServerSearch, StoreError, User, UserServer,
-    conversation_cursor, ordered, page, parse_conversation_cursor, parse_pending_cursor,
-    pending_cursor,
+    AccountStatus, Change, Channel, ChannelMessage, ChannelSummary, Conversation, FeedPage,
+    FriendEntry, FriendshipState, HistoryQuery, Invitation, Message, MessageStatus, Page, Post,
+    ReadStore, Relation, Result, Server, ServerRole, ServerSearch, StoreError, User, UserServer,
+    conversation_cursor, deleted_username, ordered, page, parse_conversation_cursor,
+    parse_pending_cursor, pending_cursor,
 };
 
 /// The read-model schema's version (`PRAGMA user_version`). A store written with another
 /// version is dropped and rebuilt from the log: read models hold nothing the log does not.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 const TABLES: [&str; 8] = [
     "users",
     "friendships",
@@ -58,8 +58,11 @@ CREATE TABLE IF NOT EXISTS users (
     profile_version  INTEGER NOT NULL DEFAULT -1,
     online           INTEGER NOT NULL DEFAULT 0,
     last_seen        INTEGER,
-    presence_version INTEGER NOT NULL DEFAULT -1
+    presence_version INTEGER NOT NULL DEFAULT -1,
+    account          INTEGER NOT NULL DEFAULT 0,
+    account_version  INTEGER NOT NULL DEFAULT -1
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS users_restricted ON users (account) WHERE account <> 0;
 CREATE TABLE IF NOT EXISTS friendships (
     user_lo   BLOB NOT NULL,
     user_hi   BLOB NOT NULL,
@@ -384,6 +387,29 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
             )
             .and_then(|mut s| s.execute(params![user_id, display_name, *version as i64]))
             .map_err(sql("updating a display name"))?;
+        }
+        Change::SetAccountStatus {
+            user_id,
+            status,
+            version,
+        } => {
+            let code = account_code(*status);
+            tx.prepare_cached(
+                "UPDATE users SET account = ?2, account_version = ?3
+                 WHERE user_id = ?1 AND account_version < ?3 AND account <> 2",
+            )
+            .and_then(|mut s| s.execute(params![user_id, code, *version as i64]))
+            .map_err(sql("setting an account's standing"))?;
+            if *status == AccountStatus::Deleted {
+                let placeholder = deleted_username(*user_id);
+                tx.prepare_cached(
+                    "UPDATE users SET username = ?2, username_key = ?2, display_name = '',
+                         profile_version = MAX(profile_version, ?3)
+                     WHERE user_id = ?1 AND account = 2",
+                )
+                .and_then(|mut s| s.execute(params![user_id, placeholder, *version as i64]))
+                .map_err(sql("scrubbing a deleted account"))?;
+            }
         }
         Change::SetPresence {
             user_id,
@@ -790,8 +816,33 @@ fn recount_unread(
     Ok(())
 }
 
+/// How many columns [`USER_COLUMNS`] names.
+const USER_COLUMN_COUNT: usize = 7;
 const USER_COLUMNS: &str =
-    "u.user_id, u.username, u.display_name, u.registered_at, u.online, u.last_seen";
+    "u.user_id, u.username, u.display_name, u.registered_at, u.online, u.last_seen, u.account";
+
+/// How `users.account` stores a standing.
+fn account_code(status: AccountStatus) -> i64 {
+    match status {
+        AccountStatus::Active => 0,
+        AccountStatus::Blocked => 1,
+        AccountStatus::Deleted => 2,
+    }
+}
+
+#[test]
+fn user_column_count_matches_the_columns() {
+    assert_eq!(USER_COLUMNS.split(',').count(), USER_COLUMN_COUNT);
+}
+
+fn account_from_code(code: i64) -> rusqlite::Result<AccountStatus> {
+    match code {
+        0 => Ok(AccountStatus::Active),
+        1 => Ok(AccountStatus::Blocked),
+        2 => Ok(AccountStatus::Deleted),
+        other => Err(rusqlite::Error::IntegralValueOutOfRange(0, other)),
+    }
+}
 
 fn user_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<User> {
     Ok(User {
@@ -804,6 +855,7 @@ fn user_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<User> {
             .get::<_, Option<i64>>(at + 5)?
             .map(from_micros)
             .transpose()?,
+        account: account_from_code(r.get(at + 6)?)?,
     })
 }
 
@@ -995,14 +1047,15 @@ impl ReadStore for SqliteStore {
                 .query_map(
                     params![user, before_at, before_id, (limit + 1) as i64],
                     |r| {
-                        let has_last: bool = r.get(9)?;
+                        // After the three columns and the user's: whether there is a last message, then it.
+                        let has_last: bool = r.get(3 + USER_COLUMN_COUNT)?;
                         Ok(Conversation {
                             conversation_id: r.get(0)?,
                             unread_count: r.get::<_, i64>(1)?.max(0) as u64,
                             last_activity_at: from_micros(r.get(2)?)?,
                             peer: user_from_row(r, 3)?,
                             last_message: if has_last {
-                                Some(message_from_row(r, 10)?)
+                                Some(message_from_row(r, 4 + USER_COLUMN_COUNT)?)
                             } else {
                                 None
                             },
@@ -1248,6 +1301,17 @@ impl ReadStore for SqliteStore {
                         .collect::<rusqlite::Result<Vec<Uuid>>>()
                 })
                 .map_err(sql("listing online users"))
+        })
+    }
+
+    async fn restricted_accounts(&self) -> Result<Vec<(Uuid, AccountStatus)>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT user_id, account FROM users WHERE account <> 0")
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, account_from_code(r.get(1)?)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(sql("listing restricted accounts"))
         })
     }
 

@@ -115,6 +115,7 @@ mod scylla_contract {
     }
 
     contract_test!(users_profiles_and_presence);
+    contract_test!(account_standing);
     contract_test!(friendships);
     contract_test!(messages_unread_and_deletes);
     contract_test!(pagination);

@@ -11,6 +11,15 @@
 //! | `missive_projector_batch_seconds` | histogram | `projection` | time to apply one batch |
 //! | `missive_projector_position` | gauge | `projection`, `partition` | next offset to apply |
 //! | `missive_projector_lag` | gauge | `projection`, `partition` | events appended but not applied |
+//! | `missive_ws_sessions` | gauge | | WebSocket sessions open |
+//! | `missive_ws_pushes_total` | counter | `frame` | frames queued for sessions |
+//! | `missive_ws_sessions_closed_total` | counter | `reason` | sessions ended (client, heartbeat, too_slow, shutdown, ...) |
+//! | `missive_notifications_total` | counter | `outcome` | offline notifications requested or coalesced |
+//! | `missive_rate_limited_total` | counter | `scope` | commands refused with 429 (`user`, `ip`) |
+//! | `missive_events_consumed_total` | counter | `consumer`, `topic`, `event_type` | events a projection read (topic: the stream) |
+//! | `missive_projector_batch_records` | histogram | `projection` | records per applied batch |
+//! | `missive_producer_errors_total` | counter | `kind` | failed Kafka appends (`queue_full`, `enqueue`, `delivery`) |
+//! | `missive_kafka_rebalances_total` | counter | `group` | partition assignments received (one per rebalance) |
 
 use std::sync::LazyLock;
 
@@ -35,6 +44,11 @@ pub struct Metrics {
     pub ws_pushes: IntCounterVec,
     pub ws_closed: IntCounterVec,
     pub notifications: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub events_consumed: IntCounterVec,
+    pub projector_batch_records: HistogramVec,
+    pub producer_errors: IntCounterVec,
+    pub kafka_rebalances: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -166,6 +180,39 @@ impl Metrics {
                 "missive_notifications_total",
                 "Messages for users without a live session: requested as push notifications, or suppressed by the per-conversation interval.",
                 &["outcome"],
+            ),
+            rate_limited: counter(
+                r,
+                "missive_rate_limited_total",
+                "Commands refused with 429 by the rate limiter, by the limit that refused them (user, ip).",
+                &["scope"],
+            ),
+            events_consumed: counter(
+                r,
+                "missive_events_consumed_total",
+                "Events a consumer (projection) read from the log, by stream (topic without its prefix) and event type.",
+                &["consumer", "topic", "event_type"],
+            ),
+            projector_batch_records: histogram(
+                r,
+                "missive_projector_batch_records",
+                "Records per batch a projection applied.",
+                &["projection"],
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+                ],
+            ),
+            producer_errors: counter(
+                r,
+                "missive_producer_errors_total",
+                "Appends to Kafka that failed, by kind (queue_full, enqueue, delivery).",
+                &["kind"],
+            ),
+            kafka_rebalances: counter(
+                r,
+                "missive_kafka_rebalances_total",
+                "Partition assignments this process's Kafka consumers received (one per rebalance), by consumer group.",
+                &["group"],
             ),
             registry,
         }

@@ -58,11 +58,11 @@ use uuid::Uuid;
 
 use super::{MIGRATIONS, ScyllaConfig};
 use crate::{
-    Change, Channel, ChannelMessage, ChannelSummary, Conversation, FeedPage, FriendEntry,
-    FriendshipState, HistoryQuery, Invitation, Message, MessageStatus, Page, Post, ReadStore,
-    Relation, Result, Server, ServerRole, ServerSearch, StoreError, User, UserServer,
-    conversation_cursor, ordered, page, parse_conversation_cursor, parse_pending_cursor,
-    pending_cursor,
+    AccountStatus, Change, Channel, ChannelMessage, ChannelSummary, Conversation, FeedPage,
+    FriendEntry, FriendshipState, HistoryQuery, Invitation, Message, MessageStatus, Page, Post,
+    ReadStore, Relation, Result, Server, ServerRole, ServerSearch, StoreError, User, UserServer,
+    conversation_cursor, deleted_username, ordered, page, parse_conversation_cursor,
+    parse_pending_cursor, pending_cursor,
 };
 
 /// History buckets: 10 days of send time, in microseconds.
@@ -206,8 +206,20 @@ statements! {
         VALUES (?, ?, ?) USING TIMESTAMP ?";
     CHECKPOINTS_GET = "SELECT log_partition, next_offset FROM checkpoints WHERE projection = ?";
 
-    USER_GET = "SELECT username, display_name, registered_at_us, online, last_seen_us \
+    USER_GET = "SELECT username, display_name, registered_at_us, online, last_seen_us, account \
         FROM users WHERE user_id = ?";
+    USER_ACCOUNT_SET = "UPDATE users USING TIMESTAMP ? SET account = ? WHERE user_id = ?";
+    /// Deletion's scrub of the profile, at 2^50.
+    USER_SCRUB = "UPDATE users USING TIMESTAMP ? SET username = ?, display_name = '' \
+        WHERE user_id = ?";
+    USERNAME_RELEASE = "DELETE FROM users_by_username USING TIMESTAMP ? \
+        WHERE username_key = ? AND registered_at_us = ? AND user_id = ?";
+    /// `bucket` is always 0 (one partition).
+    RESTRICTED_SET = "INSERT INTO restricted_accounts (bucket, user_id, status) \
+        VALUES (?, ?, ?) USING TIMESTAMP ?";
+    RESTRICTED_CLEAR = "DELETE FROM restricted_accounts USING TIMESTAMP ? \
+        WHERE bucket = ? AND user_id = ?";
+    RESTRICTED_ALL = "SELECT user_id, status FROM restricted_accounts WHERE bucket = ?";
     USER_ADD = "INSERT INTO users (user_id, username, display_name, registered_at_us) \
         VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
     USER_NAME_SET = "UPDATE users USING TIMESTAMP ? SET display_name = ? WHERE user_id = ?";
@@ -1222,6 +1234,11 @@ impl<'a> Applying<'a> {
                 (at_offset(*version), display_name.clone(), *user_id),
                 "updating a display name",
             ),
+            Change::SetAccountStatus {
+                user_id,
+                status,
+                version,
+            } => self.set_account(*user_id, *status, *version).await?,
             Change::SetPresence {
                 user_id,
                 online,
@@ -1649,6 +1666,83 @@ impl<'a> Applying<'a> {
         Ok(())
     }
 
+    /// Sets an account's standing (see `projections/0006_accounts.cql`). Deletion first frees
+    /// the account's username, read from its row once every write before it in this apply is
+    /// done, and only then scrubs the row: a redelivery after a crash between the two finds the
+    /// old name still there and frees it again.
+    async fn set_account(
+        &mut self,
+        user_id: Uuid,
+        status: AccountStatus,
+        version: u64,
+    ) -> Result<()> {
+        let st = &self.store.inner.st;
+        let code = account_code(status);
+        match status {
+            AccountStatus::Deleted => {
+                self.flush().await?;
+                let row = self
+                    .store
+                    .first::<UserRow>(&st.USER_GET, (user_id,), "reading a deleted account")
+                    .await?;
+                let placeholder = deleted_username(user_id);
+                if let Some((Some(username), _, Some(registered_us), ..)) = row
+                    && username != placeholder
+                {
+                    self.store
+                        .write(
+                            &st.USERNAME_RELEASE,
+                            (DELETED_TS, username.to_lowercase(), registered_us, user_id),
+                            "freeing a deleted account's username",
+                        )
+                        .await?;
+                }
+                self.push(
+                    &st.USER_SCRUB,
+                    (DELETED_TS, placeholder, user_id),
+                    "scrubbing a deleted account",
+                );
+                self.push(
+                    &st.USER_ACCOUNT_SET,
+                    (DELETED_TS, code, user_id),
+                    "setting an account's standing",
+                );
+                self.push(
+                    &st.RESTRICTED_SET,
+                    (RESTRICTED_BUCKET, user_id, code, DELETED_TS),
+                    "listing a restricted account",
+                );
+            }
+            AccountStatus::Blocked => {
+                let ts = at_offset(version);
+                self.push(
+                    &st.USER_ACCOUNT_SET,
+                    (ts, code, user_id),
+                    "setting an account's standing",
+                );
+                self.push(
+                    &st.RESTRICTED_SET,
+                    (RESTRICTED_BUCKET, user_id, code, ts),
+                    "listing a restricted account",
+                );
+            }
+            AccountStatus::Active => {
+                let ts = at_offset(version);
+                self.push(
+                    &st.USER_ACCOUNT_SET,
+                    (ts, code, user_id),
+                    "setting an account's standing",
+                );
+                self.push(
+                    &st.RESTRICTED_CLEAR,
+                    (ts, RESTRICTED_BUCKET, user_id),
+                    "unlisting a restricted account",
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Runs every pending write: each conversation's message batches one at a time in log
     /// order, stopping at its first failure; everything else at most [`WRITES_IN_FLIGHT`] at
     /// once. Waits for all of them, even after a failure, so that nothing is still in flight
@@ -1732,7 +1826,7 @@ struct PartitionScan {
 /// A user from their row; `None` for a row without a registration (a profile or presence change
 /// of a user never registered here).
 fn user_from_row(id: Uuid, row: UserRow) -> Result<Option<User>> {
-    let (username, display_name, registered_at, online, last_seen) = row;
+    let (username, display_name, registered_at, online, last_seen, account) = row;
     let (Some(username), Some(registered_at)) = (username, registered_at) else {
         return Ok(None);
     };
@@ -1743,6 +1837,7 @@ fn user_from_row(id: Uuid, row: UserRow) -> Result<Option<User>> {
         registered_at: from_micros(registered_at)?,
         online: online.unwrap_or(false),
         last_seen: last_seen.map(from_micros).transpose()?,
+        account: account_from_code(account)?,
     }))
 }
 
@@ -2214,7 +2309,31 @@ type UserRow = (
     Option<i64>,
     Option<bool>,
     Option<i64>,
+    Option<i32>,
 );
+
+/// The one partition of `restricted_accounts`.
+const RESTRICTED_BUCKET: i32 = 0;
+
+/// How `users.account` and `restricted_accounts.status` store a standing (null: active).
+fn account_code(status: AccountStatus) -> i32 {
+    match status {
+        AccountStatus::Active => 0,
+        AccountStatus::Blocked => 1,
+        AccountStatus::Deleted => 2,
+    }
+}
+
+fn account_from_code(code: Option<i32>) -> Result<AccountStatus> {
+    match code {
+        None | Some(0) => Ok(AccountStatus::Active),
+        Some(1) => Ok(AccountStatus::Blocked),
+        Some(2) => Ok(AccountStatus::Deleted),
+        Some(other) => Err(StoreError::Corrupt(format!(
+            "account standing {other} is not 0, 1 or 2"
+        ))),
+    }
+}
 
 #[async_trait]
 impl ReadStore for ScyllaStore {
@@ -2634,6 +2753,25 @@ impl ReadStore for ScyllaStore {
         }
     }
 
+    async fn restricted_accounts(&self) -> Result<Vec<(Uuid, AccountStatus)>> {
+        const ACTION: &str = "listing restricted accounts";
+        let rows: Vec<(Uuid, Option<i32>)> = self
+            .inner
+            .session
+            .execute_iter(self.st().RESTRICTED_ALL.clone(), (RESTRICTED_BUCKET,))
+            .await
+            .map_err(pager_err(ACTION))?
+            .rows_stream::<(Uuid, Option<i32>)>()
+            .map_err(|e| e.to_string())
+            .map_err(shape_err(ACTION))?
+            .map_err(row_err(ACTION))
+            .try_collect()
+            .await?;
+        rows.into_iter()
+            .map(|(id, code)| Ok((id, account_from_code(code)?)))
+            .collect()
+    }
+
     async fn online_users(&self) -> Result<Vec<Uuid>> {
         const ACTION: &str = "listing online users";
         let mut online: Vec<Uuid> = self
@@ -2831,7 +2969,11 @@ fn read_model_tables() -> Vec<String> {
             rest.split(|c: char| !(c.is_alphanumeric() || c == '_'))
                 .next()
         })
-        .filter(|name| *name != "checkpoints" && !name.starts_with("analytics"))
+        // Not read models: checkpoints, the analytics rollups, and the users' keys (which
+        // the log does not hold and a rebuild must never touch).
+        .filter(|name| {
+            !matches!(*name, "checkpoints" | "user_keys") && !name.starts_with("analytics")
+        })
         .map(str::to_owned)
         .collect();
     tables.sort();
@@ -2851,6 +2993,8 @@ mod tests {
         }
         assert!(!tables.iter().any(|t| t == "checkpoints" || t == "says"));
         assert!(!tables.iter().any(|t| t.starts_with("analytics")));
+        assert!(!tables.iter().any(|t| t == "user_keys"));
+        assert!(tables.iter().any(|t| t == "restricted_accounts"));
     }
 
     #[test]
