@@ -442,6 +442,18 @@ struct Dispatch<'a> {
 impl Dispatch<'_> {
     /// Pushes one batch: claims it, builds the frames, queues them.
     async fn dispatch(&self, records: &[StoredRecord]) {
+        // Every API process learns of blocks and deletions here, whether it holds sessions or
+        // not (the service refuses a restricted user's commands from its memory).
+        for record in records
+            .iter()
+            .filter(|r| r.event_type == "AccountStatusChanged")
+        {
+            if let Ok(envelope) = missive_events::decode(&record.payload)
+                && let Event::AccountStatusChanged { user_id, status } = envelope.event
+            {
+                self.service.note_account(user_id, status);
+            }
+        }
         // Sessions that subscribe from here on read this batch's effects from the read models.
         let claimed = {
             let routes = self.gateway.routes.lock();
@@ -695,9 +707,7 @@ impl Dispatch<'_> {
                 }
             }
             Event::AccountStatusChanged { user_id, status } => {
-                // Every API process follows the log: each learns of blocks and deletions here.
-                self.service.note_account(*user_id, *status);
-                // A blocked or deleted user's sessions end; reconnecting is refused (403).
+                // Noted in `dispatch`, before any session is concerned. A blocked or deleted user's sessions end; reconnecting is refused (403).
                 if *status != missive_events::AccountStatus::Active && local(user_id) {
                     out.push(Out::Resync(*user_id));
                 }

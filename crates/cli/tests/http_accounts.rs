@@ -235,6 +235,58 @@ async fn accounts_are_blocked_unblocked_and_deleted_by_operators() {
     h.shutdown().await;
 }
 
+/// A second API process on the same log, holding no WebSocket session, learns of a block from
+/// the log (its gateway) and refuses the blocked user's commands too. On Kafka: several API
+/// processes writing to one embedded log is not a supported deployment.
+async fn other_api_processes_learn_of_blocks_from_the_log() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    h.befriend(&alice, &bob).await;
+    let other = h.start_companion(missive_cli::server::Role::Api).await;
+    let other_base = format!("http://{}", other.addr.expect("an API"));
+    let send_via_other = || async {
+        h.client
+            .post(format!(
+                "{other_base}/v1/conversations/direct/{}/messages",
+                alice.id
+            ))
+            .bearer_auth(&bob.token)
+            .json(&json!({ "text": "via the other process" }))
+            .send()
+            .await
+            .expect("send")
+    };
+    let sent = send_via_other().await;
+    assert_eq!(sent.status(), StatusCode::CREATED);
+    let op = operator(&h, &alice);
+    let blocked = admin(
+        &h,
+        &op,
+        Method::POST,
+        &format!("/v1/admin/users/{}/block", bob.id),
+    )
+    .await;
+    assert_eq!(blocked.status, StatusCode::OK, "{blocked:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let answer = send_via_other().await;
+        if answer.status() == StatusCode::FORBIDDEN {
+            let body: Value = answer.json().await.expect("json");
+            assert_eq!(body["error"]["code"], "account_blocked", "{body}");
+            break;
+        }
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other process never learnt of the block"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    other.shutdown().await.expect("the other process stops");
+    h.shutdown().await;
+}
+
 mod embedded {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn accounts_are_blocked_unblocked_and_deleted_by_operators() {
@@ -249,6 +301,16 @@ mod kafka {
             .scope(
                 crate::common::Backend::Kafka,
                 super::accounts_are_blocked_unblocked_and_deleted_by_operators(),
+            )
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn other_api_processes_learn_of_blocks_from_the_log() {
+        crate::common::BACKEND
+            .scope(
+                crate::common::Backend::Kafka,
+                super::other_api_processes_learn_of_blocks_from_the_log(),
             )
             .await
     }

@@ -365,8 +365,13 @@ pub fn project_batch(projection: &str, records: &[StoredRecord]) -> ProjectedBat
     }
     for record in records {
         next.insert(record.position.partition, record.position.offset + 1);
+        // The header names the type; one no schema knows is counted as `unknown` (bounded labels).
+        let event_type = match missive_events::codec::schema_version(&record.event_type) {
+            Some(_) => record.event_type.as_str(),
+            None => "unknown",
+        };
         m.events_consumed
-            .with_label_values(&[projection, record.stream.name(), &record.event_type])
+            .with_label_values(&[projection, record.stream.name(), event_type])
             .inc();
         match missive_events::decode(&record.payload) {
             Ok(envelope) => {

@@ -215,6 +215,14 @@ impl Standings {
         };
     }
 
+    /// Puts back a standing noted ahead of an append that failed.
+    fn restore(&mut self, user: Uuid, status: AccountStatus) {
+        match status {
+            AccountStatus::Active => self.restricted.remove(&user),
+            other => self.restricted.insert(user, other),
+        };
+    }
+
     /// Replaces what was read at start by `all`, keeping what changed since.
     fn reload(&mut self, all: Vec<(Uuid, AccountStatus)>) {
         let noted = &self.noted;
@@ -253,8 +261,16 @@ impl Service {
         config: Config,
     ) -> Result<Self> {
         let startup_end = log.end_positions().await?;
+        // Read again once the read models caught up (`startup_caught_up`), which commands wait
+        // for: a store unreachable now does not keep the process from starting.
         let restricted = Standings {
-            restricted: store.restricted_accounts().await?.into_iter().collect(),
+            restricted: match store.restricted_accounts().await {
+                Ok(all) => all.into_iter().collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the restricted accounts yet");
+                    HashMap::new()
+                }
+            },
             noted: Default::default(),
         };
         Ok(Service {
@@ -320,7 +336,20 @@ impl Service {
             user,
             status,
         )?;
-        let position = self.append_and_project(operator, events).await?;
+        // Restricting takes effect here before the event is even appended, so that no command
+        // of the user's lands after it in the log (other processes follow within their gateway's
+        // lag); undone if the append fails.
+        let before = self.standing(user);
+        if !events.is_empty() && status != AccountStatus::Active {
+            self.note_account(user, status);
+        }
+        let position = match self.append_and_project(operator, events).await {
+            Ok(position) => position,
+            Err(error) => {
+                self.restricted.write().restore(user, before);
+                return Err(error);
+            }
+        };
         self.note_account(user, status);
         let after = self
             .store

@@ -441,6 +441,52 @@ pub async fn account_standing(store: Arc<dyn ReadStore>) {
     assert_eq!(restricted().await, vec![(s.alice, AccountStatus::Deleted)]);
 }
 
+/// A name freed by a deletion ends with the next registration of it, whatever the order the
+/// two users' registrations and the deletion are applied in (they can sit in different log
+/// partitions, which a rebuild interleaves freely).
+pub async fn freed_usernames_in_any_order(store: Arc<dyn ReadStore>) {
+    let orders: [&[usize]; 3] = [&[0, 1, 2], &[1, 0, 2], &[0, 2, 1]];
+    for (n, order) in orders.into_iter().enumerate() {
+        let name = format!("reused{n}");
+        let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
+        let changes = [
+            Change::AddUser {
+                user_id: old,
+                username: name.clone(),
+                display_name: "Old".into(),
+                registered_at: t(1),
+            },
+            Change::AddUser {
+                user_id: new,
+                username: name.to_uppercase(),
+                display_name: "New".into(),
+                registered_at: t(5),
+            },
+            Change::SetAccountStatus {
+                user_id: old,
+                status: AccountStatus::Deleted,
+                version: 7,
+            },
+        ];
+        for &i in order {
+            store
+                .apply(P, vec![changes[i].clone()], vec![pos(10)])
+                .await
+                .expect("apply");
+        }
+        let owner = store
+            .user_by_username(&name)
+            .await
+            .expect("lookup")
+            .expect("the name has an owner");
+        assert_eq!(owner.id, new, "order {order:?}");
+        assert_eq!(owner.username, name.to_uppercase());
+        let gone = store.user(old).await.expect("user").expect("listed");
+        assert_eq!(gone.account, AccountStatus::Deleted, "order {order:?}");
+        assert_eq!(gone.username, deleted_username(old));
+    }
+}
+
 /// Friendship states and the friend list as each side sees it.
 pub async fn friendships(store: Arc<dyn ReadStore>) {
     let s = scene();

@@ -362,18 +362,33 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
                     ])
                 })
                 .map_err(sql("adding a user"))?;
-            if inserted == 0 {
-                let same: Option<Uuid> = tx
-                    .query_row(
-                        "SELECT user_id FROM users WHERE username_key = ?1",
-                        [username.to_lowercase()],
-                        |r| r.get(0),
-                    )
+            let exists = inserted > 0
+                || tx
+                    .query_row("SELECT 1 FROM users WHERE user_id = ?1", [user_id], |_| {
+                        Ok(())
+                    })
                     .optional()
-                    .map_err(sql("checking a username"))?;
-                if same.is_some_and(|id| id != *user_id) {
-                    tracing::error!(%user_id, %username, "username already belongs to another user; registration not projected");
-                }
+                    .map_err(sql("checking a user"))?
+                    .is_some();
+            if !exists {
+                // The name belongs to someone else here: the user exists all the same, waiting
+                // for the name (`taken:<id>`), so that projecting registrations and deletions of
+                // different log partitions in any order ends the same (see SetAccountStatus).
+                tracing::warn!(%user_id, %username, "username already belongs to another user; the user is listed without it");
+                tx.prepare_cached(
+                    "INSERT INTO users (user_id, username, username_key, display_name, registered_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        user_id,
+                        username,
+                        waiting_key(*user_id),
+                        display_name,
+                        micros(*registered_at)
+                    ])
+                })
+                .map_err(sql("adding a user"))?;
             }
         }
         Change::SetDisplayName {
@@ -383,7 +398,7 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
         } => {
             tx.prepare_cached(
                 "UPDATE users SET display_name = ?2, profile_version = ?3
-                 WHERE user_id = ?1 AND profile_version < ?3",
+                 WHERE user_id = ?1 AND profile_version < ?3 AND account <> 2",
             )
             .and_then(|mut s| s.execute(params![user_id, display_name, *version as i64]))
             .map_err(sql("updating a display name"))?;
@@ -402,6 +417,14 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
             .map_err(sql("setting an account's standing"))?;
             if *status == AccountStatus::Deleted {
                 let placeholder = deleted_username(*user_id);
+                let freed: Option<String> = tx
+                    .query_row(
+                        "SELECT username_key FROM users WHERE user_id = ?1",
+                        [user_id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(sql("reading a deleted account"))?;
                 tx.prepare_cached(
                     "UPDATE users SET username = ?2, username_key = ?2, display_name = '',
                          profile_version = MAX(profile_version, ?3)
@@ -409,6 +432,19 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
                 )
                 .and_then(|mut s| s.execute(params![user_id, placeholder, *version as i64]))
                 .map_err(sql("scrubbing a deleted account"))?;
+                // The freed name goes to the earliest registration waiting for it, if any.
+                if let Some(key) = freed.filter(|k| *k != placeholder && !k.starts_with("taken:")) {
+                    tx.prepare_cached(
+                        "UPDATE users SET username_key = ?1 WHERE user_id = (
+                             SELECT user_id FROM users
+                             WHERE username_key LIKE 'taken:%' AND lower(username) = ?1
+                               AND account <> 2
+                             ORDER BY registered_at, user_id LIMIT 1)
+                           AND NOT EXISTS (SELECT 1 FROM users WHERE username_key = ?1)",
+                    )
+                    .and_then(|mut s| s.execute(params![key]))
+                    .map_err(sql("handing a freed username on"))?;
+                }
             }
         }
         Change::SetPresence {
@@ -820,6 +856,11 @@ fn recount_unread(
 const USER_COLUMN_COUNT: usize = 7;
 const USER_COLUMNS: &str =
     "u.user_id, u.username, u.display_name, u.registered_at, u.online, u.last_seen, u.account";
+
+/// The `username_key` of a user whose name another user holds: unique, never a name.
+fn waiting_key(user_id: Uuid) -> String {
+    format!("taken:{}", user_id.simple())
+}
 
 /// How `users.account` stores a standing.
 fn account_code(status: AccountStatus) -> i64 {

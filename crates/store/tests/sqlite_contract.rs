@@ -22,6 +22,7 @@ macro_rules! contract_test {
 
 contract_test!(users_profiles_and_presence);
 contract_test!(account_standing);
+contract_test!(freed_usernames_in_any_order);
 contract_test!(friendships);
 contract_test!(messages_unread_and_deletes);
 contract_test!(pagination);

@@ -1209,9 +1209,11 @@ impl<'a> Applying<'a> {
                     .first::<(Option<Uuid>,)>(&st.USERNAME_GET, (&key,), "checking a username")
                     .await?
                     .and_then(|(id,)| id);
+                // The user exists either way: lookups by name find the earliest claim still
+                // standing, so a name freed by a deletion goes to the next claimant whatever the
+                // order the registrations and the deletion are projected in.
                 if owner != Some(*user_id) {
-                    tracing::error!(%user_id, %username, "username already belongs to another user; registration not projected");
-                    return Ok(());
+                    tracing::warn!(%user_id, %username, "username already belongs to another user; the user is listed, the name resolves to its owner");
                 }
                 self.push(
                     &st.USER_ADD,
@@ -1678,67 +1680,50 @@ impl<'a> Applying<'a> {
     ) -> Result<()> {
         let st = &self.store.inner.st;
         let code = account_code(status);
-        match status {
-            AccountStatus::Deleted => {
-                self.flush().await?;
-                let row = self
-                    .store
-                    .first::<UserRow>(&st.USER_GET, (user_id,), "reading a deleted account")
+        let ts = if status == AccountStatus::Deleted {
+            self.flush().await?;
+            let row = self
+                .store
+                .first::<UserRow>(&st.USER_GET, (user_id,), "reading a deleted account")
+                .await?;
+            let placeholder = deleted_username(user_id);
+            if let Some((Some(username), _, Some(registered_us), ..)) = row
+                && username != placeholder
+            {
+                self.store
+                    .write(
+                        &st.USERNAME_RELEASE,
+                        (DELETED_TS, username.to_lowercase(), registered_us, user_id),
+                        "freeing a deleted account's username",
+                    )
                     .await?;
-                let placeholder = deleted_username(user_id);
-                if let Some((Some(username), _, Some(registered_us), ..)) = row
-                    && username != placeholder
-                {
-                    self.store
-                        .write(
-                            &st.USERNAME_RELEASE,
-                            (DELETED_TS, username.to_lowercase(), registered_us, user_id),
-                            "freeing a deleted account's username",
-                        )
-                        .await?;
-                }
-                self.push(
-                    &st.USER_SCRUB,
-                    (DELETED_TS, placeholder, user_id),
-                    "scrubbing a deleted account",
-                );
-                self.push(
-                    &st.USER_ACCOUNT_SET,
-                    (DELETED_TS, code, user_id),
-                    "setting an account's standing",
-                );
-                self.push(
-                    &st.RESTRICTED_SET,
-                    (RESTRICTED_BUCKET, user_id, code, DELETED_TS),
-                    "listing a restricted account",
-                );
             }
-            AccountStatus::Blocked => {
-                let ts = at_offset(version);
-                self.push(
-                    &st.USER_ACCOUNT_SET,
-                    (ts, code, user_id),
-                    "setting an account's standing",
-                );
-                self.push(
-                    &st.RESTRICTED_SET,
-                    (RESTRICTED_BUCKET, user_id, code, ts),
-                    "listing a restricted account",
-                );
-            }
-            AccountStatus::Active => {
-                let ts = at_offset(version);
-                self.push(
-                    &st.USER_ACCOUNT_SET,
-                    (ts, code, user_id),
-                    "setting an account's standing",
-                );
-                self.push(
-                    &st.RESTRICTED_CLEAR,
-                    (ts, RESTRICTED_BUCKET, user_id),
-                    "unlisting a restricted account",
-                );
-            }
+            self.push(
+                &st.USER_SCRUB,
+                (DELETED_TS, placeholder, user_id),
+                "scrubbing a deleted account",
+            );
+            DELETED_TS
+        } else {
+            at_offset(version)
+        };
+        self.push(
+            &st.USER_ACCOUNT_SET,
+            (ts, code, user_id),
+            "setting an account's standing",
+        );
+        if status == AccountStatus::Active {
+            self.push(
+                &st.RESTRICTED_CLEAR,
+                (ts, RESTRICTED_BUCKET, user_id),
+                "unlisting a restricted account",
+            );
+        } else {
+            self.push(
+                &st.RESTRICTED_SET,
+                (RESTRICTED_BUCKET, user_id, code, ts),
+                "listing a restricted account",
+            );
         }
         Ok(())
     }
