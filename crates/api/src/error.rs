@@ -181,11 +181,66 @@ impl From<ServiceError> for ApiError {
 
 /// Describes a serde/axum rejection body without echoing internal type names.
 fn rejection_text(text: String) -> String {
-    text.replace(
-        "Failed to deserialize the JSON body into the target type: ",
-        "",
-    )
-    .replace("Failed to deserialize query string: ", "")
+    let text = text
+        .replace(
+            "Failed to deserialize the JSON body into the target type: ",
+            "",
+        )
+        .replace("Failed to parse the request body as JSON: ", "")
+        .replace("Failed to deserialize query string: ", "");
+    without_type_names(&text)
+}
+
+/// serde names the Rust type it expected ("expected struct RegisterBody with 2 elements"): an
+/// internal name, said to the client as "expected a JSON object".
+fn without_type_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("struct ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "struct ".len()..];
+        let name_end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let mut tail = &after[name_end..];
+        if let Some(more) = tail.strip_prefix(" with ")
+            && let Some(end) = more.find(" element")
+        {
+            let after_word = &more[end + " element".len()..];
+            tail = after_word.strip_prefix('s').unwrap_or(after_word);
+        }
+        out.push_str("a JSON object");
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_name_no_rust_type() {
+        assert_eq!(
+            without_type_names(
+                "invalid type: null, expected struct RegisterBody at line 1 column 4"
+            ),
+            "invalid type: null, expected a JSON object at line 1 column 4"
+        );
+        assert_eq!(
+            without_type_names("invalid length 1, expected struct RegisterBody with 2 elements"),
+            "invalid length 1, expected a JSON object"
+        );
+        assert_eq!(
+            without_type_names("missing field `text`"),
+            "missing field `text`"
+        );
+        assert_eq!(
+            rejection_text("Failed to parse the request body as JSON: EOF".into()),
+            "EOF"
+        );
+    }
 }
 
 /// `Json<T>` whose rejections are [`ApiError`]s: wrong content type 415, oversized body 413,
