@@ -209,13 +209,10 @@ impl Standings {
         if self.restricted.get(&user) == Some(&AccountStatus::Deleted) {
             return;
         }
-        match status {
-            AccountStatus::Active => self.restricted.remove(&user),
-            other => self.restricted.insert(user, other),
-        };
+        self.restore(user, status);
     }
 
-    /// Puts back a standing noted ahead of an append that failed.
+    /// Sets a standing as it is (also a standing noted ahead of an append that failed).
     fn restore(&mut self, user: Uuid, status: AccountStatus) {
         match status {
             AccountStatus::Active => self.restricted.remove(&user),
