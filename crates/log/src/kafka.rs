@@ -220,9 +220,10 @@ impl KafkaLog {
         let producer: FutureProducer = producer
             .create()
             .map_err(broker("creating the Kafka producer"))?;
+        // No group.id: it never subscribes or commits, and a group member's drop waits without
+        // a bound for librdkafka to leave the group.
         let mut meta = config.client();
-        meta.set("group.id", "missive-metadata")
-            .set("enable.auto.commit", "false");
+        meta.set("enable.auto.commit", "false");
         for (k, v) in &config.client_options {
             meta.set(k, v);
         }
@@ -372,6 +373,8 @@ impl KafkaLog {
         let reader: BaseConsumer = self
             .config
             .client()
+            // librdkafka assigns partitions only to a consumer with a group; this one never
+            // joins it (no subscribe), so its close does not wait on a rebalance.
             .set("group.id", "missive-dead-letter-reader")
             .set("enable.auto.commit", "false")
             .create()
@@ -597,9 +600,13 @@ impl EventLog for KafkaLog {
             consumer
                 .subscribe(&topics)
                 .map_err(broker("subscribing to the log's topics"))?;
+            let close_wait = log.config.request_timeout;
             Ok(Box::new(KafkaConsumer {
                 log,
-                consumer: Arc::new(consumer),
+                consumer: GroupMember {
+                    consumer: Some(Arc::new(consumer)),
+                    close_wait,
+                },
                 pending,
                 assigned,
                 revoked,
@@ -672,9 +679,50 @@ impl ConsumerContext for SeekOnAssign {
     }
 }
 
+/// A consumer in a group, whose drop (leaving the group) is bounded.
+///
+/// rdkafka's drop of a group consumer polls until librdkafka reports it closed, with no
+/// bound: a consumer closed in the middle of a rebalance can wait there for good (seen with
+/// the mock cluster; rust-rdkafka#509), holding a runtime worker and the process's shutdown.
+/// Here the close runs on a thread of its own, waited for at most `close_wait`; past that the
+/// thread is left to finish (or to end with the process).
+struct GroupMember {
+    consumer: Option<Arc<StreamConsumer<SeekOnAssign>>>,
+    close_wait: Duration,
+}
+
+impl std::ops::Deref for GroupMember {
+    type Target = Arc<StreamConsumer<SeekOnAssign>>;
+
+    fn deref(&self) -> &Self::Target {
+        self.consumer.as_ref().expect("taken only on drop")
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let (closed, wait) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed.send(());
+            });
+        if spawned.is_ok() && wait.recv_timeout(self.close_wait).is_err() {
+            tracing::warn!(
+                wait = ?self.close_wait,
+                "a Kafka consumer did not leave its group in time; it finishes in the background"
+            );
+        }
+    }
+}
+
 struct KafkaConsumer {
     log: KafkaLog,
-    consumer: Arc<StreamConsumer<SeekOnAssign>>,
+    consumer: GroupMember,
     pending: PendingSeeks,
     assigned: Arc<Mutex<Vec<(String, i32)>>>,
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
@@ -845,14 +893,23 @@ impl LogConsumer for KafkaConsumer {
             tpl.add_partition_offset(topic, partition, Offset::Offset(p.offset as i64))
                 .map_err(broker("preparing a commit"))?;
         }
-        // A synchronous commit is a broker round trip: keep it off the async workers.
-        let consumer = self.consumer.clone();
-        blocking(move || {
+        // A synchronous commit is a broker round trip: keep it off the async workers, and
+        // bound the wait (librdkafka's own bound is socket.timeout.ms, a minute by default).
+        let consumer = Arc::clone(&self.consumer);
+        let wait = self.log.config.request_timeout;
+        let commit = blocking(move || {
             consumer
                 .commit(&tpl, CommitMode::Sync)
                 .map_err(broker("committing consumer offsets"))
-        })
-        .await
+        });
+        tokio::time::timeout(wait, commit)
+            .await
+            .unwrap_or_else(|_| {
+                Err(LogError::Broker {
+                    action: "committing consumer offsets",
+                    reason: format!("no answer within {wait:?}"),
+                })
+            })
     }
 
     fn take_assigned(&mut self) -> Vec<u32> {
@@ -865,7 +922,7 @@ impl LogConsumer for KafkaConsumer {
         for (topic, p) in self.log.all_partitions()? {
             tpl.add_partition(&topic, p);
         }
-        let consumer = self.consumer.clone();
+        let consumer = Arc::clone(&self.consumer);
         let timeout = self.log.config.request_timeout;
         let committed = blocking(move || {
             consumer
