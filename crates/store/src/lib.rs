@@ -6,6 +6,10 @@
 //! [`sqlite::SqliteStore`] is the embedded adapter (the default); the Scylla adapter implements
 //! the same trait. [`contract`] is the suite every adapter must pass.
 //!
+//! Both adapters time every call (each [`ReadStore`] method, `apply` included) in the
+//! `missive_store_query_duration_seconds{backend, statement}` histogram of
+//! `missive-telemetry`, `statement` being the method's name.
+//!
 //! # Layout
 //! - [`model`]: read-model types and the [`Change`] vocabulary.
 //! - [`sqlite`]: the embedded adapter.
@@ -85,6 +89,19 @@ impl StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Starts timing one read-store call in `missive_store_query_duration_seconds`: the time is
+/// recorded when the timer is dropped, whether the call succeeded, failed or was cancelled.
+/// `statement` is a fixed name (the [`ReadStore`] method), never query text or user data.
+pub(crate) fn query_timer(
+    backend: &'static str,
+    statement: &'static str,
+) -> prometheus::HistogramTimer {
+    missive_telemetry::metrics()
+        .store_query_seconds
+        .with_label_values(&[backend, statement])
+        .start_timer()
+}
 
 /// The read-model port. Implementations: [`sqlite::SqliteStore`] (embedded), Scylla.
 #[async_trait]

@@ -11,6 +11,9 @@
 //!
 //! Servers, invitations, posts and channels have their own tables and queries in
 //! `communities`.
+//!
+//! Every query and every applied batch is timed in `missive_store_query_duration_seconds`
+//! (`backend="sqlite"`, `statement` = the [`ReadStore`] method, or `snapshot`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,8 +34,11 @@ use crate::{
     FriendEntry, FriendshipState, HistoryQuery, Invitation, Message, MessageStatus, Page, Post,
     ReadStore, Relation, Result, Server, ServerRole, ServerSearch, StoreError, User, UserServer,
     conversation_cursor, deleted_username, ordered, page, parse_conversation_cursor,
-    parse_pending_cursor, pending_cursor,
+    parse_pending_cursor, pending_cursor, query_timer,
 };
+
+/// The `backend` label of this adapter's `missive_store_query_duration_seconds`.
+const BACKEND: &str = "sqlite";
 
 /// The read-model schema's version (`PRAGMA user_version`). A store written with another
 /// version is dropped and rebuilt from the log: read models hold nothing the log does not.
@@ -210,7 +216,7 @@ impl SqliteStore {
     /// exactly those the checkpoints account for, however busy the projector is. Holds the
     /// whole store in memory.
     pub fn snapshot(&self, projection: &str) -> Result<Snapshot> {
-        self.read(|c| {
+        self.read("snapshot", |c| {
             c.execute_batch("BEGIN")
                 .map_err(sql("starting a snapshot"))?;
             let snapshot = (|| {
@@ -282,7 +288,14 @@ impl SqliteStore {
         })
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    /// Runs `f` on a pooled reader connection (opening one if none is free), timed as
+    /// `statement` (the [`ReadStore`] method) in `missive_store_query_duration_seconds`.
+    fn read<T>(
+        &self,
+        statement: &'static str,
+        f: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        let _timer = query_timer(BACKEND, statement);
         let pooled = self.inner.readers.lock().pop();
         let conn = match pooled {
             Some(c) => c,
@@ -300,6 +313,7 @@ impl SqliteStore {
         changes: &[Change],
         checkpoint: &[Position],
     ) -> Result<()> {
+        let _timer = query_timer(BACKEND, "apply");
         let mut conn = self.inner.writer.lock();
         let tx = conn
             .transaction()
@@ -953,7 +967,7 @@ impl ReadStore for SqliteStore {
     }
 
     async fn checkpoints(&self, projection: &str) -> Result<Vec<Position>> {
-        self.read(|c| {
+        self.read("checkpoints", |c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT partition, next_offset FROM checkpoints WHERE projection = ?1 ORDER BY partition",
@@ -970,11 +984,11 @@ impl ReadStore for SqliteStore {
     }
 
     async fn tables(&self) -> Result<Vec<String>> {
-        self.read(table_names)
+        self.read("tables", table_names)
     }
 
     async fn table_rows(&self, table: &str) -> Result<Vec<String>> {
-        self.read(|c| {
+        self.read("table_rows", |c| {
             if !table_names(c)?.iter().any(|t| t == table) {
                 return Err(StoreError::Corrupt(format!(
                     "no read-model table {table:?}"
@@ -985,7 +999,7 @@ impl ReadStore for SqliteStore {
     }
 
     async fn user(&self, id: Uuid) -> Result<Option<User>> {
-        self.read(|c| {
+        self.read("user", |c| {
             c.prepare_cached(&format!(
                 "SELECT {USER_COLUMNS} FROM users u WHERE u.user_id = ?1"
             ))
@@ -996,7 +1010,7 @@ impl ReadStore for SqliteStore {
 
     async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
         let key = username.to_lowercase();
-        self.read(|c| {
+        self.read("user_by_username", |c| {
             c.prepare_cached(&format!(
                 "SELECT {USER_COLUMNS} FROM users u WHERE u.username_key = ?1"
             ))
@@ -1007,7 +1021,7 @@ impl ReadStore for SqliteStore {
 
     async fn friendship(&self, a: Uuid, b: Uuid) -> Result<FriendshipState> {
         let (lo, hi) = ordered(a, b);
-        self.read(|c| {
+        self.read("friendship", |c| {
             let row: Option<(i64, Option<Uuid>)> = c
                 .prepare_cached(
                     "SELECT state, requester FROM friendships WHERE user_lo = ?1 AND user_hi = ?2",
@@ -1026,7 +1040,7 @@ impl ReadStore for SqliteStore {
     }
 
     async fn friends(&self, user: Uuid) -> Result<Vec<FriendEntry>> {
-        self.read(|c| {
+        self.read("friends", |c| {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT f.state, f.requester, f.since, {USER_COLUMNS}
@@ -1067,7 +1081,7 @@ impl ReadStore for SqliteStore {
             Some(c) => parse_conversation_cursor(c)?,
             None => (i64::MAX, Uuid::max()),
         };
-        self.read(|c| {
+        self.read("conversations", |c| {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT uc.conversation_id, uc.unread, uc.last_activity_at, {USER_COLUMNS},
@@ -1112,7 +1126,7 @@ impl ReadStore for SqliteStore {
     }
 
     async fn participants(&self, conversation: Uuid) -> Result<Option<(Uuid, Uuid)>> {
-        self.read(|c| {
+        self.read("participants", |c| {
             c.prepare_cached("SELECT user_a, user_b FROM conversations WHERE conversation_id = ?1")
                 .and_then(|mut s| {
                     s.query_row([conversation], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1128,7 +1142,7 @@ impl ReadStore for SqliteStore {
         conversation: Uuid,
         query: HistoryQuery,
     ) -> Result<Page<Message>> {
-        self.read(|c| {
+        self.read("history", |c| {
             let seq_of = |id: Uuid| -> Result<i64> {
                 c.prepare_cached(
                     "SELECT seq FROM messages WHERE message_id = ?1 AND conversation_id = ?2",
@@ -1206,7 +1220,7 @@ impl ReadStore for SqliteStore {
             None => None,
         };
         let since = micros(since);
-        self.read(|c| {
+        self.read("messages_since", |c| {
             // Without a cursor, start at the first feed entry at or after `since`.
             let start = match after {
                 Some(a) => a,
@@ -1262,7 +1276,7 @@ impl ReadStore for SqliteStore {
     }
 
     async fn message(&self, viewer: Uuid, message_id: Uuid) -> Result<Option<Message>> {
-        self.read(|c| {
+        self.read("message", |c| {
             c.prepare_cached(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
                  WHERE m.message_id = :id AND (m.sender_id = :viewer OR m.recipient_id = :viewer)
@@ -1284,7 +1298,7 @@ impl ReadStore for SqliteStore {
         sender: Uuid,
         client_msg_id: &str,
     ) -> Result<Option<Message>> {
-        self.read(|c| {
+        self.read("message_by_client_id", |c| {
             c.prepare_cached(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
                  WHERE m.sender_id = ?1 AND m.client_msg_id = ?2"
@@ -1307,7 +1321,7 @@ impl ReadStore for SqliteStore {
             Some(cursor) => parse_pending_cursor(cursor)?,
             None => (i64::MIN, Uuid::nil(), 0),
         };
-        self.read(|c| {
+        self.read("pending", |c| {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
@@ -1335,7 +1349,7 @@ impl ReadStore for SqliteStore {
     }
 
     async fn online_users(&self) -> Result<Vec<Uuid>> {
-        self.read(|c| {
+        self.read("online_users", |c| {
             c.prepare_cached("SELECT user_id FROM users WHERE online = 1 ORDER BY user_id")
                 .and_then(|mut s| {
                     s.query_map([], |r| r.get(0))?
@@ -1346,7 +1360,7 @@ impl ReadStore for SqliteStore {
     }
 
     async fn restricted_accounts(&self) -> Result<Vec<(Uuid, AccountStatus)>> {
-        self.read(|c| {
+        self.read("restricted_accounts", |c| {
             c.prepare_cached("SELECT user_id, account FROM users WHERE account <> 0")
                 .and_then(|mut s| {
                     s.query_map([], |r| Ok((r.get(0)?, account_from_code(r.get(1)?)?)))?
@@ -1357,11 +1371,11 @@ impl ReadStore for SqliteStore {
     }
 
     async fn server(&self, id: Uuid) -> Result<Option<Server>> {
-        self.read(|c| communities::server(c, id))
+        self.read("server", |c| communities::server(c, id))
     }
 
     async fn server_by_name(&self, name: &str) -> Result<Option<Server>> {
-        self.read(|c| communities::server_by_name(c, name))
+        self.read("server_by_name", |c| communities::server_by_name(c, name))
     }
 
     async fn search_servers(
@@ -1370,7 +1384,9 @@ impl ReadStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Server>> {
-        self.read(|c| communities::search_servers(c, search, after, limit))
+        self.read("search_servers", |c| {
+            communities::search_servers(c, search, after, limit)
+        })
     }
 
     async fn user_servers(
@@ -1379,19 +1395,23 @@ impl ReadStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<UserServer>> {
-        self.read(|c| communities::user_servers(c, user, after, limit))
+        self.read("user_servers", |c| {
+            communities::user_servers(c, user, after, limit)
+        })
     }
 
     async fn membership(&self, server: Uuid, user: Uuid) -> Result<Option<ServerRole>> {
-        self.read(|c| communities::membership(c, server, user))
+        self.read("membership", |c| communities::membership(c, server, user))
     }
 
     async fn invitation(&self, invitation_id: Uuid) -> Result<Option<Invitation>> {
-        self.read(|c| communities::invitation(c, invitation_id))
+        self.read("invitation", |c| communities::invitation(c, invitation_id))
     }
 
     async fn pending_invitation(&self, server: Uuid, invitee: Uuid) -> Result<Option<Invitation>> {
-        self.read(|c| communities::pending_invitation(c, server, invitee))
+        self.read("pending_invitation", |c| {
+            communities::pending_invitation(c, server, invitee)
+        })
     }
 
     async fn pending_invitations(
@@ -1400,23 +1420,25 @@ impl ReadStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Invitation>> {
-        self.read(|c| communities::pending_invitations(c, invitee, after, limit))
+        self.read("pending_invitations", |c| {
+            communities::pending_invitations(c, invitee, after, limit)
+        })
     }
 
     async fn posts(&self, server: Uuid, before: Option<&str>, limit: usize) -> Result<Page<Post>> {
-        self.read(|c| communities::posts(c, server, before, limit))
+        self.read("posts", |c| communities::posts(c, server, before, limit))
     }
 
     async fn channels(&self, server: Uuid, viewer: Uuid) -> Result<Vec<ChannelSummary>> {
-        self.read(|c| communities::channels(c, server, viewer))
+        self.read("channels", |c| communities::channels(c, server, viewer))
     }
 
     async fn channel(&self, channel: Uuid) -> Result<Option<Channel>> {
-        self.read(|c| communities::channel(c, channel))
+        self.read("channel", |c| communities::channel(c, channel))
     }
 
     async fn current_channel(&self, user: Uuid) -> Result<Option<Channel>> {
-        self.read(|c| communities::current_channel(c, user))
+        self.read("current_channel", |c| communities::current_channel(c, user))
     }
 
     async fn channel_members(
@@ -1425,7 +1447,9 @@ impl ReadStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Uuid>> {
-        self.read(|c| communities::channel_members(c, channel, after, limit))
+        self.read("channel_members", |c| {
+            communities::channel_members(c, channel, after, limit)
+        })
     }
 
     async fn channel_history(
@@ -1434,7 +1458,9 @@ impl ReadStore for SqliteStore {
         channel: Uuid,
         query: HistoryQuery,
     ) -> Result<Page<ChannelMessage>> {
-        self.read(|c| communities::channel_history(c, viewer, channel, query))
+        self.read("channel_history", |c| {
+            communities::channel_history(c, viewer, channel, query)
+        })
     }
 
     async fn channel_message_by_client_id(
@@ -1442,7 +1468,9 @@ impl ReadStore for SqliteStore {
         sender: Uuid,
         client_msg_id: &str,
     ) -> Result<Option<ChannelMessage>> {
-        self.read(|c| communities::channel_message_by_client_id(c, sender, client_msg_id))
+        self.read("channel_message_by_client_id", |c| {
+            communities::channel_message_by_client_id(c, sender, client_msg_id)
+        })
     }
 
     async fn channel_message(
@@ -1450,11 +1478,15 @@ impl ReadStore for SqliteStore {
         viewer: Uuid,
         message_id: Uuid,
     ) -> Result<Option<ChannelMessage>> {
-        self.read(|c| communities::channel_message(c, viewer, message_id))
+        self.read("channel_message", |c| {
+            communities::channel_message(c, viewer, message_id)
+        })
     }
 
     async fn latest_channel_message(&self, channel: Uuid) -> Result<Option<ChannelMessage>> {
-        self.read(|c| communities::latest_channel_message(c, channel))
+        self.read("latest_channel_message", |c| {
+            communities::latest_channel_message(c, channel)
+        })
     }
 }
 

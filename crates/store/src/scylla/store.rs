@@ -30,6 +30,12 @@
 //! those facts (and `hidden_messages`), so a row that outlived its message's pending state
 //! is never listed.
 //!
+//! # Metrics
+//! Every [`ReadStore`] method that sends requests is timed as a whole (all its reads and
+//! writes, `apply` included) in `missive_store_query_duration_seconds`, `backend="scylla"`
+//! and `statement` the method's name: the same label set as the SQLite adapter, so the two
+//! compare directly.
+//!
 //! # Servers and channels
 //! The community tables (schema version 3) are written and read in `communities.rs`, with the
 //! same rules; its statements are prepared with these (`cql::ALL` lists both), and
@@ -62,8 +68,11 @@ use crate::{
     FriendEntry, FriendshipState, HistoryQuery, Invitation, Message, MessageStatus, Page, Post,
     ReadStore, Relation, Result, Server, ServerRole, ServerSearch, StoreError, User, UserServer,
     conversation_cursor, deleted_username, ordered, page, parse_conversation_cursor,
-    parse_pending_cursor, pending_cursor,
+    parse_pending_cursor, pending_cursor, query_timer,
 };
+
+/// The `backend` label of this adapter's `missive_store_query_duration_seconds`.
+const BACKEND: &str = "scylla";
 
 /// History buckets: 10 days of send time, in microseconds.
 const BUCKET_MICROS: i64 = 864_000_000_000;
@@ -2328,6 +2337,7 @@ impl ReadStore for ScyllaStore {
         changes: Vec<Change>,
         checkpoint: Vec<Position>,
     ) -> Result<()> {
+        let _timer = query_timer(BACKEND, "apply");
         let mut applying = Applying {
             store: self,
             locations: HashMap::new(),
@@ -2374,11 +2384,13 @@ impl ReadStore for ScyllaStore {
     }
 
     async fn tables(&self) -> Result<Vec<String>> {
+        // No request: the list is compiled in, so nothing to time.
         Ok(read_model_tables())
     }
 
     async fn table_rows(&self, table: &str) -> Result<Vec<String>> {
         const ACTION: &str = "reading a table";
+        let _timer = query_timer(BACKEND, "table_rows");
         if !read_model_tables().iter().any(|t| t == table) {
             return Err(StoreError::Corrupt(format!(
                 "no read-model table {table:?}"
@@ -2412,6 +2424,7 @@ impl ReadStore for ScyllaStore {
     }
 
     async fn checkpoints(&self, projection: &str) -> Result<Vec<Position>> {
+        let _timer = query_timer(BACKEND, "checkpoints");
         let rows: Vec<(i32, Option<i64>)> = self
             .all(
                 &self.st().CHECKPOINTS_GET,
@@ -2426,6 +2439,7 @@ impl ReadStore for ScyllaStore {
     }
 
     async fn user(&self, id: Uuid) -> Result<Option<User>> {
+        let _timer = query_timer(BACKEND, "user");
         match self
             .first::<UserRow>(&self.st().USER_GET, (id,), "reading a user")
             .await?
@@ -2436,6 +2450,7 @@ impl ReadStore for ScyllaStore {
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
+        let _timer = query_timer(BACKEND, "user_by_username");
         let owner = self
             .first::<(Option<Uuid>,)>(
                 &self.st().USERNAME_GET,
@@ -2451,6 +2466,7 @@ impl ReadStore for ScyllaStore {
     }
 
     async fn friendship(&self, a: Uuid, b: Uuid) -> Result<FriendshipState> {
+        let _timer = query_timer(BACKEND, "friendship");
         let (lo, hi) = ordered(a, b);
         let row = self
             .first::<(Option<i32>, Option<Uuid>)>(
@@ -2467,6 +2483,7 @@ impl ReadStore for ScyllaStore {
     }
 
     async fn friends(&self, user: Uuid) -> Result<Vec<FriendEntry>> {
+        let _timer = query_timer(BACKEND, "friends");
         let rows: Vec<(Uuid, Option<i32>, Option<Uuid>, Option<i64>)> = self
             .all(&self.st().FRIENDS_GET, (user,), "reading a friend list")
             .await?;
@@ -2506,6 +2523,7 @@ impl ReadStore for ScyllaStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<Conversation>> {
+        let _timer = query_timer(BACKEND, "conversations");
         let (before_at, before_id) = match cursor {
             Some(c) => parse_conversation_cursor(c)?,
             None => (i64::MAX, Uuid::max()),
@@ -2548,6 +2566,7 @@ impl ReadStore for ScyllaStore {
     }
 
     async fn participants(&self, conversation: Uuid) -> Result<Option<(Uuid, Uuid)>> {
+        let _timer = query_timer(BACKEND, "participants");
         Ok(self
             .tail(conversation)
             .await?
@@ -2560,6 +2579,7 @@ impl ReadStore for ScyllaStore {
         conversation: Uuid,
         query: HistoryQuery,
     ) -> Result<Page<Message>> {
+        let _timer = query_timer(BACKEND, "history");
         let conv = conversation;
         let history = ConversationHistory {
             viewer,
@@ -2598,6 +2618,7 @@ impl ReadStore for ScyllaStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<FeedPage> {
+        let _timer = query_timer(BACKEND, "messages_since");
         let mut cursor = match after {
             Some(c) => {
                 parse_feed_cursor(c).ok_or_else(|| StoreError::InvalidCursor(c.to_owned()))?
@@ -2709,6 +2730,7 @@ impl ReadStore for ScyllaStore {
     }
 
     async fn message(&self, viewer: Uuid, message_id: Uuid) -> Result<Option<Message>> {
+        let _timer = query_timer(BACKEND, "message");
         let Some(loc) = self.location(message_id).await? else {
             return Ok(None);
         };
@@ -2723,6 +2745,7 @@ impl ReadStore for ScyllaStore {
         sender: Uuid,
         client_msg_id: &str,
     ) -> Result<Option<Message>> {
+        let _timer = query_timer(BACKEND, "message_by_client_id");
         let id = self
             .first::<(Option<Uuid>,)>(
                 &self.st().CLIENT_ID_GET,
@@ -2740,6 +2763,7 @@ impl ReadStore for ScyllaStore {
 
     async fn restricted_accounts(&self) -> Result<Vec<(Uuid, AccountStatus)>> {
         const ACTION: &str = "listing restricted accounts";
+        let _timer = query_timer(BACKEND, "restricted_accounts");
         let rows: Vec<(Uuid, Option<i32>)> = self
             .inner
             .session
@@ -2759,6 +2783,7 @@ impl ReadStore for ScyllaStore {
 
     async fn online_users(&self) -> Result<Vec<Uuid>> {
         const ACTION: &str = "listing online users";
+        let _timer = query_timer(BACKEND, "online_users");
         let mut online: Vec<Uuid> = self
             .inner
             .session
@@ -2786,6 +2811,7 @@ impl ReadStore for ScyllaStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Message>> {
+        let _timer = query_timer(BACKEND, "pending");
         let after = after.map(parse_pending_cursor).transpose()?;
         // One partition per user, holding only what is still pending (or about to stop
         // being): read whole, ordered here.
@@ -2840,10 +2866,12 @@ impl ReadStore for ScyllaStore {
     // Servers (communities): `communities.rs`.
 
     async fn server(&self, id: Uuid) -> Result<Option<Server>> {
+        let _timer = query_timer(BACKEND, "server");
         self.community_server(id).await
     }
 
     async fn server_by_name(&self, name: &str) -> Result<Option<Server>> {
+        let _timer = query_timer(BACKEND, "server_by_name");
         self.community_server_by_name(name).await
     }
 
@@ -2853,6 +2881,7 @@ impl ReadStore for ScyllaStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Server>> {
+        let _timer = query_timer(BACKEND, "search_servers");
         self.community_search_servers(search, after, limit).await
     }
 
@@ -2862,18 +2891,22 @@ impl ReadStore for ScyllaStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<UserServer>> {
+        let _timer = query_timer(BACKEND, "user_servers");
         self.community_user_servers(user, after, limit).await
     }
 
     async fn membership(&self, server: Uuid, user: Uuid) -> Result<Option<ServerRole>> {
+        let _timer = query_timer(BACKEND, "membership");
         self.community_membership(server, user).await
     }
 
     async fn invitation(&self, invitation_id: Uuid) -> Result<Option<Invitation>> {
+        let _timer = query_timer(BACKEND, "invitation");
         self.community_invitation(invitation_id).await
     }
 
     async fn pending_invitation(&self, server: Uuid, invitee: Uuid) -> Result<Option<Invitation>> {
+        let _timer = query_timer(BACKEND, "pending_invitation");
         self.community_pending_invitation(server, invitee).await
     }
 
@@ -2883,23 +2916,28 @@ impl ReadStore for ScyllaStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Invitation>> {
+        let _timer = query_timer(BACKEND, "pending_invitations");
         self.community_pending_invitations(invitee, after, limit)
             .await
     }
 
     async fn posts(&self, server: Uuid, before: Option<&str>, limit: usize) -> Result<Page<Post>> {
+        let _timer = query_timer(BACKEND, "posts");
         self.community_posts(server, before, limit).await
     }
 
     async fn channels(&self, server: Uuid, viewer: Uuid) -> Result<Vec<ChannelSummary>> {
+        let _timer = query_timer(BACKEND, "channels");
         self.community_channels(server, viewer).await
     }
 
     async fn channel(&self, channel: Uuid) -> Result<Option<Channel>> {
+        let _timer = query_timer(BACKEND, "channel");
         self.community_channel(channel).await
     }
 
     async fn current_channel(&self, user: Uuid) -> Result<Option<Channel>> {
+        let _timer = query_timer(BACKEND, "current_channel");
         self.community_current_channel(user).await
     }
 
@@ -2909,6 +2947,7 @@ impl ReadStore for ScyllaStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Uuid>> {
+        let _timer = query_timer(BACKEND, "channel_members");
         self.community_channel_members(channel, after, limit).await
     }
 
@@ -2918,6 +2957,7 @@ impl ReadStore for ScyllaStore {
         channel: Uuid,
         query: HistoryQuery,
     ) -> Result<Page<ChannelMessage>> {
+        let _timer = query_timer(BACKEND, "channel_history");
         self.community_channel_history(viewer, channel, query).await
     }
 
@@ -2926,6 +2966,7 @@ impl ReadStore for ScyllaStore {
         sender: Uuid,
         client_msg_id: &str,
     ) -> Result<Option<ChannelMessage>> {
+        let _timer = query_timer(BACKEND, "channel_message_by_client_id");
         self.community_channel_message_by_client_id(sender, client_msg_id)
             .await
     }
@@ -2935,10 +2976,12 @@ impl ReadStore for ScyllaStore {
         viewer: Uuid,
         message_id: Uuid,
     ) -> Result<Option<ChannelMessage>> {
+        let _timer = query_timer(BACKEND, "channel_message");
         self.community_channel_message(viewer, message_id).await
     }
 
     async fn latest_channel_message(&self, channel: Uuid) -> Result<Option<ChannelMessage>> {
+        let _timer = query_timer(BACKEND, "latest_channel_message");
         self.community_latest_channel_message(channel).await
     }
 }
