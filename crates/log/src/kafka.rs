@@ -80,6 +80,12 @@ pub struct KafkaConfig {
     /// Whether opening the log checks topic settings ([`check_topic_settings`]); off only for
     /// librdkafka's mock cluster, which cannot describe them.
     pub check_topic_settings: bool,
+    /// How long the messages topic keeps its records (`retention.ms`), to match the read
+    /// stores' message retention (`--retention-days`); `None` (the default) keeps them
+    /// forever. Only [`Stream::Messages`]: the other topics always keep everything, since
+    /// users, friendships, servers and channels (with their messages' numbering) are rebuilt
+    /// from them. See [`topic_configs`].
+    pub messages_retention: Option<Duration>,
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -104,6 +110,7 @@ impl std::fmt::Debug for KafkaConfig {
                 &self.schema_registry.as_deref().map(redacted),
             )
             .field("check_topic_settings", &self.check_topic_settings)
+            .field("messages_retention", &self.messages_retention)
             .finish()
     }
 }
@@ -119,6 +126,18 @@ impl KafkaConfig {
             client_options: Vec::new(),
             schema_registry: None,
             check_topic_settings: true,
+            messages_retention: None,
+        }
+    }
+
+    /// The `retention.ms` a topic should have: the messages topic's follows
+    /// [`KafkaConfig::messages_retention`], every other topic's is `-1` (forever).
+    pub fn retention_ms(&self, topic: &str) -> String {
+        match self.messages_retention {
+            Some(period) if topic == self.topic(Stream::Messages) => {
+                period.as_millis().clamp(1, i64::MAX as u128).to_string()
+            }
+            _ => "-1".to_owned(),
         }
     }
 
@@ -954,8 +973,10 @@ pub enum TopicSettings {
 }
 
 /// Checks the settings of the log's topics: compaction is refused (it deletes older events
-/// of a key, which projections need to rebuild), a finite retention is reported (read models
-/// can then only be rebuilt from what is left).
+/// of a key, which projections need to rebuild), a retention other than the expected one
+/// ([`KafkaConfig::retention_ms`]: forever, or on the messages topic the configured
+/// [`KafkaConfig::messages_retention`]) is reported: a shorter one means read models can only
+/// be rebuilt from what is left, a longer one keeps messages past the retention.
 pub async fn check_topic_settings(config: &KafkaConfig) -> Result<TopicSettings> {
     use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
     use rdkafka::client::DefaultClientContext;
@@ -987,14 +1008,31 @@ pub async fn check_topic_settings(config: &KafkaConfig) -> Result<TopicSettings>
         if value("cleanup.policy").is_some_and(|p| p.contains("compact")) {
             compacted.push(name.clone());
         }
-        for key in ["retention.ms", "retention.bytes"] {
-            match value(key).as_deref() {
-                None | Some("-1") => {}
-                Some(limit) => warnings.push(format!(
-                    "topic {name} deletes records past {key}={limit}: read models can only be \
-                     rebuilt from what is left (`missive topics create` sets -1, keep forever)"
-                )),
-            }
+        let expected = config.retention_ms(name);
+        match value("retention.ms") {
+            Some(ms) if ms == expected => {}
+            None if expected == "-1" => {}
+            Some(ms) if expected != "-1" => warnings.push(format!(
+                "topic {name} keeps records for retention.ms={ms}, but the message retention is \
+                 {expected} ms: set retention.ms={expected} on it (kafka-configs --alter \
+                 --add-config), or the log keeps messages longer or shorter than the read models"
+            )),
+            _ if expected != "-1" => warnings.push(format!(
+                "topic {name} keeps records forever, but the message retention is {expected} \
+                 ms: set retention.ms={expected} on it (kafka-configs --alter --add-config)"
+            )),
+            Some(ms) => warnings.push(format!(
+                "topic {name} deletes records past retention.ms={ms}: read models can only be \
+                 rebuilt from what is left (`missive topics create` sets -1, keep forever)"
+            )),
+            None => {}
+        }
+        match value("retention.bytes").as_deref() {
+            None | Some("-1") => {}
+            Some(limit) => warnings.push(format!(
+                "topic {name} deletes records past retention.bytes={limit}: read models can only \
+                 be rebuilt from what is left (`missive topics create` sets -1, keep forever)"
+            )),
         }
     }
     if !compacted.is_empty() {
@@ -1013,12 +1051,40 @@ pub async fn check_topic_settings(config: &KafkaConfig) -> Result<TopicSettings>
     })
 }
 
-/// Creates the log's topics (an existing topic is left as it is) and returns their names.
+/// The settings [`create_topics`] gives each of the log's topics, by topic name:
+/// `cleanup.policy=delete` and `retention.ms` from [`KafkaConfig::retention_ms`].
+pub fn topic_configs(config: &KafkaConfig) -> Vec<(String, Vec<(&'static str, String)>)> {
+    config
+        .all_topics()
+        .into_iter()
+        .map(|name| {
+            let retention = config.retention_ms(&name);
+            (
+                name,
+                vec![
+                    ("cleanup.policy", "delete".to_owned()),
+                    ("retention.ms", retention),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// Creates the log's topics (an existing topic is left as it is, settings included) and
+/// returns their names.
 ///
 /// Every topic keeps its records forever (`retention.ms=-1`, `cleanup.policy=delete`):
 /// projections may be rebuilt from offset 0 at any time, so the log is never compacted or
-/// expired away. The partition count is fixed here: changing it later would move keys to other
-/// partitions and break their order; to grow, create a new topic set and replay into it.
+/// expired away. The one exception is a finite [`KafkaConfig::messages_retention`]: the
+/// messages topic (direct messages, read markers, deletions, delivery receipts) then keeps
+/// records for that long (Kafka deletes whole segments, so somewhat longer), matching the
+/// read stores' message retention (`missive_store::Retention`). A replay after records were deleted rebuilds
+/// conversations from the first message left: a conversation whose messages are all gone from
+/// the log is no longer listed, and numbers start again at 1. Channel messages are in the
+/// communities topic and stay in the log for good (the read stores still drop them).
+///
+/// The partition count is fixed here: changing it later would move keys to other partitions
+/// and break their order; to grow, create a new topic set and replay into it.
 pub async fn create_topics(
     config: &KafkaConfig,
     partitions: i32,
@@ -1030,13 +1096,14 @@ pub async fn create_topics(
         .client()
         .create()
         .map_err(broker("creating the Kafka admin client"))?;
-    let names = config.all_topics();
-    let topics: Vec<NewTopic<'_>> = names
+    let configs = topic_configs(config);
+    let topics: Vec<NewTopic<'_>> = configs
         .iter()
-        .map(|name| {
-            NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
-                .set("cleanup.policy", "delete")
-                .set("retention.ms", "-1")
+        .map(|(name, settings)| {
+            settings.iter().fold(
+                NewTopic::new(name, partitions, TopicReplication::Fixed(replication)),
+                |topic, (key, value)| topic.set(key, value),
+            )
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(config.request_timeout));
@@ -1055,7 +1122,7 @@ pub async fn create_topics(
             }
         }
     }
-    Ok(names)
+    Ok(configs.into_iter().map(|(name, _)| name).collect())
 }
 
 /// A Kafka cluster for tests: the one named by `MISSIVE_TEST_KAFKA=host:port`, or else

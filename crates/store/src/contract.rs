@@ -2,9 +2,11 @@
 //!
 //! Each check takes a fresh, empty store. [`snapshot`] captures everything the queries can see
 //! for a set of users, so tests can compare read models after re-application or replay.
-//! [`communities`] holds the checks of servers, invitations, posts and channels.
+//! [`communities`] holds the checks of servers, invitations, posts and channels;
+//! [`retention`] those of message retention.
 
 pub mod communities;
+pub mod retention;
 
 use std::sync::Arc;
 

@@ -16,12 +16,23 @@
 //! - `scylla` (feature `scylla`, on by default): the production store's connection, URL and
 //!   schema migrations (`projections/*.cql`).
 //! - [`contract`]: the port contract suite, generic over any [`ReadStore`].
+//!
+//! # Retention
+//! A store opened with a finite [`Retention`] keeps direct messages and channel messages only
+//! for that period: a message sent at or before `now - period` is never stored by a
+//! projection (so replaying the log gives what the live store holds), and what expires later
+//! goes away by itself (Scylla: `USING TTL`) or at the next sweep
+//! ([`sqlite::SqliteStore::sweep_expired`]). Everything else stays: users, friendships,
+//! servers, posts, channels, conversations (participants, list entry, last activity,
+//! sequence numbers) and read markers. See [`Retention`].
 
 pub mod contract;
 pub mod model;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -89,6 +100,113 @@ impl StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How long the read models keep messages (direct and channel messages): forever (the
+/// default), or a number of days.
+///
+/// A message expires once its send time (as stored: made monotonic within its conversation or
+/// channel) is at or before `now - period`. An expired message is not stored when projected,
+/// and a stored one is removed when it expires (Scylla: its rows carry `USING TTL` of the time
+/// it has left; SQLite: [`sqlite::SqliteStore::sweep_expired`]). With it go every row derived
+/// from it: its feed entry, pending entry, hidden mark, idempotency key (a send retried with
+/// the same `client_msg_id` after that is a new message) and its share of unread counts.
+///
+/// What stays: the conversation (participants, both list entries with their last activity
+/// time, its sequence numbers, which keep counting from where they were) and the channel
+/// (its last seq); a list entry whose latest message expired has no `last_message`. Posts
+/// are not messages and are kept forever. Read markers on expired messages are reset (they
+/// make no difference to what is left).
+#[derive(Clone)]
+pub struct Retention {
+    period: Option<chrono::TimeDelta>,
+    clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention")
+            .field("period", &self.period)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention::forever()
+    }
+}
+
+impl Retention {
+    /// The longest period accepted, in days: Scylla's TTLs end at 20 years.
+    pub const MAX_DAYS: u32 = 7_300;
+
+    /// Messages are kept forever.
+    pub fn forever() -> Self {
+        Retention {
+            period: None,
+            clock: Arc::new(Utc::now),
+        }
+    }
+
+    /// Messages are kept for `days` days; 0 keeps them forever (`--retention-days`).
+    pub fn days(days: u32) -> Result<Self, String> {
+        if days > Self::MAX_DAYS {
+            return Err(format!(
+                "a retention of {days} days is longer than the longest supported, {} days \
+                 (0 keeps messages forever)",
+                Self::MAX_DAYS
+            ));
+        }
+        Ok(Retention {
+            period: (days > 0).then(|| chrono::TimeDelta::days(i64::from(days))),
+            ..Retention::forever()
+        })
+    }
+
+    /// Reads the time from `clock` instead of the system clock: for tests, which pin `now`.
+    pub fn with_clock(self, clock: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Self {
+        Retention {
+            clock: Arc::new(clock),
+            ..self
+        }
+    }
+
+    /// How long messages are kept; `None` is forever.
+    pub fn period(&self) -> Option<std::time::Duration> {
+        self.period.and_then(|p| p.to_std().ok())
+    }
+
+    /// The time by the retention's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    /// Messages sent at or before this time have expired at `now`; `None` when kept forever.
+    pub fn cutoff(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.period.map(|p| now - p)
+    }
+
+    /// Whether a message sent at `sent_at` has expired at `now`.
+    pub fn expired(&self, sent_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        self.cutoff(now).is_some_and(|c| sent_at <= c)
+    }
+
+    /// The TTL (seconds, rounded up) a message sent at `sent_at` is stored with at `now`:
+    /// `Some(None)` when kept forever, `None` when it has expired already.
+    pub fn ttl_seconds(&self, sent_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<Option<i32>> {
+        let Some(period) = self.period else {
+            return Some(None);
+        };
+        let left = (sent_at + period - now)
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
+        if left <= 0 {
+            return None;
+        }
+        let seconds = (left.saturating_add(999_999) / 1_000_000).min(i64::from(i32::MAX));
+        Some(Some(seconds as i32))
+    }
+}
 
 /// Starts timing one read-store call in `missive_store_query_duration_seconds`: the time is
 /// recorded when the timer is dropped, whether the call succeeded, failed or was cancelled.

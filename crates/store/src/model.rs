@@ -81,6 +81,7 @@ pub struct Message {
 pub struct Conversation {
     pub conversation_id: Uuid,
     pub peer: User,
+    /// The latest message the user can see; `None` if it expired ([`crate::Retention`]).
     pub last_message: Option<Message>,
     pub unread_count: u64,
     pub last_activity_at: DateTime<Utc>,
@@ -303,7 +304,8 @@ pub struct ChannelSummary {
     pub last_seq: u64,
     /// When its latest message was sent.
     pub last_message_at: Option<DateTime<Utc>>,
-    /// Messages after the viewer's read marker: `last_seq` minus the marker's seq.
+    /// Messages after the viewer's read marker: `last_seq` minus the marker's seq (or minus
+    /// the seq of the latest expired message, if later: see [`crate::Retention`]).
     pub unread_count: u64,
 }
 

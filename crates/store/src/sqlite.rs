@@ -12,6 +12,15 @@
 //! Servers, invitations, posts and channels have their own tables and queries in
 //! `communities`.
 //!
+//! With a finite [`Retention`] ([`SqliteStore::with_retention`]), a message that has expired
+//! when projected is not stored, but still takes its sequence number in its conversation
+//! (`conversations.last_seq`, and `expired_seq`, the highest expired number) and its place in
+//! both feeds (`feed_tails`), so numbers stay what a store that kept it would have given; a
+//! redelivery of it is recognised by its log offset (`conversations.last_offset`: a
+//! conversation's messages are in one log partition, in order). Messages that expire later are
+//! removed by [`SqliteStore::sweep_expired`], which leaves exactly what projecting the log
+//! into an empty store at the same time would. Channel messages follow the same rules.
+//!
 //! Every query and every applied batch is timed in `missive_store_query_duration_seconds`
 //! (`backend="sqlite"`, `statement` = the [`ReadStore`] method, or `snapshot`).
 
@@ -32,8 +41,8 @@ mod communities;
 use crate::{
     AccountStatus, Change, Channel, ChannelMessage, ChannelSummary, Conversation, FeedPage,
     FriendEntry, FriendshipState, HistoryQuery, Invitation, Message, MessageStatus, Page, Post,
-    ReadStore, Relation, Result, Server, ServerRole, ServerSearch, StoreError, User, UserServer,
-    conversation_cursor, deleted_username, ordered, page, parse_conversation_cursor,
+    ReadStore, Relation, Result, Retention, Server, ServerRole, ServerSearch, StoreError, User,
+    UserServer, conversation_cursor, deleted_username, ordered, page, parse_conversation_cursor,
     parse_pending_cursor, pending_cursor, query_timer,
 };
 
@@ -42,13 +51,14 @@ const BACKEND: &str = "sqlite";
 
 /// The read-model schema's version (`PRAGMA user_version`). A store written with another
 /// version is dropped and rebuilt from the log: read models hold nothing the log does not.
-const SCHEMA_VERSION: i64 = 5;
-const TABLES: [&str; 8] = [
+const SCHEMA_VERSION: i64 = 6;
+const TABLES: [&str; 9] = [
     "users",
     "friendships",
     "conversations",
     "messages",
     "user_feed",
+    "feed_tails",
     "user_conversations",
     "hidden_messages",
     "checkpoints",
@@ -84,7 +94,9 @@ CREATE TABLE IF NOT EXISTS conversations (
     user_a          BLOB NOT NULL,
     user_b          BLOB NOT NULL,
     last_seq        INTEGER NOT NULL,
-    last_sent_at    INTEGER NOT NULL
+    last_sent_at    INTEGER NOT NULL,
+    last_offset     INTEGER NOT NULL DEFAULT -1,
+    expired_seq     INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
     message_id      BLOB NOT NULL UNIQUE,
@@ -104,6 +116,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (conversation_id, 
 CREATE INDEX IF NOT EXISTS messages_by_client_id ON messages (sender_id, client_msg_id)
     WHERE client_msg_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (conversation_id, sent_at, seq);
+CREATE INDEX IF NOT EXISTS messages_by_age ON messages (sent_at);
 CREATE INDEX IF NOT EXISTS messages_pending ON messages (recipient_id, sent_at, conversation_id, seq)
     WHERE delivered = 0 AND deleted = 0;
 CREATE TABLE IF NOT EXISTS user_feed (
@@ -114,6 +127,10 @@ CREATE TABLE IF NOT EXISTS user_feed (
     PRIMARY KEY (user_id, feed_seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS user_feed_by_time ON user_feed (user_id, sent_at, feed_seq);
+CREATE TABLE IF NOT EXISTS feed_tails (
+    user_id       BLOB PRIMARY KEY,
+    last_feed_seq INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS user_conversations (
     user_id          BLOB NOT NULL,
     conversation_id  BLOB NOT NULL,
@@ -149,12 +166,17 @@ struct Inner {
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    retention: Retention,
 }
+
+/// How many messages one sweep transaction removes at most, so the writer is never held long.
+const SWEEP_BATCH: usize = 500;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.inner.path)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -285,7 +307,60 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
             }),
+            retention: Retention::forever(),
         })
+    }
+
+    /// Keeps messages only for `retention` (the default keeps them forever): expired ones are
+    /// not projected, and [`SqliteStore::sweep_expired`] removes those that expire later.
+    pub fn with_retention(self, retention: Retention) -> Self {
+        SqliteStore { retention, ..self }
+    }
+
+    /// The retention the store was opened with.
+    pub fn retention(&self) -> &Retention {
+        &self.retention
+    }
+
+    /// Removes the messages (direct and channel) that have expired at `now`, with what depends
+    /// on them: feed entries, hidden marks, pending entries and idempotency keys go with the
+    /// rows; unread counts are recounted, previews of expired messages cleared, and read
+    /// markers on expired messages reset. Afterwards the store holds what projecting the log
+    /// into an empty store at `now` would give. Works in transactions of at most 500 messages,
+    /// so projections wait for one batch at most; returns how many messages it removed (0 when
+    /// messages are kept forever). Running it again at the same `now` removes nothing.
+    pub async fn sweep_expired(&self, now: DateTime<Utc>) -> Result<u64> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.sweep_expired_blocking(now))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("sweep task failed: {e}")))?
+    }
+
+    /// [`SqliteStore::sweep_expired`], on the calling thread.
+    pub fn sweep_expired_blocking(&self, now: DateTime<Utc>) -> Result<u64> {
+        let Some(cutoff) = self.retention.cutoff(now) else {
+            return Ok(0);
+        };
+        let cutoff = micros(cutoff);
+        let mut removed = 0;
+        loop {
+            let _timer = query_timer(BACKEND, "sweep_expired");
+            let mut conn = self.inner.writer.lock();
+            let tx = conn
+                .transaction()
+                .map_err(sql("starting a sweep transaction"))?;
+            let n = sweep_messages(&tx, cutoff)?;
+            let m = communities::sweep_channel_messages(&tx, cutoff, SWEEP_BATCH)?;
+            tx.commit().map_err(sql("committing a sweep"))?;
+            removed += (n + m) as u64;
+            if n < SWEEP_BATCH && m < SWEEP_BATCH {
+                break;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed expired messages from the read store");
+        }
+        Ok(removed)
     }
 
     /// Runs `f` on a pooled reader connection (opening one if none is free), timed as
@@ -314,6 +389,7 @@ impl SqliteStore {
         checkpoint: &[Position],
     ) -> Result<()> {
         let _timer = query_timer(BACKEND, "apply");
+        let cutoff = self.retention.cutoff(self.retention.now()).map(micros);
         let mut conn = self.inner.writer.lock();
         let tx = conn
             .transaction()
@@ -329,10 +405,10 @@ impl SqliteStore {
                 0
             };
             if run > 0 {
-                add_messages(&tx, &rest[..run])?;
+                add_messages(&tx, &rest[..run], cutoff)?;
                 rest = &rest[run..];
             } else {
-                apply_change(&tx, first)?;
+                apply_change(&tx, first, cutoff)?;
                 rest = &rest[1..];
             }
         }
@@ -353,7 +429,8 @@ impl SqliteStore {
     }
 }
 
-fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
+/// Applies one change; messages sent at or before `cutoff` (microseconds) have expired.
+fn apply_change(tx: &Transaction<'_>, change: &Change, cutoff: Option<i64>) -> Result<()> {
     match change {
         Change::AddUser {
             user_id,
@@ -508,7 +585,7 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
             })
             .map_err(sql("updating a friendship"))?;
         }
-        Change::AddMessage { .. } => add_messages(tx, std::slice::from_ref(change))?,
+        Change::AddMessage { .. } => add_messages(tx, std::slice::from_ref(change), cutoff)?,
         Change::MarkRead {
             conversation_id,
             reader_id,
@@ -562,7 +639,7 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
             .and_then(|mut s| s.execute(params![message_id, recipient_id]))
             .map_err(sql("marking a message delivered"))?;
         }
-        Change::Community(change) => communities::apply(tx, change)?,
+        Change::Community(change) => communities::apply(tx, change, cutoff)?,
     }
     Ok(())
 }
@@ -570,7 +647,8 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<()> {
 /// What a run of new messages does to one user's entry for one conversation.
 struct EntryUpdate {
     peer: Uuid,
-    last_message_id: Uuid,
+    /// `None` when the latest message of the run had expired (it is not stored).
+    last_message_id: Option<Uuid>,
     last_activity_at: i64,
     unread_added: i64,
 }
@@ -579,6 +657,8 @@ struct EntryUpdate {
 struct ConversationTail {
     last_seq: i64,
     last_sent_at: i64,
+    last_offset: i64,
+    expired_seq: i64,
     user_lo: Uuid,
     user_hi: Uuid,
 }
@@ -591,7 +671,12 @@ struct ConversationTail {
 /// stamped out of order by microseconds; clamping makes `since` an exact bound on `seq`. The
 /// conversations' counters and both participants' entries are written once per run rather
 /// than once per message. Messages already stored (redelivery) change nothing.
-fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
+///
+/// A message whose (clamped) time is at or before `cutoff` has expired: it is not stored, but
+/// takes its numbers all the same and touches both entries (activity, no preview, nothing
+/// unread). With a retention, a message whose log offset is not past the conversation's last
+/// one is a redelivery (it may have expired since, so its id is no proof): nothing to do.
+fn add_messages(tx: &Transaction<'_>, run: &[Change], cutoff: Option<i64>) -> Result<()> {
     use std::collections::HashMap;
     use std::collections::hash_map::Entry;
     let mut tails: HashMap<Uuid, ConversationTail> = HashMap::new();
@@ -607,11 +692,12 @@ fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
         .map_err(sql("preparing a message insert"))?;
     let mut read_tail = tx
         .prepare_cached(
-            "SELECT last_seq, last_sent_at FROM conversations WHERE conversation_id = ?1",
+            "SELECT last_seq, last_sent_at, last_offset, expired_seq FROM conversations
+             WHERE conversation_id = ?1",
         )
         .map_err(sql("preparing a conversation read"))?;
     let mut read_feed_tail = tx
-        .prepare_cached("SELECT COALESCE(MAX(feed_seq), 0) FROM user_feed WHERE user_id = ?1")
+        .prepare_cached("SELECT last_feed_seq FROM feed_tails WHERE user_id = ?1")
         .map_err(sql("preparing a feed read"))?;
     let mut insert_feed = tx
         .prepare_cached(
@@ -635,15 +721,20 @@ fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
         let tail = match tails.entry(*conversation_id) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let known: Option<(i64, i64)> = read_tail
-                    .query_row([conversation_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                let known: Option<(i64, i64, i64, i64)> = read_tail
+                    .query_row([conversation_id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
                     .optional()
                     .map_err(sql("numbering a message"))?;
                 let (user_lo, user_hi) = ordered(*sender_id, *recipient_id);
-                let (last_seq, last_sent_at) = known.unwrap_or((0, i64::MIN));
+                let (last_seq, last_sent_at, last_offset, expired_seq) =
+                    known.unwrap_or((0, i64::MIN, -1, 0));
                 e.insert(ConversationTail {
                     last_seq,
                     last_sent_at,
+                    last_offset,
+                    expired_seq,
                     user_lo,
                     user_hi,
                 })
@@ -651,64 +742,84 @@ fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
         };
         let seq = tail.last_seq + 1;
         let at = micros(*sent_at).max(tail.last_sent_at);
-        // A conflict on (conversation_id, seq) would mean two messages with one number: that
-        // is an error, never ignored. A known message_id is a redelivery: nothing to do.
-        let inserted = insert
-            .execute(params![
-                message_id,
-                conversation_id,
-                seq,
-                sender_id,
-                recipient_id,
-                text,
-                client_msg_id,
-                at,
-                position.partition,
-                position.offset as i64
-            ])
-            .map_err(sql("storing a message"))?;
-        if inserted == 0 {
+        let offset = position.offset as i64;
+        // With a retention, a message at or before the conversation's last offset is a
+        // redelivery: stored already, or expired (and perhaps swept) and so unknown here.
+        if cutoff.is_some() && offset <= tail.last_offset {
             continue;
+        }
+        let expired = cutoff.is_some_and(|c| at <= c);
+        if expired {
+            tail.expired_seq = seq;
+        } else {
+            // A conflict on (conversation_id, seq) would mean two messages with one number:
+            // that is an error, never ignored. A known message_id is a redelivery: nothing to
+            // do.
+            let inserted = insert
+                .execute(params![
+                    message_id,
+                    conversation_id,
+                    seq,
+                    sender_id,
+                    recipient_id,
+                    text,
+                    client_msg_id,
+                    at,
+                    position.partition,
+                    offset
+                ])
+                .map_err(sql("storing a message"))?;
+            if inserted == 0 {
+                continue;
+            }
         }
         tail.last_seq = seq;
         tail.last_sent_at = at;
+        tail.last_offset = tail.last_offset.max(offset);
         for user in [*sender_id, *recipient_id] {
             let next = match feed_tail.entry(user) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => e.insert(
                     read_feed_tail
                         .query_row([user], |r| r.get(0))
-                        .map_err(sql("reading a feed"))?,
+                        .optional()
+                        .map_err(sql("reading a feed"))?
+                        .unwrap_or(0),
                 ),
             };
             *next += 1;
-            insert_feed
-                .execute(params![user, *next, message_id, at])
-                .map_err(sql("adding to a feed"))?;
+            if !expired {
+                insert_feed
+                    .execute(params![user, *next, message_id, at])
+                    .map_err(sql("adding to a feed"))?;
+            }
         }
+        let last_message_id = (!expired).then_some(*message_id);
         for (user, peer, unread) in [
             (*sender_id, *recipient_id, 0),
-            (*recipient_id, *sender_id, 1),
+            (*recipient_id, *sender_id, i64::from(!expired)),
         ] {
             let entry = entries
                 .entry((user, *conversation_id))
                 .or_insert(EntryUpdate {
                     peer,
-                    last_message_id: *message_id,
+                    last_message_id,
                     last_activity_at: at,
                     unread_added: 0,
                 });
-            entry.last_message_id = *message_id;
+            entry.last_message_id = last_message_id;
             entry.last_activity_at = entry.last_activity_at.max(at);
             entry.unread_added += unread;
         }
     }
     let mut write_tail = tx
         .prepare_cached(
-            "INSERT INTO conversations (conversation_id, user_a, user_b, last_seq, last_sent_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO conversations (conversation_id, user_a, user_b, last_seq, last_sent_at,
+                                        last_offset, expired_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (conversation_id) DO UPDATE SET
-                 last_seq = excluded.last_seq, last_sent_at = excluded.last_sent_at",
+                 last_seq = excluded.last_seq, last_sent_at = excluded.last_sent_at,
+                 last_offset = excluded.last_offset, expired_seq = excluded.expired_seq",
         )
         .map_err(sql("preparing a conversation update"))?;
     for (conversation, t) in &tails {
@@ -719,10 +830,23 @@ fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
                     t.user_lo,
                     t.user_hi,
                     t.last_seq,
-                    t.last_sent_at
+                    t.last_sent_at,
+                    t.last_offset,
+                    t.expired_seq
                 ])
                 .map_err(sql("numbering messages"))?;
         }
+    }
+    let mut write_feed_tail = tx
+        .prepare_cached(
+            "INSERT INTO feed_tails (user_id, last_feed_seq) VALUES (?1, ?2)
+             ON CONFLICT (user_id) DO UPDATE SET last_feed_seq = excluded.last_feed_seq",
+        )
+        .map_err(sql("preparing a feed end update"))?;
+    for (user, last) in &feed_tail {
+        write_feed_tail
+            .execute(params![user, last])
+            .map_err(sql("updating a feed's end"))?;
     }
     let mut upsert = tx
         .prepare_cached(
@@ -748,6 +872,88 @@ fn add_messages(tx: &Transaction<'_>, run: &[Change]) -> Result<()> {
             .map_err(sql("updating a conversation entry"))?;
     }
     Ok(())
+}
+
+/// Removes up to [`SWEEP_BATCH`] direct messages sent at or before `cutoff`, oldest first (so
+/// each conversation loses a prefix of its numbers), with their feed entries and hidden marks;
+/// then fixes the entries of the conversations they were in. Returns how many it removed.
+fn sweep_messages(tx: &Transaction<'_>, cutoff: i64) -> Result<usize> {
+    use std::collections::BTreeMap;
+    let expired: Vec<(Uuid, Uuid, i64, Uuid, Uuid, i64)> = tx
+        .prepare_cached(
+            "SELECT message_id, conversation_id, seq, sender_id, recipient_id, sent_at
+             FROM messages WHERE sent_at <= ?1 ORDER BY sent_at LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![cutoff, SWEEP_BATCH as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql("finding expired messages"))?;
+    let mut conversations: BTreeMap<Uuid, (i64, Uuid, Uuid)> = BTreeMap::new();
+    for (message_id, conversation_id, seq, sender_id, recipient_id, sent_at) in &expired {
+        for user in [sender_id, recipient_id] {
+            tx.prepare_cached(
+                "DELETE FROM user_feed WHERE user_id = ?1 AND sent_at = ?2 AND message_id = ?3",
+            )
+            .and_then(|mut s| s.execute(params![user, sent_at, message_id]))
+            .map_err(sql("removing an expired feed entry"))?;
+            tx.prepare_cached("DELETE FROM hidden_messages WHERE user_id = ?1 AND message_id = ?2")
+                .and_then(|mut s| s.execute(params![user, message_id]))
+                .map_err(sql("removing an expired hidden mark"))?;
+        }
+        tx.prepare_cached("DELETE FROM messages WHERE message_id = ?1")
+            .and_then(|mut s| s.execute([message_id]))
+            .map_err(sql("removing an expired message"))?;
+        let c = conversations
+            .entry(*conversation_id)
+            .or_insert((0, *sender_id, *recipient_id));
+        c.0 = c.0.max(*seq);
+    }
+    for (conversation, (seq, a, b)) in &conversations {
+        tx.prepare_cached(
+            "UPDATE conversations SET expired_seq = MAX(expired_seq, ?2) WHERE conversation_id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![conversation, seq]))
+        .map_err(sql("recording expired messages"))?;
+        for user in [a, b] {
+            // A preview of a removed message: every message the user could see before it is
+            // older, so removed too.
+            tx.prepare_cached(
+                "UPDATE user_conversations SET last_message_id = NULL
+                 WHERE user_id = ?1 AND conversation_id = ?2 AND last_message_id IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM messages m
+                                   WHERE m.message_id = user_conversations.last_message_id)",
+            )
+            .and_then(|mut s| s.execute(params![user, conversation]))
+            .map_err(sql("clearing an expired preview"))?;
+            // A marker on a removed message is before every message left: as if none.
+            tx.prepare_cached(
+                "UPDATE user_conversations SET read_seq = 0
+                 WHERE user_id = ?1 AND conversation_id = ?2 AND read_seq > 0 AND read_seq <= ?3",
+            )
+            .and_then(|mut s| s.execute(params![user, conversation, seq]))
+            .map_err(sql("resetting an expired read marker"))?;
+            let read_seq: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT read_seq FROM user_conversations WHERE user_id = ?1 AND conversation_id = ?2",
+                )
+                .and_then(|mut s| s.query_row(params![user, conversation], |r| r.get(0)).optional())
+                .map_err(sql("reading a read marker"))?;
+            if let Some(read_seq) = read_seq {
+                recount_unread(tx, *user, *conversation, read_seq)?;
+            }
+        }
+    }
+    Ok(expired.len())
 }
 
 /// The facts about a message that deletions need.
@@ -1263,7 +1469,7 @@ impl ReadStore for SqliteStore {
                 Some((_, seq)) => *seq,
                 // Nothing (more) to read: resume after the feed's current end.
                 None => c
-                    .prepare_cached("SELECT COALESCE(MAX(feed_seq), 0) FROM user_feed WHERE user_id = ?1")
+                    .prepare_cached("SELECT COALESCE(MAX(last_feed_seq), 0) FROM feed_tails WHERE user_id = ?1")
                     .and_then(|mut s| s.query_row([user], |r| r.get(0)))
                     .map_err(sql("reading a feed's end"))?,
             };

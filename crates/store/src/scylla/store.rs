@@ -799,6 +799,20 @@ pub async fn open_keyspace(config: &ScyllaConfig, required: &[i32]) -> Result<Ar
 }
 
 impl ScyllaStore {
+    /// Keeps messages only for `retention`. Not implemented on this store yet: a finite
+    /// retention is refused (rather than silently keeping messages forever); keeping them
+    /// forever is accepted.
+    pub fn with_retention(self, retention: &crate::Retention) -> Result<Self> {
+        match retention.period() {
+            None => Ok(self),
+            Some(period) => Err(StoreError::Unavailable(format!(
+                "the Scylla read store cannot expire messages yet (retention of {} days asked); \
+                 run with --retention-days 0 or the embedded store",
+                period.as_secs() / 86_400
+            ))),
+        }
+    }
+
     /// Connects, uses the configured keyspace, checks that every schema version is applied
     /// (`missive store migrate`), and prepares every statement.
     pub async fn open(config: &ScyllaConfig) -> Result<Self> {

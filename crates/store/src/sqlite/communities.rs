@@ -106,7 +106,9 @@ CREATE INDEX IF NOT EXISTS channels_by_name ON channels (server_id, name, channe
 CREATE TABLE IF NOT EXISTS channel_tails (
     channel_id      BLOB PRIMARY KEY,
     last_seq        INTEGER NOT NULL,
-    last_message_at INTEGER NOT NULL
+    last_message_at INTEGER NOT NULL,
+    last_offset     INTEGER NOT NULL DEFAULT -1,
+    expired_seq     INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS channel_messages (
     channel_id    BLOB NOT NULL,
@@ -122,6 +124,7 @@ CREATE TABLE IF NOT EXISTS channel_messages (
     PRIMARY KEY (channel_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS channel_messages_by_time ON channel_messages (channel_id, sent_at, seq);
+CREATE INDEX IF NOT EXISTS channel_messages_by_age ON channel_messages (sent_at);
 CREATE INDEX IF NOT EXISTS channel_messages_by_client_id
     ON channel_messages (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS channel_reads (
@@ -145,7 +148,13 @@ const PENDING: i64 = 0;
 const ACCEPTED: i64 = 1;
 const DECLINED: i64 = 2;
 
-pub(super) fn apply(tx: &Transaction<'_>, change: &CommunityChange) -> Result<()> {
+/// Applies one change; channel messages sent at or before `cutoff` (microseconds) have
+/// expired (see `add_messages` in the parent module: the same rules).
+pub(super) fn apply(
+    tx: &Transaction<'_>,
+    change: &CommunityChange,
+    cutoff: Option<i64>,
+) -> Result<()> {
     match change {
         CommunityChange::AddServer {
             server_id,
@@ -324,17 +333,41 @@ pub(super) fn apply(tx: &Transaction<'_>, change: &CommunityChange) -> Result<()
             sent_at,
             position,
         } => {
-            let tail: Option<(i64, i64)> = tx
+            let tail: Option<(i64, i64, i64)> = tx
                 .prepare_cached(
-                    "SELECT last_seq, last_message_at FROM channel_tails WHERE channel_id = ?1",
+                    "SELECT last_seq, last_message_at, last_offset FROM channel_tails
+                     WHERE channel_id = ?1",
                 )
                 .and_then(|mut s| {
-                    s.query_row([channel_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    s.query_row([channel_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                         .optional()
                 })
                 .map_err(sql("numbering a channel message"))?;
-            let (last_seq, last_at) = tail.unwrap_or((0, i64::MIN));
+            let (last_seq, last_at, last_offset) = tail.unwrap_or((0, i64::MIN, -1));
             let (seq, at) = (last_seq + 1, micros(*sent_at).max(last_at));
+            let offset = position.offset as i64;
+            // With a retention, a message not past the channel's last offset is a redelivery
+            // (a server's events are in one log partition, in order): stored already, or
+            // expired and so unknown here.
+            if cutoff.is_some() && offset <= last_offset {
+                return Ok(());
+            }
+            if cutoff.is_some_and(|c| at <= c) {
+                // Expired: not stored, but numbered.
+                tx.prepare_cached(
+                    "INSERT INTO channel_tails
+                             (channel_id, last_seq, last_message_at, last_offset, expired_seq)
+                         VALUES (?1, ?2, ?3, ?4, ?2)
+                         ON CONFLICT (channel_id) DO UPDATE SET
+                             last_seq = excluded.last_seq,
+                             last_message_at = excluded.last_message_at,
+                             last_offset = excluded.last_offset,
+                             expired_seq = excluded.expired_seq",
+                )
+                .and_then(|mut s| s.execute(params![channel_id, seq, at, offset]))
+                .map_err(sql("numbering an expired channel message"))?;
+                return Ok(());
+            }
             // A conflict on (channel_id, seq) would mean two messages with one number: an
             // error, never ignored. A known message_id is a redelivery: nothing to do.
             let inserted = tx
@@ -355,18 +388,19 @@ pub(super) fn apply(tx: &Transaction<'_>, change: &CommunityChange) -> Result<()
                         client_msg_id,
                         at,
                         position.partition,
-                        position.offset as i64
+                        offset
                     ])
                 })
                 .map_err(sql("storing a channel message"))?;
             if inserted > 0 {
                 tx.prepare_cached(
-                    "INSERT INTO channel_tails (channel_id, last_seq, last_message_at)
-                     VALUES (?1, ?2, ?3)
+                    "INSERT INTO channel_tails (channel_id, last_seq, last_message_at, last_offset)
+                     VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (channel_id) DO UPDATE SET
-                         last_seq = excluded.last_seq, last_message_at = excluded.last_message_at",
+                         last_seq = excluded.last_seq, last_message_at = excluded.last_message_at,
+                         last_offset = MAX(channel_tails.last_offset, excluded.last_offset)",
                 )
-                .and_then(|mut s| s.execute(params![channel_id, seq, at]))
+                .and_then(|mut s| s.execute(params![channel_id, seq, at, offset]))
                 .map_err(sql("numbering a channel message"))?;
             }
         }
@@ -398,6 +432,50 @@ pub(super) fn apply(tx: &Transaction<'_>, change: &CommunityChange) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Removes up to `limit` channel messages sent at or before `cutoff`, oldest first (so each
+/// channel loses a prefix of its numbers); records the highest removed number as the
+/// channel's `expired_seq` (unread counts start after it) and drops read markers at or before
+/// it (as if none: a replay ignores markers on messages it never stored). Returns how many it
+/// removed.
+pub(super) fn sweep_channel_messages(
+    tx: &Transaction<'_>,
+    cutoff: i64,
+    limit: usize,
+) -> Result<usize> {
+    use std::collections::BTreeMap;
+    let expired: Vec<(Uuid, i64)> = tx
+        .prepare_cached(
+            "SELECT channel_id, seq FROM channel_messages WHERE sent_at <= ?1
+             ORDER BY sent_at LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![cutoff, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql("finding expired channel messages"))?;
+    let mut channels: BTreeMap<Uuid, i64> = BTreeMap::new();
+    for (channel, seq) in &expired {
+        tx.prepare_cached("DELETE FROM channel_messages WHERE channel_id = ?1 AND seq = ?2")
+            .and_then(|mut s| s.execute(params![channel, seq]))
+            .map_err(sql("removing an expired channel message"))?;
+        let max = channels.entry(*channel).or_insert(0);
+        *max = (*max).max(*seq);
+    }
+    for (channel, seq) in &channels {
+        tx.prepare_cached(
+            "UPDATE channel_tails SET expired_seq = MAX(expired_seq, ?2) WHERE channel_id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![channel, seq]))
+        .map_err(sql("recording expired channel messages"))?;
+        tx.prepare_cached("DELETE FROM channel_reads WHERE channel_id = ?1 AND read_seq <= ?2")
+            .and_then(|mut s| s.execute(params![channel, seq]))
+            .map_err(sql("resetting expired channel read markers"))?;
+    }
+    Ok(expired.len())
 }
 
 /// Creates a server unless its id or its name (ignoring case) is taken, with its owner's
@@ -814,7 +892,7 @@ pub(super) fn channels(c: &Connection, server: Uuid, viewer: Uuid) -> Result<Vec
     let mut stmt = c
         .prepare_cached(&format!(
             "SELECT {CHANNEL_COLUMNS}, COALESCE(t.last_seq, 0), t.last_message_at,
-                    COALESCE(r.read_seq, 0)
+                    MAX(COALESCE(r.read_seq, 0), COALESCE(t.expired_seq, 0))
              FROM channels ch
              LEFT JOIN channel_tails t ON t.channel_id = ch.channel_id
              LEFT JOIN channel_reads r ON r.channel_id = ch.channel_id AND r.user_id = ?2
