@@ -56,6 +56,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_analytics.cql"),
     migration!(5, "0005_user_keys.cql"),
     migration!(6, "0006_accounts.cql"),
+    migration!(7, "0007_retention.cql"),
 ];
 
 /// How the keyspace is replicated.

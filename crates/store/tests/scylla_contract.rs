@@ -806,3 +806,261 @@ mod scylla_communities {
         .await;
     }
 }
+
+/// Message retention on Scylla: the shared retention check (messages that expired before they
+/// were projected), and rows that expire by their TTL after they were stored.
+mod scylla_retention {
+    use std::sync::Arc;
+    use std::time::{Duration as StdDuration, Instant};
+
+    use chrono::{DateTime, Duration, Utc};
+    use missive_log::Position;
+    use missive_store::contract::retention::{self, DAYS, retention_at};
+    use missive_store::scylla::{ScyllaConfig, ScyllaStore, connect, migrate};
+    use missive_store::{Change, CommunityChange, HistoryQuery, ReadStore, Retention, Visibility};
+    use uuid::Uuid;
+
+    use super::scylla_partial_batches::{BUCKET_MICROS, session};
+    use super::with_keyspaces;
+
+    /// Opens a store with `retention` on a freshly migrated keyspace.
+    async fn open_with(config: &ScyllaConfig, retention: &Retention) -> Arc<dyn ReadStore> {
+        let session = connect(config).await.expect("connect");
+        migrate(&session, config).await.expect("migrate");
+        let store = ScyllaStore::open(config)
+            .await
+            .expect("open the store")
+            .with_retention(retention)
+            .expect("a finite retention");
+        Arc::new(store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_messages_are_not_projected() {
+        with_keyspaces(|[config]: [ScyllaConfig; 1]| async move {
+            let store = open_with(&config, &retention::retention()).await;
+            retention::expired_messages_are_not_projected(store).await;
+        })
+        .await;
+    }
+
+    /// How many rows a query finds.
+    async fn count(
+        config: &ScyllaConfig,
+        cql: &str,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> usize {
+        session(config)
+            .await
+            .query_unpaged(cql, values)
+            .await
+            .expect("raw read")
+            .into_rows_result()
+            .expect("rows")
+            .rows_num()
+    }
+
+    /// Messages stored with 2 or 3 seconds left go away by their TTL, with every row about
+    /// them (a delivery receipt, a deletion for everyone and a hide included: none outlives
+    /// its message), and unread counts leave them out; what is left keeps its numbers, and a
+    /// redelivery of the expired messages stores nothing and numbers nothing. Waits for the
+    /// cluster to expire them, polling with a deadline (a liveness bound, not a timing).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stored_messages_expire_with_their_rows() {
+        with_keyspaces(|[config]: [ScyllaConfig; 1]| async move {
+            let now = Utc::now();
+            let store = open_with(&config, &retention_at(now)).await;
+            let [alice, bob, conv, m1, m2, m3, m4, server, channel, c1, c2] =
+                [(); 11].map(|_| Uuid::now_v7());
+            // 2 s (and a little) left by the retention's clock; and 29 days left.
+            let short = |us: i64| {
+                now - Duration::days(DAYS.into())
+                    + Duration::seconds(2)
+                    + Duration::microseconds(us)
+            };
+            let fresh = |us: i64| now - Duration::days(1) + Duration::microseconds(us);
+            let dm = |id: Uuid, from: Uuid, to: Uuid, at: DateTime<Utc>, offset: u64| {
+                Change::AddMessage {
+                    message_id: id,
+                    conversation_id: conv,
+                    sender_id: from,
+                    recipient_id: to,
+                    text: format!("offset {offset}"),
+                    client_msg_id: Some(format!("k{offset}")),
+                    sent_at: at,
+                    position: Position::new(0, offset),
+                }
+            };
+            let say = |id: Uuid, at: DateTime<Utc>, offset: u64| {
+                Change::Community(CommunityChange::AddChannelMessage {
+                    message_id: id,
+                    server_id: server,
+                    channel_id: channel,
+                    sender_id: alice,
+                    text: format!("offset {offset}"),
+                    client_msg_id: Some(format!("c{offset}")),
+                    sent_at: at,
+                    position: Position::new(1, offset),
+                })
+            };
+            let mut changes: Vec<Change> = [(alice, "alice"), (bob, "bob")]
+                .map(|(id, name)| Change::AddUser {
+                    user_id: id,
+                    username: format!("{name}-{}", id.simple()),
+                    display_name: name.into(),
+                    registered_at: now - Duration::days(40),
+                })
+                .to_vec();
+            changes.extend([
+                dm(m1, alice, bob, short(0), 1),
+                dm(m2, bob, alice, short(1), 2),
+                Change::MarkDelivered {
+                    message_id: m1,
+                    recipient_id: bob,
+                },
+                Change::HideMessage {
+                    user_id: alice,
+                    message_id: m1,
+                },
+                Change::TombstoneMessage { message_id: m2 },
+                dm(m3, alice, bob, fresh(0), 3),
+                Change::Community(CommunityChange::AddServer {
+                    server_id: server,
+                    owner_id: alice,
+                    name: format!("s-{}", server.simple()),
+                    tags: vec![],
+                    visibility: Visibility::Public,
+                    created_at: now - Duration::days(40),
+                }),
+                Change::Community(CommunityChange::AddChannel {
+                    channel_id: channel,
+                    server_id: server,
+                    name: "general".into(),
+                    created_by: alice,
+                    created_at: now - Duration::days(40),
+                }),
+                say(c1, short(0), 1),
+                say(c2, fresh(0), 2),
+            ]);
+            store
+                .apply("p", changes.clone(), vec![])
+                .await
+                .expect("apply");
+            let unread = |user: Uuid| {
+                let store = store.clone();
+                async move {
+                    let list = store.conversations(user, None, 10).await.expect("list");
+                    assert_eq!(list.items.len(), 1);
+                    let entry = &list.items[0];
+                    (
+                        entry.unread_count,
+                        entry.last_message.as_ref().map(|m| m.message_id),
+                    )
+                }
+            };
+            let channel_unread = |user: Uuid| {
+                let store = store.clone();
+                async move {
+                    let summary = store.channels(server, user).await.expect("channels");
+                    (summary[0].last_seq, summary[0].unread_count)
+                }
+            };
+            assert_eq!(unread(bob).await, (2, Some(m3)), "m1 and m3");
+            assert_eq!(unread(alice).await, (0, Some(m3)), "m2 was deleted");
+            assert_eq!(channel_unread(bob).await, (2, 2));
+
+            let deadline = Instant::now() + StdDuration::from_secs(30);
+            loop {
+                let gone = store.message(bob, m1).await.expect("m1").is_none()
+                    && store.message(bob, m2).await.expect("m2").is_none()
+                    && store.channel_message(bob, c1).await.expect("c1").is_none();
+                if gone {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the short-lived messages did not expire within 30 s"
+                );
+                tokio::time::sleep(StdDuration::from_millis(200)).await;
+            }
+
+            let all = HistoryQuery {
+                limit: 10,
+                ..Default::default()
+            };
+            let seqs = |items: Vec<(Uuid, u64)>| items;
+            let history = store.history(bob, conv, all).await.expect("history");
+            assert_eq!(
+                seqs(
+                    history
+                        .items
+                        .iter()
+                        .map(|m| (m.message_id, m.seq))
+                        .collect()
+                ),
+                vec![(m3, 3)]
+            );
+            assert_eq!(unread(bob).await, (1, Some(m3)), "m3 only");
+            assert_eq!(unread(alice).await, (0, Some(m3)));
+            assert_eq!(channel_unread(bob).await, (2, 1));
+            let pending = store.pending(bob, None, 10).await.expect("pending");
+            assert_eq!(
+                pending
+                    .items
+                    .iter()
+                    .map(|m| m.message_id)
+                    .collect::<Vec<_>>(),
+                vec![m3]
+            );
+            let feed = store
+                .messages_since(bob, DateTime::<Utc>::MIN_UTC, None, 10)
+                .await
+                .expect("feed");
+            assert_eq!(
+                feed.items.iter().map(|m| m.message_id).collect::<Vec<_>>(),
+                vec![m3]
+            );
+            assert_eq!(
+                store.message_by_client_id(alice, "k1").await.expect("key"),
+                None
+            );
+            assert_eq!(
+                store
+                    .channel_message_by_client_id(alice, "c1")
+                    .await
+                    .expect("key"),
+                None
+            );
+            // No row outlived its message: not the receipt, the deletion or the hide.
+            let old_bucket = (short(0).timestamp_micros()).div_euclid(BUCKET_MICROS);
+            let messages = "SELECT seq FROM messages WHERE conversation_id = ? AND bucket = ?";
+            assert_eq!(count(&config, messages, (conv, old_bucket)).await, 0);
+            for table in ["hidden_messages", "uncounted_messages"] {
+                let cql =
+                    format!("SELECT seq FROM {table} WHERE user_id = ? AND conversation_id = ?");
+                assert_eq!(count(&config, &cql, (alice, conv)).await, 0, "{table}");
+            }
+            let buckets = "SELECT bucket FROM conversation_buckets WHERE conversation_id = ? \
+                AND bucket <= ?";
+            assert_eq!(count(&config, buckets, (conv, old_bucket)).await, 0);
+
+            // A redelivery stores nothing again and numbers nothing; the next message is 4.
+            changes.push(dm(m4, bob, alice, fresh(1), 4));
+            store.apply("p", changes, vec![]).await.expect("redeliver");
+            let history = store.history(alice, conv, all).await.expect("history");
+            assert_eq!(
+                seqs(
+                    history
+                        .items
+                        .iter()
+                        .map(|m| (m.message_id, m.seq))
+                        .collect()
+                ),
+                vec![(m4, 4), (m3, 3)]
+            );
+            assert_eq!(store.message(bob, m1).await.expect("m1"), None);
+            assert_eq!(channel_unread(bob).await, (2, 1));
+        })
+        .await;
+    }
+}

@@ -58,6 +58,8 @@ const ANSWER_TS: i64 = CREATED_TS + 1;
 /// Write timestamp of the owner's membership rows: above every subscription event's, so no
 /// subscription or unsubscription can change or remove them.
 const OWNER_TS: i64 = DELETED_TS;
+/// Rows read to find a bucket's oldest message after a seq (a few, in case of stray rows).
+pub(super) const FIRST_AFTER_ROWS: i32 = 4;
 /// Post buckets: 30 days of the post id's time (its first 48 bits: milliseconds in a UUIDv7).
 const POST_BUCKET_MILLIS: i64 = 2_592_000_000;
 
@@ -202,12 +204,14 @@ statements! {
     CHANNEL_MEMBERS_AFTER = "SELECT user_id FROM channel_members WHERE channel_id = ? \
         AND user_key > ? LIMIT ?";
 
+    /// Never expires: a channel keeps its numbers (see [`crate::Retention`]).
     CHANNEL_TAIL_SET = "INSERT INTO channel_tails (channel_id, last_message_id, last_seq, \
-        last_sent_at_us) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
-    CHANNEL_TAIL_GET = "SELECT last_message_id, last_seq, last_sent_at_us FROM channel_tails \
-        WHERE channel_id = ?";
+        last_sent_at_us, last_offset) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    CHANNEL_TAIL_GET = "SELECT last_message_id, last_seq, last_sent_at_us, last_offset \
+        FROM channel_tails WHERE channel_id = ?";
+    /// With the TTL of the bucket's latest message (its write has the highest timestamp).
     CHANNEL_BUCKET_ADD = "INSERT INTO channel_buckets (channel_id, bucket) VALUES (?, ?) \
-        USING TIMESTAMP ?";
+        USING TIMESTAMP ? AND TTL ?";
     /// Buckets at or before one, newest first (the clustering order).
     CHANNEL_BUCKETS_DOWN = "SELECT bucket FROM channel_buckets WHERE channel_id = ? \
         AND bucket <= ? LIMIT ?";
@@ -216,7 +220,7 @@ statements! {
         AND bucket >= ? ORDER BY bucket ASC LIMIT ?";
     CHANNEL_MESSAGE_ADD = "INSERT INTO channel_messages (channel_id, bucket, seq, message_id, \
         server_id, sender_id, text, client_msg_id, sent_at_us, log_partition, log_offset) \
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?";
     CHANNEL_MESSAGE_GET = concat!("SELECT ", channel_message_columns!(), " \
         FROM channel_messages WHERE channel_id = ? AND bucket = ? AND seq = ?");
     /// A bucket's messages between two seqs (exclusive), newest first.
@@ -227,13 +231,17 @@ statements! {
     CHANNEL_MESSAGES_UP = concat!("SELECT ", channel_message_columns!(), " \
         FROM channel_messages WHERE channel_id = ? AND bucket = ? AND seq < ? AND seq > ? \
         ORDER BY seq ASC LIMIT ?");
+    /// A bucket's oldest messages after a seq: where retention left a channel's history
+    /// starting.
+    CHANNEL_FIRST_AFTER = "SELECT seq, message_id FROM channel_messages WHERE channel_id = ? \
+        AND bucket = ? AND seq > ? ORDER BY seq ASC LIMIT ?";
     CHANNEL_LOCATION_ADD = "INSERT INTO channel_messages_by_id (message_id, channel_id, \
         server_id, bucket, seq, sender_id, sent_at_us) VALUES (?, ?, ?, ?, ?, ?, ?) \
-        USING TIMESTAMP ?";
+        USING TIMESTAMP ? AND TTL ?";
     CHANNEL_LOCATION_GET = "SELECT channel_id, server_id, bucket, seq, sender_id, sent_at_us \
         FROM channel_messages_by_id WHERE message_id = ?";
     CHANNEL_CLIENT_ID_ADD = "INSERT INTO channel_messages_by_client_id (sender_id, \
-        client_msg_id, sent_at_us, message_id) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+        client_msg_id, sent_at_us, message_id) VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?";
     /// The first send of a key owns it.
     CHANNEL_CLIENT_ID_GET = "SELECT message_id FROM channel_messages_by_client_id \
         WHERE sender_id = ? AND client_msg_id = ? LIMIT 1";
@@ -544,7 +552,7 @@ impl ChannelLocation {
     }
 }
 
-type ChannelTailRow = (Option<Uuid>, Option<i64>, Option<i64>);
+type ChannelTailRow = (Option<Uuid>, Option<i64>, Option<i64>, Option<i64>);
 
 /// A channel's tail: its latest message's numbers.
 #[derive(Debug, Clone, Copy)]
@@ -552,6 +560,9 @@ struct ChannelTail {
     last_message_id: Option<Uuid>,
     last_seq: i64,
     last_sent_at_us: i64,
+    /// The log offset of the message that set it; -1 when unknown (written before schema
+    /// version 7).
+    last_offset: i64,
 }
 
 impl ChannelTail {
@@ -559,14 +570,16 @@ impl ChannelTail {
         last_message_id: None,
         last_seq: 0,
         last_sent_at_us: i64::MIN,
+        last_offset: -1,
     };
 
     fn from_row(row: ChannelTailRow) -> Self {
-        let (last_message_id, last_seq, last_sent_at_us) = row;
+        let (last_message_id, last_seq, last_sent_at_us, last_offset) = row;
         ChannelTail {
             last_message_id,
             last_seq: last_seq.unwrap_or(0),
             last_sent_at_us: last_sent_at_us.unwrap_or(i64::MIN),
+            last_offset: last_offset.unwrap_or(-1),
         }
     }
 }
@@ -1216,6 +1229,7 @@ impl<'a> Applying<'a> {
         else {
             return Ok(());
         };
+        let finite = self.finite_retention();
         let batch = &mut self.community;
         if !batch.issued.insert(*message_id) {
             return Ok(()); // a duplicate within this batch
@@ -1230,6 +1244,14 @@ impl<'a> Applying<'a> {
             // Numbered before; a batch of its channel after it succeeded, so it is whole.
             Some(loc) if loc.seq < tail.last_seq => return Ok(()),
             Some(loc) => *loc,
+            // With a retention, an unknown message that is not past the tail is a redelivery
+            // of one that expired (never stored, or gone since): numbered already.
+            None if finite
+                && tail.last_message_id != Some(id)
+                && (position.offset as i64) <= tail.last_offset =>
+            {
+                return Ok(());
+            }
             None if tail.last_message_id == Some(id) => ChannelLocation {
                 channel_id: channel,
                 server_id: server,
@@ -1252,21 +1274,38 @@ impl<'a> Applying<'a> {
                 }
             }
         };
+        let ts = at_offset(position.offset);
+        let partition = partition_of(position.partition)?;
+        let offset = position.offset as i64;
+        let last_offset = tail.last_offset.max(offset);
         batch.tails.insert(
             channel,
             ChannelTail {
                 last_message_id: Some(id),
                 last_seq: loc.seq,
                 last_sent_at_us: loc.sent_at_us,
+                last_offset,
             },
         );
-        batch.locations.insert(id, loc);
-
-        let ts = at_offset(position.offset);
-        let partition = partition_of(position.partition)?;
-        let offset = position.offset as i64;
         let (bucket, seq, sent_at_us) = (loc.bucket, loc.seq, loc.sent_at_us);
         let st = self.store.cst();
+        // The tail as this message left it; a later message's (newer timestamp) wins.
+        let tail_row = (channel, id, seq, sent_at_us, last_offset, ts);
+        let store = self.store;
+        let Some(ttl) = self.ttl(sent_at_us) else {
+            // Expired: not stored and unknown to the rest of this apply (a read marker on it is
+            // ignored), but numbered.
+            self.chains
+                .entry(channel)
+                .or_default()
+                .push(Box::pin(store.write(
+                    &st.CHANNEL_TAIL_SET,
+                    tail_row,
+                    "numbering an expired channel message",
+                )));
+            return Ok(());
+        };
+        self.community.locations.insert(id, loc);
         let mut logged = Batch::new(BatchType::Logged);
         logged.set_is_idempotent(true);
         for statement in [
@@ -1293,6 +1332,7 @@ impl<'a> Applying<'a> {
             partition,
             offset,
             ts,
+            ttl,
         );
         let location_row = (
             id,
@@ -1303,11 +1343,9 @@ impl<'a> Applying<'a> {
             sender,
             sent_at_us,
             ts,
+            ttl,
         );
-        // The tail as this message left it; a later message's (newer timestamp) wins.
-        let tail_row = (channel, id, seq, sent_at_us, ts);
-        let bucket_row = (channel, bucket, ts);
-        let store = self.store;
+        let bucket_row = (channel, bucket, ts, ttl);
         let write: PendingWrite<'a> = match client_msg_id {
             // The idempotency key goes in the same batch: a message is never stored without it.
             Some(key) => {
@@ -1317,7 +1355,7 @@ impl<'a> Applying<'a> {
                     location_row,
                     tail_row,
                     bucket_row,
-                    (sender, key.clone(), sent_at_us, id, ts),
+                    (sender, key.clone(), sent_at_us, id, ts, ttl),
                 );
                 Box::pin(store.logged_batch(logged, rows))
             }
@@ -1784,6 +1822,51 @@ impl ScyllaStore {
             .map(ChannelTail::from_row))
     }
 
+    /// The seq of a channel's oldest message still stored after `after` (`None` if none is):
+    /// with a retention, those before it expired. Walks the channel's buckets newest first
+    /// and stops at the first that holds nothing after `after` (or when the message right
+    /// after it is found), so it reads about as many buckets as hold unread messages.
+    async fn first_kept_channel_seq(&self, channel: Uuid, after: i64) -> Result<Option<i64>> {
+        let mut found = None;
+        let mut below = i64::MAX;
+        loop {
+            let buckets: Vec<(i64,)> = self
+                .rows(
+                    &self.cst().CHANNEL_BUCKETS_DOWN,
+                    (channel, below, BUCKET_CHUNK),
+                    "reading channel history buckets",
+                )
+                .await?;
+            let Some(&(last,)) = buckets.last() else {
+                return Ok(found);
+            };
+            for (bucket,) in buckets {
+                let rows: Vec<(i64, Option<Uuid>)> = self
+                    .rows(
+                        &self.cst().CHANNEL_FIRST_AFTER,
+                        (channel, bucket, after, FIRST_AFTER_ROWS),
+                        "reading a channel's oldest messages",
+                    )
+                    .await?;
+                // Rows without a message are strays (a write that outlived it): skipped.
+                match rows.into_iter().find(|(_, id)| id.is_some()) {
+                    Some((seq, _)) => {
+                        found = Some(seq);
+                        if seq == after + 1 {
+                            return Ok(found);
+                        }
+                    }
+                    // Older buckets hold older seqs: nothing after `after` there either.
+                    None => return Ok(found),
+                }
+            }
+            if last == i64::MIN {
+                return Ok(found);
+            }
+            below = last - 1;
+        }
+    }
+
     async fn channel_location(&self, message_id: Uuid) -> Result<Option<ChannelLocation>> {
         Ok(self
             .first::<ChannelLocationRow>(
@@ -1870,6 +1953,18 @@ impl ScyllaStore {
                     self.read_marker(viewer, channel.channel_id),
                 )?;
                 let tail = tail.unwrap_or(ChannelTail::EMPTY);
+                // With a retention, messages that expired after the marker are not unread:
+                // count from just before the oldest one left (all read if none is).
+                let mut read_seq = read_seq;
+                if self.retention().period().is_some() && tail.last_seq > read_seq {
+                    read_seq = match self
+                        .first_kept_channel_seq(channel.channel_id, read_seq)
+                        .await?
+                    {
+                        Some(first) => read_seq.max(first - 1),
+                        None => tail.last_seq,
+                    };
+                }
                 let last_message_at = if tail.last_message_id.is_some() {
                     Some(from_micros(tail.last_sent_at_us)?)
                 } else {

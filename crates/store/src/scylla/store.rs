@@ -66,8 +66,8 @@ use super::{MIGRATIONS, ScyllaConfig};
 use crate::{
     AccountStatus, Change, Channel, ChannelMessage, ChannelSummary, Conversation, FeedPage,
     FriendEntry, FriendshipState, HistoryQuery, Invitation, Message, MessageStatus, Page, Post,
-    ReadStore, Relation, Result, Server, ServerRole, ServerSearch, StoreError, User, UserServer,
-    conversation_cursor, deleted_username, ordered, page, parse_conversation_cursor,
+    ReadStore, Relation, Result, Retention, Server, ServerRole, ServerSearch, StoreError, User,
+    UserServer, conversation_cursor, deleted_username, ordered, page, parse_conversation_cursor,
     parse_pending_cursor, pending_cursor, query_timer,
 };
 
@@ -251,12 +251,14 @@ statements! {
         WHERE user_id = ?";
 
     TAIL_GET = "SELECT user_lo, user_hi, last_message_id, last_seq, last_sent_at_us, \
-        sent_by_lo, sent_by_hi FROM conversations WHERE conversation_id = ?";
+        sent_by_lo, sent_by_hi, last_offset FROM conversations WHERE conversation_id = ?";
+    /// Never expires: a conversation keeps its numbers (see [`crate::Retention`]).
     TAIL_SET = "INSERT INTO conversations (conversation_id, user_lo, user_hi, last_message_id, \
-        last_seq, last_sent_at_us, sent_by_lo, sent_by_hi) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-        USING TIMESTAMP ?";
+        last_seq, last_sent_at_us, sent_by_lo, sent_by_hi, last_offset) \
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    /// With the TTL of the bucket's latest message (its write has the highest timestamp).
     BUCKET_ADD = "INSERT INTO conversation_buckets (conversation_id, bucket) VALUES (?, ?) \
-        USING TIMESTAMP ?";
+        USING TIMESTAMP ? AND TTL ?";
     /// Buckets at or before one, newest first (the clustering order).
     BUCKETS_DOWN = "SELECT bucket FROM conversation_buckets WHERE conversation_id = ? \
         AND bucket <= ? LIMIT ?";
@@ -267,7 +269,7 @@ statements! {
     MESSAGE_ADD = "INSERT INTO messages (conversation_id, bucket, seq, message_id, sender_id, \
         recipient_id, text, client_msg_id, sent_at_us, deleted, sender_count, peer_count, \
         log_partition, log_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-        USING TIMESTAMP ?";
+        USING TIMESTAMP ? AND TTL ?";
     MESSAGE_GET = concat!("SELECT ", message_columns!(), " FROM messages \
         WHERE conversation_id = ? AND bucket = ? AND seq = ?");
     /// A bucket's messages between two seqs (exclusive), newest first.
@@ -277,18 +279,24 @@ statements! {
     MESSAGES_UP = concat!("SELECT ", message_columns!(), " FROM messages \
         WHERE conversation_id = ? AND bucket = ? AND seq < ? AND seq > ? \
         ORDER BY seq ASC LIMIT ?");
-    MESSAGE_DELETE = "UPDATE messages USING TIMESTAMP ? SET deleted = ?, text = ? \
+    /// A bucket's oldest messages after a seq, with the counts unread counts need: where
+    /// retention left a conversation's history starting.
+    MESSAGES_FIRST_AFTER = "SELECT seq, sender_id, sender_count, peer_count FROM messages \
+        WHERE conversation_id = ? AND bucket = ? AND seq > ? ORDER BY seq ASC LIMIT ?";
+    /// With the message's TTL, like every later write to its row: a cell without one would
+    /// keep the row after the message expired.
+    MESSAGE_DELETE = "UPDATE messages USING TIMESTAMP ? AND TTL ? SET deleted = ?, text = ? \
         WHERE conversation_id = ? AND bucket = ? AND seq = ?";
     /// Only ever set to true (at `DELETED_TS`): a message write never names the column.
-    MESSAGE_DELIVERED_SET = "UPDATE messages USING TIMESTAMP ? SET delivered = true \
+    MESSAGE_DELIVERED_SET = "UPDATE messages USING TIMESTAMP ? AND TTL ? SET delivered = true \
         WHERE conversation_id = ? AND bucket = ? AND seq = ?";
     LOCATION_ADD = "INSERT INTO messages_by_id (message_id, conversation_id, bucket, seq, \
         sender_id, recipient_id, sent_at_us, sender_count, peer_count) \
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?";
     LOCATION_GET = "SELECT conversation_id, bucket, seq, sender_id, recipient_id, sent_at_us, \
         sender_count, peer_count FROM messages_by_id WHERE message_id = ?";
     CLIENT_ID_ADD = "INSERT INTO messages_by_client_id (sender_id, client_msg_id, sent_at_us, \
-        message_id) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+        message_id) VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?";
     /// The first send of a key owns it.
     CLIENT_ID_GET = "SELECT message_id FROM messages_by_client_id \
         WHERE sender_id = ? AND client_msg_id = ? LIMIT 1";
@@ -304,17 +312,17 @@ statements! {
         WHERE user_id = ? AND conversation_id = ?");
 
     HIDDEN_ADD = "INSERT INTO hidden_messages (user_id, conversation_id, seq, message_id) \
-        VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+        VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?";
     HIDDEN_BETWEEN = "SELECT seq FROM hidden_messages WHERE user_id = ? \
         AND conversation_id = ? AND seq >= ? AND seq <= ?";
     UNCOUNTED_ADD = "INSERT INTO uncounted_messages (user_id, conversation_id, seq) \
-        VALUES (?, ?, ?) USING TIMESTAMP ?";
+        VALUES (?, ?, ?) USING TIMESTAMP ? AND TTL ?";
     UNCOUNTED_AFTER = "SELECT COUNT(*) FROM uncounted_messages WHERE user_id = ? \
         AND conversation_id = ? AND seq > ?";
 
     /// Written in the message's logged batch, at its offset + 2.
     PENDING_ADD = "INSERT INTO pending_messages (recipient_id, conversation_id, seq, \
-        message_id, bucket, sent_at_us) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+        message_id, bucket, sent_at_us) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?";
     /// One row at a time (no range deletions), at `DELETED_TS`: above every insert's.
     PENDING_DELETE = "DELETE FROM pending_messages USING TIMESTAMP ? WHERE recipient_id = ? \
         AND conversation_id = ? AND seq = ?";
@@ -326,7 +334,7 @@ statements! {
 
     FEED_ADD = "INSERT INTO user_feed (user_id, log_partition, offset_bucket, log_offset, \
         message_id, conversation_id, bucket, seq, sent_at_us) \
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?";
     /// A feed bucket's entries between two offsets (exclusive).
     FEED_BETWEEN = "SELECT log_offset, conversation_id, bucket, seq, sent_at_us FROM user_feed \
         WHERE user_id = ? AND log_partition = ? AND offset_bucket = ? AND log_offset > ? \
@@ -337,7 +345,7 @@ statements! {
     FEED_HORIZON_GET = "SELECT next_offset FROM feed_horizons WHERE log_partition = ?";
     /// Written with `max_sent_at_us` as its timestamp, so the cell keeps the maximum.
     FEED_BUCKET_ADD = "INSERT INTO user_feed_buckets (user_id, log_partition, offset_bucket, \
-        max_sent_at_us) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+        max_sent_at_us) VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?";
     FEED_BUCKETS_GET = "SELECT log_partition, offset_bucket, max_sent_at_us \
         FROM user_feed_buckets WHERE user_id = ?";
 }
@@ -509,6 +517,7 @@ type TailRow = (
     Option<i64>,
     Option<i64>,
     Option<i64>,
+    Option<i64>,
 );
 
 /// A conversation's tail: the numbers of its latest message.
@@ -521,12 +530,17 @@ struct Tail {
     last_sent_at_us: i64,
     sent_by_lo: i64,
     sent_by_hi: i64,
+    /// The log offset of the message that set it; -1 when unknown (written before schema
+    /// version 7).
+    last_offset: i64,
 }
 
 impl Tail {
     fn from_row(row: TailRow) -> Option<Self> {
-        let (user_lo, user_hi, last_message_id, last_seq, last_sent_at_us, by_lo, by_hi) = row;
+        let (user_lo, user_hi, last_message_id, last_seq, last_sent_at_us, by_lo, by_hi) =
+            (row.0, row.1, row.2, row.3, row.4, row.5, row.6);
         Some(Tail {
+            last_offset: row.7.unwrap_or(-1),
             user_lo: user_lo?,
             user_hi: user_hi?,
             last_message_id,
@@ -545,8 +559,8 @@ impl Tail {
         }
     }
 
-    /// The tail once `loc` (a message of this conversation) is its latest.
-    fn at(&self, message_id: Uuid, loc: &Location) -> Tail {
+    /// The tail once `loc` (a message of this conversation, at log `offset`) is its latest.
+    fn at(&self, message_id: Uuid, loc: &Location, offset: i64) -> Tail {
         let count = |user: Uuid| {
             if user == loc.sender_id {
                 loc.sender_count
@@ -560,6 +574,7 @@ impl Tail {
             last_sent_at_us: loc.sent_at_us,
             sent_by_lo: count(self.user_lo),
             sent_by_hi: count(self.user_hi),
+            last_offset: self.last_offset.max(offset),
             ..*self
         }
     }
@@ -682,6 +697,31 @@ impl Entry {
     }
 }
 
+type FirstKeptRow = (i64, Option<Uuid>, Option<i64>, Option<i64>);
+
+/// The oldest message of a conversation left after a point, with its counts.
+#[derive(Debug, Clone, Copy)]
+struct FirstKept {
+    seq: i64,
+    sender_id: Uuid,
+    /// Messages its sender had sent, this one included.
+    sender_count: i64,
+    /// Messages its recipient had sent before it.
+    peer_count: i64,
+}
+
+impl FirstKept {
+    fn from_row(row: FirstKeptRow) -> Option<Self> {
+        let (seq, sender_id, sender_count, peer_count) = row;
+        Some(FirstKept {
+            seq,
+            sender_id: sender_id?,
+            sender_count: sender_count?,
+            peer_count: peer_count.unwrap_or(0),
+        })
+    }
+}
+
 type FeedRow = (i64, Option<Uuid>, Option<i64>, Option<i64>, Option<i64>);
 
 /// One entry of a user's catch-up feed.
@@ -745,14 +785,36 @@ struct Inner {
 #[derive(Clone)]
 pub struct ScyllaStore {
     inner: Arc<Inner>,
+    /// How long messages are kept (see [`ScyllaStore::with_retention`]).
+    retention: Retention,
 }
 
 impl std::fmt::Debug for ScyllaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ScyllaStore")
             .field("keyspace", &self.inner.keyspace)
+            .field("retention", &self.retention)
             .finish()
     }
+}
+
+/// The longest TTL ScyllaDB and Cassandra accept: 20 years, in seconds.
+pub(super) const MAX_TTL: i32 = 630_720_000;
+
+/// The TTL (seconds) of the rows of a message sent at `sent_at_us` (as stored: monotonic in
+/// its conversation or channel), written at `now`: 0 (no expiry) when messages are kept
+/// forever, `None` when it has expired already (it is not stored).
+pub(super) fn message_ttl(
+    retention: &Retention,
+    sent_at_us: i64,
+    now: DateTime<Utc>,
+) -> Option<i32> {
+    if retention.period().is_none() {
+        return Some(0);
+    }
+    let sent_at = DateTime::from_timestamp_micros(sent_at_us)?;
+    let ttl = retention.ttl_seconds(sent_at, now)?.unwrap_or(0);
+    Some(ttl.min(MAX_TTL))
 }
 
 /// Connects, uses `config`'s keyspace and checks that the schema versions `required` are
@@ -799,18 +861,34 @@ pub async fn open_keyspace(config: &ScyllaConfig, required: &[i32]) -> Result<Ar
 }
 
 impl ScyllaStore {
-    /// Keeps messages only for `retention`. Not implemented on this store yet: a finite
-    /// retention is refused (rather than silently keeping messages forever); keeping them
-    /// forever is accepted.
-    pub fn with_retention(self, retention: &crate::Retention) -> Result<Self> {
-        match retention.period() {
-            None => Ok(self),
-            Some(period) => Err(StoreError::Unavailable(format!(
-                "the Scylla read store cannot expire messages yet (retention of {} days asked); \
-                 run with --retention-days 0 or the embedded store",
-                period.as_secs() / 86_400
-            ))),
+    /// Keeps messages only for `retention` (the default keeps them forever). Each row of a
+    /// message, and each row derived from one, is written `USING TTL` of the time the message
+    /// has left, so the cluster removes it when it expires; a message that has expired when
+    /// projected is not stored, but still takes its numbers (see `projections/0007_retention.cql`).
+    /// Unread counts leave out what expired (corrected when read from the oldest message left).
+    ///
+    /// Rows written while the store kept messages forever carry no TTL and stay: to expire
+    /// them, rebuild the keyspace by replaying the log with the retention set.
+    pub fn with_retention(self, retention: &Retention) -> Result<Self> {
+        if let Some(period) = retention.period()
+            && period.as_secs() > MAX_TTL as u64
+        {
+            return Err(StoreError::Unavailable(format!(
+                "a retention of {} days is longer than the Scylla read store's longest TTL \
+                 ({} days)",
+                period.as_secs() / 86_400,
+                MAX_TTL / 86_400
+            )));
         }
+        Ok(ScyllaStore {
+            retention: retention.clone(),
+            ..self
+        })
+    }
+
+    /// The retention the store was opened with.
+    pub fn retention(&self) -> &Retention {
+        &self.retention
     }
 
     /// Connects, uses the configured keyspace, checks that every schema version is applied
@@ -840,6 +918,7 @@ impl ScyllaStore {
                 st,
                 communities,
             }),
+            retention: Retention::forever(),
         })
     }
 
@@ -1059,6 +1138,8 @@ impl ScyllaStore {
 /// One batch of changes being applied: what was read, and the writes worked out so far.
 pub(super) struct Applying<'a> {
     pub(super) store: &'a ScyllaStore,
+    /// The time by the retention's clock when the apply started: TTLs count from it.
+    now: DateTime<Utc>,
     locations: HashMap<Uuid, Location>,
     tails: HashMap<Uuid, Tail>,
     /// Messages whose batch this apply already wrote.
@@ -1083,6 +1164,18 @@ pub(super) struct Applying<'a> {
 }
 
 impl<'a> Applying<'a> {
+    /// The TTL of the rows of a message sent at `sent_at_us`: 0 (none) when messages are kept
+    /// forever, `None` when it has expired (nothing about it is stored any more).
+    pub(super) fn ttl(&self, sent_at_us: i64) -> Option<i32> {
+        message_ttl(&self.store.retention, sent_at_us, self.now)
+    }
+
+    /// Whether messages expire: then an unknown message at or before its conversation's (or
+    /// channel's) last offset is a redelivery of an expired one.
+    pub(super) fn finite_retention(&self) -> bool {
+        self.store.retention.period().is_some()
+    }
+
     pub(super) fn push(
         &mut self,
         statement: &'a PreparedStatement,
@@ -1376,6 +1469,10 @@ impl<'a> Applying<'a> {
                 if *user_id != loc.sender_id && *user_id != loc.recipient_id {
                     return Ok(());
                 }
+                // Expired since it was read: nothing left to hide (no row may outlive it).
+                let Some(ttl) = self.ttl(loc.sent_at_us) else {
+                    return Ok(());
+                };
                 self.push_about(
                     *message_id,
                     &st.HIDDEN_ADD,
@@ -1385,6 +1482,7 @@ impl<'a> Applying<'a> {
                         loc.seq,
                         *message_id,
                         MEMBERSHIP_TS,
+                        ttl,
                     ),
                     "hiding a message",
                 );
@@ -1392,7 +1490,7 @@ impl<'a> Applying<'a> {
                     self.push_about(
                         *message_id,
                         &st.UNCOUNTED_ADD,
-                        (*user_id, loc.conversation_id, loc.seq, MEMBERSHIP_TS),
+                        (*user_id, loc.conversation_id, loc.seq, MEMBERSHIP_TS, ttl),
                         "uncounting a message",
                     );
                 }
@@ -1405,11 +1503,15 @@ impl<'a> Applying<'a> {
                     tracing::warn!(%message_id, "deleting an unknown message; ignored");
                     return Ok(());
                 };
+                let Some(ttl) = self.ttl(loc.sent_at_us) else {
+                    return Ok(());
+                };
                 self.push_about(
                     *message_id,
                     &st.MESSAGE_DELETE,
                     (
                         DELETED_TS,
+                        ttl,
                         true,
                         None::<String>,
                         loc.conversation_id,
@@ -1426,6 +1528,7 @@ impl<'a> Applying<'a> {
                         loc.conversation_id,
                         loc.seq,
                         MEMBERSHIP_TS,
+                        ttl,
                     ),
                     "uncounting a message",
                 );
@@ -1448,12 +1551,15 @@ impl<'a> Applying<'a> {
                     tracing::warn!(%message_id, %recipient_id, "a message acknowledged for someone who is not its recipient; ignored");
                     return Ok(());
                 }
+                let Some(ttl) = self.ttl(loc.sent_at_us) else {
+                    return Ok(());
+                };
                 // One-way, like a deletion: the status of a read message stays read (its
                 // marker decides first), and no message write names the column.
                 self.push_about(
                     *message_id,
                     &st.MESSAGE_DELIVERED_SET,
-                    (DELETED_TS, loc.conversation_id, loc.bucket, loc.seq),
+                    (DELETED_TS, ttl, loc.conversation_id, loc.bucket, loc.seq),
                     "marking a message delivered",
                 );
                 self.unpend(
@@ -1505,6 +1611,7 @@ impl<'a> Applying<'a> {
                 last_sent_at_us: i64::MIN,
                 sent_by_lo: 0,
                 sent_by_hi: 0,
+                last_offset: -1,
             }
         });
         let loc = match self.locations.get(&id) {
@@ -1518,6 +1625,14 @@ impl<'a> Applying<'a> {
             // Numbered before; a batch of its conversation after it succeeded, so it is whole.
             Some(loc) if loc.seq < tail.last_seq => return Ok(()),
             Some(loc) => *loc,
+            // With a retention, an unknown message that is not past the tail is a redelivery
+            // of one that expired (never stored, or gone since): numbered already.
+            None if self.finite_retention()
+                && tail.last_message_id != Some(id)
+                && (position.offset as i64) <= tail.last_offset =>
+            {
+                return Ok(());
+            }
             None if tail.last_message_id == Some(id) => Location {
                 conversation_id: conv,
                 bucket: history_bucket(tail.last_sent_at_us),
@@ -1544,19 +1659,56 @@ impl<'a> Applying<'a> {
                 }
             }
         };
-        let at = tail.at(id, &loc);
-        self.tails.insert(conv, at);
-        self.locations.insert(id, loc);
-
         let ts = at_offset(position.offset);
         let partition = partition_of(position.partition)?;
         let offset = position.offset as i64;
+        let at = tail.at(id, &loc, offset);
+        self.tails.insert(conv, at);
         let horizon = self.horizons.entry(partition).or_insert(offset + 1);
         *horizon = (*horizon).max(offset + 1);
         let feed_bucket = feed_bucket(offset);
         let (bucket, seq, sent_at_us) = (loc.bucket, loc.seq, loc.sent_at_us);
         let (sender_count, peer_count) = (loc.sender_count, loc.peer_count);
         let st = &self.store.inner.st;
+        // The tail as this message left it; a later message's (newer timestamp) wins.
+        let tail_row = (
+            conv,
+            at.user_lo,
+            at.user_hi,
+            id,
+            seq,
+            sent_at_us,
+            at.sent_by_lo,
+            at.sent_by_hi,
+            at.last_offset,
+            ts,
+        );
+        // Each side's entry: the peer, the latest message, and how many the peer has sent.
+        let entry = |user: Uuid, peer: Uuid, peer_sent: i64| {
+            (ts, peer, id, seq, bucket, sent_at_us, peer_sent, user, conv)
+        };
+        let store = self.store;
+        let Some(ttl) = self.ttl(sent_at_us) else {
+            // Expired: not stored, and unknown to the rest of this apply (a read marker, hide
+            // or receipt of it is ignored, as in a store that never saw it). It still takes its
+            // numbers, and both entries move on (activity, and a preview that is gone).
+            let mut batch = Batch::new(BatchType::Logged);
+            batch.set_is_idempotent(true);
+            for statement in [&st.TAIL_SET, &st.ENTRY_MESSAGE_SET, &st.ENTRY_MESSAGE_SET] {
+                batch.append_statement(statement.clone());
+            }
+            let rows = (
+                tail_row,
+                entry(sender, recipient, peer_count),
+                entry(recipient, sender, sender_count),
+            );
+            self.chains
+                .entry(conv)
+                .or_default()
+                .push(Box::pin(store.logged_batch(batch, rows)));
+            return Ok(());
+        };
+        self.locations.insert(id, loc);
         let mut batch = Batch::new(BatchType::Logged);
         batch.set_is_idempotent(true);
         for statement in [
@@ -1593,6 +1745,7 @@ impl<'a> Applying<'a> {
             partition,
             offset,
             ts,
+            ttl,
         );
         let location_row = (
             id,
@@ -1605,24 +1758,9 @@ impl<'a> Applying<'a> {
             sender_count,
             peer_count,
             ts,
+            ttl,
         );
-        // The tail as this message left it; a later message's (newer timestamp) wins.
-        let tail_row = (
-            conv,
-            at.user_lo,
-            at.user_hi,
-            id,
-            seq,
-            sent_at_us,
-            at.sent_by_lo,
-            at.sent_by_hi,
-            ts,
-        );
-        let bucket_row = (conv, bucket, ts);
-        // Each side's entry: the peer, the latest message, and how many the peer has sent.
-        let entry = |user: Uuid, peer: Uuid, peer_sent: i64| {
-            (ts, peer, id, seq, bucket, sent_at_us, peer_sent, user, conv)
-        };
+        let bucket_row = (conv, bucket, ts, ttl);
         let feed = |user: Uuid| {
             (
                 user,
@@ -1635,12 +1773,14 @@ impl<'a> Applying<'a> {
                 seq,
                 sent_at_us,
                 ts,
+                ttl,
             )
         };
-        let feed_bucket_row = |user: Uuid| (user, partition, feed_bucket, sent_at_us, sent_at_us);
+        let feed_bucket_row =
+            |user: Uuid| (user, partition, feed_bucket, sent_at_us, sent_at_us, ttl);
         // Pending for the recipient until acknowledged, read, hidden or deleted: each of those
         // deletes the row at DELETED_TS, which this insert (offset + 2) can never outweigh.
-        let pending_row = (recipient, conv, seq, id, bucket, sent_at_us, ts);
+        let pending_row = (recipient, conv, seq, id, bucket, sent_at_us, ts, ttl);
         let rows = (
             message_row,
             location_row,
@@ -1654,7 +1794,6 @@ impl<'a> Applying<'a> {
             feed_bucket_row(recipient),
             pending_row,
         );
-        let store = self.store;
         let write: PendingWrite<'a> = match client_msg_id {
             // The idempotency key goes in the same batch: a message is never stored without it.
             Some(key) => {
@@ -1671,7 +1810,7 @@ impl<'a> Applying<'a> {
                     rows.8,
                     rows.9,
                     rows.10,
-                    (sender, key.clone(), sent_at_us, id, ts),
+                    (sender, key.clone(), sent_at_us, id, ts, ttl),
                 );
                 Box::pin(store.logged_batch(batch, rows))
             }
@@ -1989,13 +2128,95 @@ impl ScyllaStore {
         let Some(peer) = peer else {
             return Ok(None);
         };
+        let mut unread = entry.peer_sent - entry.read_peer_count - uncounted;
+        if unread > 0 && self.retention.period().is_some() {
+            unread = self.unread_kept(user, peer_id, entry).await?;
+        }
         Ok(Some(Conversation {
             conversation_id: conv,
             peer,
             last_message: last,
-            unread_count: (entry.peer_sent - entry.read_peer_count - uncounted).max(0) as u64,
+            unread_count: unread.max(0) as u64,
             last_activity_at: from_micros(activity)?,
         }))
+    }
+
+    /// `user`'s unread count in a conversation whose messages may have expired: the peer's
+    /// messages after the read marker, less those that expired. Messages expire oldest first
+    /// (send times are monotonic in seq), so what is left after the marker starts at the oldest
+    /// message still stored after it, and its row says how many messages the peer had sent
+    /// before it: the marker counts as if it were just before that message. `uncounted`
+    /// messages are counted after the same point (those before it expired with their rows).
+    /// Nothing left after the marker: nothing unread.
+    async fn unread_kept(&self, user: Uuid, peer: Uuid, entry: Entry) -> Result<i64> {
+        let conv = entry.conversation_id;
+        let Some(first) = self.first_kept_message(conv, entry.read_seq).await? else {
+            return Ok(0);
+        };
+        // The peer's messages before the first one left.
+        let peer_before = if first.sender_id == peer {
+            first.sender_count - 1
+        } else {
+            first.peer_count
+        };
+        let (read_seq, read_peer_count) = (
+            entry.read_seq.max(first.seq - 1),
+            entry.read_peer_count.max(peer_before),
+        );
+        let uncounted = self
+            .first::<(i64,)>(
+                &self.st().UNCOUNTED_AFTER,
+                (user, conv, read_seq),
+                "counting unread messages",
+            )
+            .await?
+            .map_or(0, |(n,)| n);
+        Ok(entry.peer_sent - read_peer_count - uncounted)
+    }
+
+    /// A conversation's oldest message still stored after seq `after` (`None` if none is):
+    /// with a retention, those before it expired. Walks the buckets newest first and stops at
+    /// the first that holds nothing after `after` (or when the message right after it is
+    /// found), so it reads about as many buckets as hold unread messages.
+    async fn first_kept_message(&self, conv: Uuid, after: i64) -> Result<Option<FirstKept>> {
+        let mut found = None;
+        let mut below = i64::MAX;
+        loop {
+            let buckets: Vec<(i64,)> = self
+                .rows(
+                    &self.st().BUCKETS_DOWN,
+                    (conv, below, BUCKET_CHUNK),
+                    "reading history buckets",
+                )
+                .await?;
+            let Some(&(last,)) = buckets.last() else {
+                return Ok(found);
+            };
+            for (bucket,) in buckets {
+                let rows: Vec<FirstKeptRow> = self
+                    .rows(
+                        &self.st().MESSAGES_FIRST_AFTER,
+                        (conv, bucket, after, super::communities::FIRST_AFTER_ROWS),
+                        "reading a conversation's oldest messages",
+                    )
+                    .await?;
+                // Rows without a message are strays (a write that outlived it): skipped.
+                match rows.into_iter().find_map(FirstKept::from_row) {
+                    Some(first) => {
+                        found = Some(first);
+                        if first.seq == after + 1 {
+                            return Ok(found);
+                        }
+                    }
+                    // Older buckets hold older seqs: nothing after `after` there either.
+                    None => return Ok(found),
+                }
+            }
+            if last == i64::MIN {
+                return Ok(found);
+            }
+            below = last - 1;
+        }
     }
 
     /// The latest message of a conversation that `user` can see.
@@ -2354,6 +2575,7 @@ impl ReadStore for ScyllaStore {
         let _timer = query_timer(BACKEND, "apply");
         let mut applying = Applying {
             store: self,
+            now: self.retention.now(),
             locations: HashMap::new(),
             tails: HashMap::new(),
             issued: HashSet::new(),
