@@ -868,11 +868,18 @@ impl Dispatch<'_> {
             } => {
                 let audience = self.gateway.server_audience(*server_id);
                 if !audience.is_empty() {
+                    let content = match self.service.open_personal(*author_id, content).await {
+                        Ok(content) => content,
+                        Err(error) => {
+                            tracing::warn!(%position, %error, "a post could not be opened; not pushed");
+                            return Ok(out);
+                        }
+                    };
                     let post = Post {
                         post_id: *post_id,
                         server_id: *server_id,
                         author_id: *author_id,
-                        content: content.clone(),
+                        content,
                         tags: tags.clone(),
                         published_at: envelope.occurred_at,
                         position,

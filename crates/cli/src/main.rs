@@ -119,6 +119,10 @@ enum TopicsCommand {
         /// Replicas per partition (3 in production).
         #[arg(long, default_value_t = 3)]
         replication: i32,
+        /// The message retention of the servers (`--retention-days`): the messages topic
+        /// keeps its records that long; every other topic keeps them forever. 0: forever.
+        #[arg(long, env = "MISSIVE_RETENTION_DAYS", default_value_t = 0)]
+        retention_days: u32,
     },
 }
 
@@ -209,6 +213,11 @@ struct ServeArgs {
     /// only HTTP a `missive project` process has).
     #[arg(long, env = "MISSIVE_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// Direct and channel messages older than this many days are removed from the read
+    /// models (and, on Kafka, the messages topic should keep its records as long: `missive
+    /// topics create --retention-days`). 0 keeps them forever.
+    #[arg(long, env = "MISSIVE_RETENTION_DAYS", default_value_t = 0)]
+    retention_days: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -232,6 +241,11 @@ impl ServeArgs {
         config.jwt_secret = self.jwt_secret.map(String::into_bytes);
         config.log = self.log.backend()?;
         config.store = self.store.backend()?;
+        config.retention =
+            missive_store::Retention::days(self.retention_days).map_err(anyhow::Error::msg)?;
+        if let LogBackend::Kafka(kafka) = &mut config.log {
+            kafka.messages_retention = config.retention.period();
+        }
         config.service.registration_open = matches!(self.registration, Registration::Open);
         config.service.max_text_chars = self.max_text_chars;
         config.token_ttl = Duration::from_secs(self.token_ttl_days * 24 * 3600);
@@ -596,8 +610,25 @@ impl ReplayArgs {
         let log = self.log.tool_backend()?.open(&self.data_dir).await?;
         let until = replay::until(log.as_ref(), self.until.as_ref()).await?;
 
+        // Rebuilds open personal fields with the live users' keys, wherever they write: a
+        // replay after an account's deletion finds its key destroyed, so it shows none of
+        // that user's personal data.
+        let vault = if analytics {
+            None
+        } else {
+            Some(live_backend.open_vault(&self.data_dir).await?)
+        };
+        let opened =
+            |store: Arc<dyn missive_store::ReadStore>| -> Arc<dyn missive_store::ReadStore> {
+                match &vault {
+                    Some(vault) => Arc::new(missive_keys::OpenedStore::new(store, vault.clone())),
+                    None => store,
+                }
+            };
+
         if self.verify {
             let (scratch, cleanup) = self.scratch(&live_backend).await?;
+            let scratch = opened(scratch);
             let verified = match &live_backend {
                 // Never the opening that rebuilds a store of another schema version.
                 StoreBackend::Embedded => {
@@ -647,7 +678,8 @@ impl ReplayArgs {
         if analytics {
             return self.rebuild_analytics(log, scylla_live).await;
         }
-        let target = self.target(scylla_live).await?;
+        let mut target = self.target(scylla_live).await?;
+        target.store = opened(target.store);
         if self.until.is_some() {
             let held = replay::checkpoints(target.store.as_ref()).await?;
             anyhow::ensure!(
@@ -741,7 +773,7 @@ impl ReplayArgs {
                 let store = StoreBackend::Scylla(config);
                 Ok(StoreTarget {
                     name: store.to_string(),
-                    store: store.open(&self.data_dir).await?,
+                    store: store.open_raw(&self.data_dir).await?,
                     path: None,
                 })
             }
@@ -811,7 +843,7 @@ impl ReplayArgs {
                     "--into names the live keyspace"
                 );
                 let store = StoreBackend::Scylla(config.clone())
-                    .open(&self.data_dir)
+                    .open_raw(&self.data_dir)
                     .await?;
                 if ours {
                     return Ok((store, Cleanup::Keyspace(session, config.keyspace.clone())));
@@ -964,10 +996,14 @@ async fn main() -> anyhow::Result<()> {
             log,
             partitions,
             replication,
+            retention_days,
         }) => {
-            let LogBackend::Kafka(config) = log.backend()? else {
+            let LogBackend::Kafka(mut config) = log.backend()? else {
                 anyhow::bail!("`missive topics create` needs --log kafka://host:port");
             };
+            config.messages_retention = missive_store::Retention::days(retention_days)
+                .map_err(anyhow::Error::msg)?
+                .period();
             let created =
                 missive_log::kafka::create_topics(&config, partitions, replication).await?;
             for topic in created {

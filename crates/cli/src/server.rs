@@ -10,6 +10,9 @@ use futures::StreamExt;
 use missive_api::gateway::Gateway;
 use missive_api::{ApiConfig, AppState, Secret};
 use missive_events::Presence;
+use missive_keys::scylla::ScyllaVault;
+use missive_keys::sqlite::SqliteVault;
+use missive_keys::{CachedVault, KeyVault, OpenedStore};
 use missive_log::kafka::{KafkaConfig, KafkaLog, TopicSettings, check_topic_settings};
 use missive_log::sqlite::{Durability, SqliteLog};
 use missive_log::{EventLog, Position};
@@ -102,9 +105,38 @@ pub enum StoreBackend {
 }
 
 impl StoreBackend {
-    /// Opens the store: the embedded one in `data_dir`, or a session to Scylla that checks
-    /// the keyspace's schema.
+    /// Opens the store with its key vault ([`StoreBackend::open_vault`]): personal fields
+    /// are opened as they are projected and read ([`OpenedStore`]).
     pub async fn open(&self, data_dir: &Path) -> anyhow::Result<Arc<dyn ReadStore>> {
+        let vault = self.open_vault(data_dir).await?;
+        Ok(Arc::new(OpenedStore::new(
+            self.open_raw(data_dir).await?,
+            vault,
+        )))
+    }
+
+    /// The users' keys (crypto-shredding): `keys.db` in the data directory, or the
+    /// `user_keys` table of the Scylla keyspace; cached for [`CachedVault::DEFAULT_TTL`], the
+    /// longest another process may still use a key after an account's deletion.
+    pub async fn open_vault(&self, data_dir: &Path) -> anyhow::Result<Arc<dyn KeyVault>> {
+        Ok(match self {
+            StoreBackend::Embedded => {
+                let path = data_dir.join("keys.db");
+                Arc::new(CachedVault::new(SqliteVault::open(&path).with_context(
+                    || format!("opening the key vault {}", path.display()),
+                )?))
+            }
+            StoreBackend::Scylla(config) => Arc::new(CachedVault::new(
+                ScyllaVault::open(config)
+                    .await
+                    .with_context(|| format!("opening the key vault at {self}"))?,
+            )),
+        })
+    }
+
+    /// Opens the store alone, its personal fields as stored (sealed): the embedded one in
+    /// `data_dir`, or a session to Scylla that checks the keyspace's schema.
+    pub async fn open_raw(&self, data_dir: &Path) -> anyhow::Result<Arc<dyn ReadStore>> {
         Ok(match self {
             StoreBackend::Embedded => Arc::new(open_embedded_store(data_dir)?),
             StoreBackend::Scylla(config) => Arc::new(
@@ -124,6 +156,28 @@ impl std::fmt::Display for StoreBackend {
             StoreBackend::Scylla(config) => {
                 write!(f, "scylla://{}/{}", config.nodes.join(","), config.keyspace)
             }
+        }
+    }
+}
+
+/// How often the embedded store is swept of expired messages: they are hidden from nothing
+/// meanwhile (never projected once expired), only kept a little longer.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Sweeps expired messages out of `store` now and every [`SWEEP_INTERVAL`] until `stop`.
+async fn sweep_expired_messages(store: SqliteStore, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        match store.sweep_expired(store.retention().now()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "expired messages removed from the read models"),
+            Err(error) => {
+                tracing::warn!(%error, "could not sweep expired messages; trying again later")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            () = stop.as_mut() => return,
         }
     }
 }
@@ -199,6 +253,8 @@ pub struct ServerConfig {
     pub analytics: bool,
     /// Per-user and per-address limits of commands.
     pub rate_limits: missive_api::ratelimit::RateLimits,
+    /// How long direct and channel messages stay in the read models (forever by default).
+    pub retention: missive_store::Retention,
     /// Where to serve only `/metrics` and `/healthz` besides the API (any role).
     pub admin_listen: Option<SocketAddr>,
 }
@@ -223,6 +279,7 @@ impl ServerConfig {
             reset_presence: None,
             analytics: true,
             rate_limits: missive_api::ratelimit::RateLimits::default(),
+            retention: missive_store::Retention::forever(),
             admin_listen: None,
         }
     }
@@ -269,7 +326,25 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let secret = Secret::new(secret);
     let in_use = DataDirUse::shared(&config.data_dir)?;
     let log = config.log.open(&config.data_dir).await?;
-    let store = config.store.open(&config.data_dir).await?;
+    let vault = config.store.open_vault(&config.data_dir).await?;
+    let (raw, embedded): (Arc<dyn ReadStore>, _) = match &config.store {
+        StoreBackend::Embedded => {
+            let store =
+                open_embedded_store(&config.data_dir)?.with_retention(config.retention.clone());
+            (Arc::new(store.clone()), Some(store))
+        }
+        StoreBackend::Scylla(scylla) => (
+            Arc::new(
+                ScyllaStore::open(scylla)
+                    .await
+                    .with_context(|| format!("opening the Scylla read store at {}", config.store))?
+                    .with_retention(&config.retention)
+                    .context("--retention-days")?,
+            ),
+            None,
+        ),
+    };
+    let store: Arc<dyn ReadStore> = Arc::new(OpenedStore::new(raw, vault.clone()));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks: Vec<Task> = Vec::new();
 
@@ -357,11 +432,29 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         progress
     };
 
+    // The projector's process sweeps expired messages out of the embedded store (Scylla
+    // expires them by TTL).
+    if let Some(store) = embedded
+        && config.role != Role::Api
+        && config.retention.period().is_some()
+    {
+        let stop = stopped(stop_rx.clone());
+        tasks.push((
+            "retention sweeper",
+            tokio::spawn(async move {
+                sweep_expired_messages(store, stop).await;
+                Ok(())
+            }),
+        ));
+    }
+
     let mut addr = None;
     let mut sessions: Option<Arc<missive_api::ws::Sessions>> = None;
     if config.role != Role::Projector {
         let service = Arc::new(
-            Service::new(log.clone(), store.clone(), progress, config.service.clone()).await?,
+            Service::new(log.clone(), store.clone(), progress, config.service.clone())
+                .await?
+                .with_vault(vault),
         );
         // Bound (so that a second process on the same address fails here) but not served
         // until the presence reset and the gateway are in place.

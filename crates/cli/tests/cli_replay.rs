@@ -9,6 +9,8 @@ use std::process::Output;
 
 use common::{Backend, Client, Harness};
 use missive_cli::server::{LogBackend, StoreBackend};
+use missive_keys::OpenedStore;
+use missive_keys::sqlite::SqliteVault;
 use missive_store::ReadStore;
 use missive_store::sqlite::SqliteStore;
 use serde_json::{Value, json};
@@ -78,10 +80,17 @@ async fn dump_prints_the_log_as_json_lines() {
     ] {
         assert_eq!(types.iter().filter(|x| **x == t).count(), n, "{t}: {all:?}");
     }
+    // The log as stored: personal fields sealed with their owner's key.
     let registered = all
         .iter()
-        .find(|l| l["event"]["username"] == "alice")
+        .find(|l| l["event_type"] == "UserRegistered" && l["actor_id"] == alice.id.to_string())
         .expect("alice registered");
+    let username = registered["event"]["username"].as_str().expect("username");
+    assert!(
+        username.starts_with(missive_keys::SEALED_PREFIX),
+        "{username}"
+    );
+    assert!(!username.contains("alice"), "{username}");
     assert_eq!(registered["event"]["user_id"], alice.id.to_string());
     assert_eq!(registered["actor_id"], alice.id.to_string());
     assert!(
@@ -91,12 +100,12 @@ async fn dump_prints_the_log_as_json_lines() {
     );
 
     let messages = lines(&missive(&h, &["events", "dump", "--type", "MessageSent"]).await);
-    assert_eq!(
-        messages
-            .iter()
-            .map(|l| l["event"]["text"].clone())
-            .collect::<Vec<_>>(),
-        [json!("one"), json!("two"), json!("three")]
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert!(
+        messages.iter().all(|l| l["event"]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(missive_keys::SEALED_PREFIX))),
+        "message texts are sealed in the log: {messages:?}"
     );
     for (line, answer) in messages.iter().zip(&sent) {
         assert_eq!(line["position"], answer["position"]);
@@ -116,7 +125,11 @@ async fn dump_prints_the_log_as_json_lines() {
     let second = sent[1]["position"].as_str().expect("position");
     let until = lines(&missive(&h, &["events", "dump", "--until", second]).await);
     assert_eq!(until.last().map(|l| &l["position"]), Some(&json!(second)));
-    assert!(!until.iter().any(|l| l["event"]["text"] == "three"));
+    assert!(
+        !until
+            .iter()
+            .any(|l| l["event"]["message_id"] == sent[2]["message_id"])
+    );
 
     // From the second message's time on: the second and third.
     let from = messages[1]["occurred_at"].as_str().expect("time");
@@ -130,9 +143,9 @@ async fn dump_prints_the_log_as_json_lines() {
     assert_eq!(
         later
             .iter()
-            .map(|l| l["event"]["text"].clone())
+            .map(|l| l["event"]["message_id"].clone())
             .collect::<Vec<_>>(),
-        [json!("two"), json!("three")]
+        [sent[1]["message_id"].clone(), sent[2]["message_id"].clone()]
     );
 
     let bad = missive(&h, &["events", "dump", "--type", "MessageSend"]).await;
@@ -193,9 +206,10 @@ async fn tail_follows_the_log() {
     // Until the tail is up, what is sent may come before its start: send until a line arrives.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut n = 0;
+    let mut after = Vec::new();
     let line = loop {
         n += 1;
-        h.send(&alice, &bob, &format!("after {n}")).await;
+        after.push(h.send(&alice, &bob, &format!("after {n}")).await["message_id"].clone());
         if let Ok(Some(line)) =
             tokio::time::timeout(std::time::Duration::from_millis(500), rx.recv()).await
         {
@@ -207,9 +221,8 @@ async fn tail_follows_the_log() {
     let _ = child.wait();
     let line: Value = serde_json::from_str(&line).expect("a JSON line");
     assert_eq!(line["event_type"], "MessageSent");
-    let text = line["event"]["text"].as_str().expect("text");
     assert!(
-        text.starts_with("after "),
+        after.contains(&line["event"]["message_id"]),
         "not the message sent before it started: {line}"
     );
     h.shutdown().await;
@@ -277,7 +290,7 @@ async fn replay_verifies_rebuilds_and_swaps() {
         let second = sent[1]["position"].as_str().expect("position");
         let out = missive(&h, &["replay", "--until", second, "--into", &pit_arg]).await;
         assert!(out.status.success(), "{out:?}");
-        assert_eq!(history(&pit, &bob, &conv).await, ["one", "two"]);
+        assert_eq!(history(&h, &pit, &bob, &conv).await, ["one", "two"]);
     } else {
         // Every partition holding events, at its last event; the second message's partition
         // at the second message.
@@ -309,7 +322,7 @@ async fn replay_verifies_rebuilds_and_swaps() {
         )
         .await;
         assert!(out.status.success(), "{out:?}");
-        assert_eq!(history(&pit, &bob, &conv).await, ["one", "two"]);
+        assert_eq!(history(&h, &pit, &bob, &conv).await, ["one", "two"]);
     }
     // By time: once the third was sent (its time, from the log).
     let third = times[2].clone();
@@ -318,7 +331,7 @@ async fn replay_verifies_rebuilds_and_swaps() {
     let out = missive(&h, &["replay", "--until", &third, "--into", &pit_time_arg]).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
-        history(&pit_time, &bob, &conv).await,
+        history(&h, &pit_time, &bob, &conv).await,
         ["one", "two", "three"]
     );
     // A point in time needs an empty target.
@@ -367,7 +380,7 @@ async fn replay_verifies_rebuilds_and_swaps() {
                 .expect("checkpoints"),
             log_end(&h).await
         );
-        let texts = history(&path, &bob, &conv).await;
+        let texts = history(&h, &path, &bob, &conv).await;
         assert!(texts.contains(&"five".to_owned()), "{texts:?}");
         assert!(texts.contains(&"six".to_owned()), "{texts:?}");
     }
@@ -511,8 +524,11 @@ async fn log_end(h: &Harness) -> std::collections::BTreeMap<u32, u64> {
 }
 
 /// The texts of a conversation's history in a rebuilt store, oldest first.
-async fn history(path: &Path, viewer: &Client, conv: &str) -> Vec<String> {
+/// The texts of a conversation in a rebuilt store, opened with the data directory's keys.
+async fn history(h: &Harness, path: &Path, viewer: &Client, conv: &str) -> Vec<String> {
     let store = SqliteStore::open(path).expect("open the rebuilt store");
+    let vault = SqliteVault::open(&h.config.data_dir.join("keys.db")).expect("the key vault");
+    let store = OpenedStore::new(std::sync::Arc::new(store), std::sync::Arc::new(vault));
     let query = missive_store::HistoryQuery {
         before: None,
         after: None,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use missive_cli::server::{LogBackend, Running, ServerConfig, StoreBackend, start};
 use missive_log::kafka::testing::TestCluster;
+use missive_store::ReadStore;
 use missive_store::scylla::{Replication, ScyllaConfig, connect, drop_keyspace, migrate};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -229,11 +230,21 @@ impl Harness {
                     }
                 }
                 StoreBackend::Scylla(config) => {
+                    // Every read model and checkpoint, but not the users' keys that share the
+                    // keyspace: the log does not hold them (dropping the keyspace would lose
+                    // every sealed field).
                     let session = connect(&config).await.expect("connecting to Scylla");
-                    drop_keyspace(&session, &config.keyspace)
+                    let store = missive_store::scylla::ScyllaStore::open(&config)
                         .await
-                        .expect("dropping the keyspace");
-                    migrate(&session, &config).await.expect("migrating again");
+                        .expect("opening the Scylla store");
+                    let mut tables = store.tables().await.expect("the read-model tables");
+                    tables.push("checkpoints".into());
+                    for table in tables {
+                        session
+                            .query_unpaged(format!("TRUNCATE {}.{table}", config.keyspace), ())
+                            .await
+                            .expect("truncating a read model");
+                    }
                 }
             }
         })

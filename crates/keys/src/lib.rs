@@ -20,10 +20,13 @@
 //! - `scylla` (feature `scylla`, on by default): the vault on the read store's keyspace
 //!   (`projections/0005_user_keys.cql`).
 //! - [`cached`]: [`CachedVault`], a TTL cache in front of any vault for the hot path.
+//! - [`personal`]: which fields are personal data; [`seal_event`] (the service, before
+//!   appending) and [`OpenedStore`] (the read store as the application sees it).
 //! - [`contract`]: the vault contract suite, generic over any [`KeyVault`].
 
 pub mod cached;
 pub mod contract;
+pub mod personal;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 pub mod seal;
@@ -36,6 +39,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 pub use cached::CachedVault;
+pub use personal::{OpenedStore, seal_event};
 pub use seal::{KEY_LEN, SEALED_PREFIX, SealError, UserKey, is_sealed, seal, unseal};
 
 /// What can go wrong with a key vault.

@@ -36,6 +36,7 @@ use missive_domain::friends::FriendCommand;
 use missive_domain::messages::{Deliverable, Send, SendState, Visible};
 use missive_domain::{DomainError, FriendshipState};
 use missive_events::{AccountStatus, DeleteScope, Envelope, Event, Presence, codec};
+use missive_keys::{KeyVault, VaultError};
 use missive_log::{EventLog, LogError, Position, Record};
 use missive_projector::Progress;
 use missive_store::{
@@ -193,6 +194,9 @@ pub struct Service {
     /// then kept current by [`Service::note_account`] (this process's own changes, and those
     /// the gateway sees in the log).
     restricted: parking_lot::RwLock<Standings>,
+    /// Seals personal fields before they are appended (crypto-shredding, see
+    /// [`missive_keys::personal`]); `None` appends them in the clear.
+    vault: Option<Arc<dyn KeyVault>>,
 }
 
 /// The accounts that are not active, as this process knows them.
@@ -280,7 +284,28 @@ impl Service {
             startup_end,
             caught_up: AtomicBool::new(false),
             restricted: parking_lot::RwLock::new(restricted),
+            vault: None,
         })
+    }
+
+    /// Seals personal fields with their owners' keys in `vault` before appending them, and
+    /// destroys a user's key when their account is deleted. The read store should be an
+    /// [`missive_keys::OpenedStore`] on the same vault.
+    pub fn with_vault(mut self, vault: Arc<dyn KeyVault>) -> Self {
+        self.vault = Some(vault);
+        self
+    }
+
+    /// Opens a personal value of `owner`'s read from the log rather than the read models (an
+    /// event's post content): empty when it is shredded.
+    pub async fn open_personal(&self, owner: Uuid, value: &str) -> Result<String> {
+        let Some(vault) = &self.vault else {
+            return Ok(value.to_owned());
+        };
+        let opened = missive_keys::unseal_with(vault.as_ref(), owner, value)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(opened.unwrap_or_default())
     }
 
     // ----- account standing -----
@@ -348,6 +373,13 @@ impl Service {
             }
         };
         self.note_account(user, status);
+        if status == AccountStatus::Deleted
+            && let Some(vault) = &self.vault
+        {
+            // The projector destroys it too as it projects the deletion (in case this process
+            // dies here); doing it now shreds the data before the operator is answered.
+            vault.destroy(user).await.map_err(StoreError::from)?;
+        }
         let after = self
             .store
             .user(user)
@@ -491,7 +523,16 @@ impl Service {
             self.check_actor(actor.user_id)?;
         }
         let mut records = Vec::with_capacity(events.len());
-        for event in events {
+        for mut event in events {
+            if let Some(vault) = &self.vault {
+                missive_keys::seal_event(vault.as_ref(), &mut event)
+                    .await
+                    .map_err(|error| match error {
+                        // Deleted by an operator since the standing check above.
+                        VaultError::Destroyed => ServiceError::Domain(DomainError::AccountDeleted),
+                        other => ServiceError::Store(other.into()),
+                    })?;
+            }
             let envelope = Envelope::new(event, actor.user_id, actor.correlation_id, now);
             let event_type = envelope.event_type();
             records.push(Record {
