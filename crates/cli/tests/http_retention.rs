@@ -62,8 +62,14 @@ async fn expired_messages_leave_the_read_models() {
     );
 
     // Two days later: the sweep at start removes both (it runs beside the server: wait).
+    // Scylla expires rows by TTL on its own clock, which the test cannot move: there a full
+    // replay shows that messages past the retention when projected are not stored.
     ahead.store(2 * 86_400, Ordering::SeqCst);
-    h.restart().await;
+    if matches!(h.config.store, missive_cli::server::StoreBackend::Scylla(_)) {
+        h.restart_with_empty_read_models().await;
+    } else {
+        h.restart().await;
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !history(&h, &bob, &alice, &last["position"])
         .await
