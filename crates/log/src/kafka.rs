@@ -195,11 +195,36 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|_| LogError::Closed)?
 }
 
+/// Counts the producer's request retries into `missive_producer_retries_total`, from the
+/// statistics librdkafka reports (per broker, a running total since the client started).
+#[derive(Default)]
+struct ProducerStats {
+    /// Retries counted so far, per broker.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl ClientContext for ProducerStats {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        let mut seen = self.seen.lock();
+        let mut new = 0;
+        for (name, b) in &statistics.brokers {
+            let before = seen.insert(name.clone(), b.txretries).unwrap_or(0);
+            new += b.txretries.saturating_sub(before);
+        }
+        if new > 0 {
+            missive_telemetry::metrics()
+                .producer_retries
+                .with_label_values::<&str>(&[])
+                .inc_by(new);
+        }
+    }
+}
+
 /// The Kafka [`EventLog`].
 #[derive(Clone)]
 pub struct KafkaLog {
     config: Arc<KafkaConfig>,
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerStats>,
     /// Topic names, indexed like [`Stream::ALL`].
     topics: Arc<Vec<String>>,
     /// Asks metadata and watermarks; never subscribes.
@@ -233,11 +258,16 @@ impl KafkaLog {
                 "message.timeout.ms",
                 config.delivery_timeout.as_millis().to_string(),
             );
+        // Statistics feed missive_producer_retries_total (ProducerStats), shown from 0.
+        producer.set("statistics.interval.ms", "5000");
+        missive_telemetry::metrics()
+            .producer_retries
+            .with_label_values::<&str>(&[]);
         for (k, v) in &config.client_options {
             producer.set(k, v);
         }
-        let producer: FutureProducer = producer
-            .create()
+        let producer: FutureProducer<ProducerStats> = producer
+            .create_with_context(ProducerStats::default())
             .map_err(broker("creating the Kafka producer"))?;
         // No group.id: it never subscribes or commits, and a group member's drop waits without
         // a bound for librdkafka to leave the group.

@@ -19,6 +19,7 @@
 //! | `missive_events_consumed_total` | counter | `consumer`, `topic`, `event_type` | events a projection read (topic: the stream) |
 //! | `missive_projector_batch_records` | histogram | `projection` | records per applied batch |
 //! | `missive_producer_errors_total` | counter | `kind` | failed Kafka appends (`queue_full`, `enqueue`, `delivery`) |
+//! | `missive_producer_retries_total` | counter | | requests the Kafka producer sent again (librdkafka's statistics, every 5 s) |
 //! | `missive_kafka_rebalances_total` | counter | `group` | partition assignments received (one per rebalance) |
 //! | `missive_store_query_duration_seconds` | histogram | `backend`, `statement` | time of one read-store call (`sqlite`, `scylla`; the `ReadStore` method, e.g. `user`, `history`, `apply`) |
 
@@ -49,6 +50,7 @@ pub struct Metrics {
     pub events_consumed: IntCounterVec,
     pub projector_batch_records: HistogramVec,
     pub producer_errors: IntCounterVec,
+    pub producer_retries: IntCounterVec,
     pub kafka_rebalances: IntCounterVec,
     /// Time of one read-store call: a query, or a projection batch with its checkpoint.
     pub store_query_seconds: HistogramVec,
@@ -217,6 +219,13 @@ impl Metrics {
                 "missive_producer_errors_total",
                 "Appends to Kafka that failed, by kind (queue_full, enqueue, delivery).",
                 &["kind"],
+            ),
+            producer_retries: counter(
+                r,
+                "missive_producer_retries_total",
+                "Requests the Kafka producer sent to a broker again (timeouts, transient broker \
+                 errors), from librdkafka's statistics every 5 s.",
+                &[],
             ),
             kafka_rebalances: counter(
                 r,
