@@ -492,6 +492,10 @@ struct ReplayArgs {
     store: Option<String>,
     #[command(flatten)]
     scylla: ScyllaArgs,
+    /// The servers' message retention (`--retention-days`): a rebuild leaves out messages
+    /// past it, and writes Scylla rows with the TTL they have left. 0 keeps everything.
+    #[arg(long, env = "MISSIVE_RETENTION_DAYS", default_value_t = 0)]
+    retention_days: u32,
     /// Where to rebuild: a SQLite file (embedded; default `<data-dir>/read.rebuild.db`) or a
     /// keyspace `scylla://host:port/keyspace` (required with a Scylla live store; created and
     /// migrated if needed). With --verify, the scratch target (default: a temporary file, or
@@ -765,6 +769,11 @@ impl ReplayArgs {
         Ok(())
     }
 
+    /// The retention rebuilds project with.
+    fn retention(&self) -> anyhow::Result<missive_store::Retention> {
+        missive_store::Retention::days(self.retention_days).map_err(anyhow::Error::msg)
+    }
+
     /// The rebuild's target store.
     async fn target(&self, scylla_live: bool) -> anyhow::Result<StoreTarget> {
         match self.into.as_deref() {
@@ -773,7 +782,9 @@ impl ReplayArgs {
                 let store = StoreBackend::Scylla(config);
                 Ok(StoreTarget {
                     name: store.to_string(),
-                    store: store.open_raw(&self.data_dir).await?,
+                    store: store
+                        .open_raw_with(&self.data_dir, &self.retention()?)
+                        .await?,
                     path: None,
                 })
             }
@@ -790,7 +801,8 @@ impl ReplayArgs {
                     anyhow::bail!("--into {}: that is the live read store", path.display());
                 }
                 let store = missive_store::sqlite::SqliteStore::open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?;
+                    .with_context(|| format!("opening {}", path.display()))?
+                    .with_retention(self.retention()?);
                 Ok(StoreTarget {
                     name: path.display().to_string(),
                     store: Arc::new(store),
@@ -843,7 +855,7 @@ impl ReplayArgs {
                     "--into names the live keyspace"
                 );
                 let store = StoreBackend::Scylla(config.clone())
-                    .open_raw(&self.data_dir)
+                    .open_raw_with(&self.data_dir, &self.retention()?)
                     .await?;
                 if ours {
                     return Ok((store, Cleanup::Keyspace(session, config.keyspace.clone())));
@@ -870,7 +882,8 @@ impl ReplayArgs {
                     path.display()
                 );
                 let store = missive_store::sqlite::SqliteStore::open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?;
+                    .with_context(|| format!("opening {}", path.display()))?
+                    .with_retention(self.retention()?);
                 Ok((Arc::new(store), Cleanup::Dir(dir)))
             }
         }

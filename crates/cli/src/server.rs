@@ -137,12 +137,26 @@ impl StoreBackend {
     /// Opens the store alone, its personal fields as stored (sealed): the embedded one in
     /// `data_dir`, or a session to Scylla that checks the keyspace's schema.
     pub async fn open_raw(&self, data_dir: &Path) -> anyhow::Result<Arc<dyn ReadStore>> {
+        self.open_raw_with(data_dir, &missive_store::Retention::forever())
+            .await
+    }
+
+    /// As [`StoreBackend::open_raw`], projecting with `retention`.
+    pub async fn open_raw_with(
+        &self,
+        data_dir: &Path,
+        retention: &missive_store::Retention,
+    ) -> anyhow::Result<Arc<dyn ReadStore>> {
         Ok(match self {
-            StoreBackend::Embedded => Arc::new(open_embedded_store(data_dir)?),
+            StoreBackend::Embedded => {
+                Arc::new(open_embedded_store(data_dir)?.with_retention(retention.clone()))
+            }
             StoreBackend::Scylla(config) => Arc::new(
                 ScyllaStore::open(config)
                     .await
-                    .with_context(|| format!("opening the Scylla read store at {self}"))?,
+                    .with_context(|| format!("opening the Scylla read store at {self}"))?
+                    .with_retention(retention)
+                    .context("--retention-days")?,
             ),
         })
     }

@@ -22,6 +22,7 @@
 //! A shredded value reads as: the username `deleted-<id>` ([`deleted_username`]), an empty
 //! display name, an empty text.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -35,7 +36,7 @@ use missive_store::{
 };
 use uuid::Uuid;
 
-use crate::{KeyRing, KeyState, KeyVault, VaultError, is_sealed, seal, unseal};
+use crate::{KeyState, KeyVault, UserKey, VaultError, is_sealed, seal, unseal};
 
 /// Seals `event`'s personal fields with their owner's key (created on first use). Fields that
 /// are already sealed are left as they are. `Err(VaultError::Destroyed)` when the owner's
@@ -178,15 +179,50 @@ impl OpenedStore {
                 slot.clone_from(field);
                 continue;
             }
-            match unseal(&key, owner, field) {
-                Ok(plain) => *slot = plain,
-                Err(error) => {
-                    tracing::warn!(%owner, %error, "a sealed user field does not open: projected as shredded");
-                    return Ok(None);
-                }
-            }
+            // Not a shredding: the key is there. Projecting it as shredded would scrub a live
+            // user (e.g. one whose key was lost and made again), so the projection stops.
+            *slot = unseal(&key, owner, field).map_err(|error| {
+                StoreError::Corrupt(format!(
+                    "a sealed field of user {owner} does not open with their key: {error}"
+                ))
+            })?;
         }
         Ok(Some(opened))
+    }
+}
+
+/// The keys of the owners of one answer's texts, each asked for once.
+struct KeyRing<'a> {
+    vault: &'a dyn KeyVault,
+    keys: HashMap<Uuid, Option<UserKey>>,
+}
+
+impl<'a> KeyRing<'a> {
+    fn new(vault: &'a dyn KeyVault) -> Self {
+        KeyRing {
+            vault,
+            keys: HashMap::new(),
+        }
+    }
+
+    /// The owner's key; `None` when destroyed. An owner of sealed data without any key is an
+    /// error (503): this process is not using the vault that sealed it, or the vault was
+    /// lost, and showing everyone's texts as removed would hide that.
+    async fn key(&mut self, owner: Uuid) -> Result<Option<UserKey>, StoreError> {
+        if let Some(key) = self.keys.get(&owner) {
+            return Ok(key.clone());
+        }
+        let key = match self.vault.key(owner).await? {
+            KeyState::Active(key) => Some(key),
+            KeyState::Destroyed => None,
+            KeyState::Missing => {
+                return Err(StoreError::Unavailable(format!(
+                    "the key vault has no key for user {owner}, whose data is sealed"
+                )));
+            }
+        };
+        self.keys.insert(owner, key.clone());
+        Ok(key)
     }
 }
 
@@ -196,9 +232,16 @@ async fn open_text(
     owner: Uuid,
     text: &mut String,
 ) -> Result<(), StoreError> {
-    if is_sealed(text) {
-        *text = ring.unseal(owner, text).await?.unwrap_or_default();
+    if !is_sealed(text) {
+        return Ok(());
     }
+    *text = match ring.key(owner).await? {
+        Some(key) => unseal(&key, owner, text).unwrap_or_else(|error| {
+            tracing::warn!(%owner, %error, "a sealed text does not open with its owner's key; shown empty");
+            String::new()
+        }),
+        None => String::new(),
+    };
     Ok(())
 }
 

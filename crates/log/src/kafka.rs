@@ -82,9 +82,9 @@ pub struct KafkaConfig {
     pub check_topic_settings: bool,
     /// How long the messages topic keeps its records (`retention.ms`), to match the read
     /// stores' message retention (`--retention-days`); `None` (the default) keeps them
-    /// forever. Only [`Stream::Messages`]: the other topics always keep everything, since
-    /// users, friendships, servers and channels (with their messages' numbering) are rebuilt
-    /// from them. See [`topic_configs`].
+    /// forever. Only [`Stream::Messages`] (direct and channel messages, read markers,
+    /// deletions, receipts): the other topics always keep everything, since users,
+    /// friendships, servers and channels are rebuilt from them. See [`topic_configs`].
     pub messages_retention: Option<Duration>,
 }
 
@@ -1089,13 +1089,17 @@ pub fn topic_configs(config: &KafkaConfig) -> Vec<(String, Vec<(&'static str, St
         .into_iter()
         .map(|name| {
             let retention = config.retention_ms(&name);
-            (
-                name,
-                vec![
-                    ("cleanup.policy", "delete".to_owned()),
-                    ("retention.ms", retention),
-                ],
-            )
+            let mut settings = vec![("cleanup.policy", "delete".to_owned())];
+            // Kafka deletes whole segments once their newest record is past retention.ms:
+            // segments of at most a day (or the retention, if shorter) keep messages at most
+            // that much longer than the read models do (the default segment is a week).
+            if retention != "-1" {
+                let day: u128 = 86_400_000;
+                let segment = retention.parse::<u128>().unwrap_or(day).min(day);
+                settings.push(("segment.ms", segment.to_string()));
+            }
+            settings.push(("retention.ms", retention));
+            (name, settings)
         })
         .collect()
 }
@@ -1106,12 +1110,12 @@ pub fn topic_configs(config: &KafkaConfig) -> Vec<(String, Vec<(&'static str, St
 /// Every topic keeps its records forever (`retention.ms=-1`, `cleanup.policy=delete`):
 /// projections may be rebuilt from offset 0 at any time, so the log is never compacted or
 /// expired away. The one exception is a finite [`KafkaConfig::messages_retention`]: the
-/// messages topic (direct messages, read markers, deletions, delivery receipts) then keeps
-/// records for that long (Kafka deletes whole segments, so somewhat longer), matching the
-/// read stores' message retention (`missive_store::Retention`). A replay after records were deleted rebuilds
-/// conversations from the first message left: a conversation whose messages are all gone from
-/// the log is no longer listed, and numbers start again at 1. Channel messages are in the
-/// communities topic and stay in the log for good (the read stores still drop them).
+/// messages topic (direct and channel messages, read markers, deletions, delivery receipts)
+/// then keeps records for that long (Kafka deletes whole segments, of a day at most, so up to
+/// a day longer), matching the read stores' message retention (`missive_store::Retention`).
+/// A replay after records were deleted rebuilds conversations and channels from the first
+/// message left: a conversation whose messages are all gone from the log is no longer listed,
+/// and numbers start again at 1.
 ///
 /// The partition count is fixed here: changing it later would move keys to other partitions
 /// and break their order; to grow, create a new topic set and replay into it.

@@ -54,6 +54,15 @@ fn only_the_messages_topic_takes_the_retention() {
             assert_eq!(retention, "-1", "{name} must keep its records forever");
         }
     }
+    // Segments of a day at most, so Kafka deletes messages soon after the retention.
+    for (name, settings) in topic_configs(&config) {
+        let segment = settings.iter().find(|(k, _)| *k == "segment.ms");
+        if name == config.topic(Stream::Messages) {
+            assert_eq!(segment.map(|(_, v)| v.as_str()), Some("86400000"));
+        } else {
+            assert!(segment.is_none(), "{name}: {settings:?}");
+        }
+    }
     assert_eq!(config.retention_ms("r.messages"), THIRTY_DAYS_MS);
     assert_eq!(config.retention_ms("r.communities"), "-1");
     assert_eq!(config.retention_ms("r.dead-letters"), "-1");

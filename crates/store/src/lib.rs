@@ -197,8 +197,11 @@ impl Retention {
         let Some(period) = self.period else {
             return Some(None);
         };
-        let left = (sent_at + period - now)
-            .num_microseconds()
+        // A time near the end of chrono's range (a record written by another producer) must
+        // not overflow: it expires never, as far as a TTL can say.
+        let left = sent_at
+            .checked_add_signed(period)
+            .and_then(|end| (end - now).num_microseconds())
             .unwrap_or(i64::MAX);
         if left <= 0 {
             return None;

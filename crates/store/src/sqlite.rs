@@ -195,6 +195,11 @@ fn open_connection(path: &Path) -> Result<Connection> {
         .map_err(sql("setting synchronous mode"))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(sql("setting the busy timeout"))?;
+    // A deleted account's scrubbed username and display name (the only personal fields held
+    // in the clear) are overwritten with zeros in the file, not left in free pages; the WAL
+    // drops its copies at the next checkpoint.
+    conn.pragma_update(None, "secure_delete", "ON")
+        .map_err(sql("enabling secure delete"))?;
     Ok(conn)
 }
 
@@ -882,7 +887,7 @@ fn sweep_messages(tx: &Transaction<'_>, cutoff: i64) -> Result<usize> {
     let expired: Vec<(Uuid, Uuid, i64, Uuid, Uuid, i64)> = tx
         .prepare_cached(
             "SELECT message_id, conversation_id, seq, sender_id, recipient_id, sent_at
-             FROM messages WHERE sent_at <= ?1 ORDER BY sent_at LIMIT ?2",
+             FROM messages WHERE sent_at <= ?1 ORDER BY sent_at, seq LIMIT ?2",
         )
         .and_then(|mut s| {
             s.query_map(params![cutoff, SWEEP_BATCH as i64], |r| {

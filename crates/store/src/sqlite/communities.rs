@@ -448,7 +448,7 @@ pub(super) fn sweep_channel_messages(
     let expired: Vec<(Uuid, i64)> = tx
         .prepare_cached(
             "SELECT channel_id, seq FROM channel_messages WHERE sent_at <= ?1
-             ORDER BY sent_at LIMIT ?2",
+             ORDER BY sent_at, seq LIMIT ?2",
         )
         .and_then(|mut s| {
             s.query_map(params![cutoff, limit as i64], |r| {
