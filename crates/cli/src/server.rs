@@ -341,22 +341,21 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let in_use = DataDirUse::shared(&config.data_dir)?;
     let log = config.log.open(&config.data_dir).await?;
     let vault = config.store.open_vault(&config.data_dir).await?;
-    let (raw, embedded): (Arc<dyn ReadStore>, _) = match &config.store {
+    // The embedded store is kept by its type too, for the retention sweeper.
+    let embedded = match &config.store {
         StoreBackend::Embedded => {
-            let store =
-                open_embedded_store(&config.data_dir)?.with_retention(config.retention.clone());
-            (Arc::new(store.clone()), Some(store))
+            Some(open_embedded_store(&config.data_dir)?.with_retention(config.retention.clone()))
         }
-        StoreBackend::Scylla(scylla) => (
-            Arc::new(
-                ScyllaStore::open(scylla)
-                    .await
-                    .with_context(|| format!("opening the Scylla read store at {}", config.store))?
-                    .with_retention(&config.retention)
-                    .context("--retention-days")?,
-            ),
-            None,
-        ),
+        StoreBackend::Scylla(_) => None,
+    };
+    let raw: Arc<dyn ReadStore> = match &embedded {
+        Some(store) => Arc::new(store.clone()),
+        None => {
+            config
+                .store
+                .open_raw_with(&config.data_dir, &config.retention)
+                .await?
+        }
     };
     let store: Arc<dyn ReadStore> = Arc::new(OpenedStore::new(raw, vault.clone()));
     let (stop, stop_rx) = watch::channel(false);
