@@ -187,12 +187,26 @@ fn broker(action: &'static str) -> impl FnOnce(KafkaError) -> LogError {
     }
 }
 
-/// Runs a blocking librdkafka call (a broker round trip) on the blocking pool, off the async
-/// workers.
+/// Runs a blocking librdkafka call (a broker round trip) on a thread of its own, off the async
+/// workers. Not on tokio's blocking pool: a runtime's shutdown waits for every task there, so
+/// a call abandoned after its timeout (a commit the broker never answers) would hold the
+/// process's exit; a thread of its own ends with the process.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| LogError::Closed)?
+    let (done, answer) = tokio::sync::oneshot::channel();
+    // In the runtime's context, as on its blocking pool: creating a consumer spawns tasks.
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    std::thread::Builder::new()
+        .name("kafka-call".into())
+        .spawn(move || {
+            let _context = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            let _ = done.send(f());
+        })
+        .map_err(|e| LogError::Broker {
+            action: "starting a thread for a broker call",
+            reason: e.to_string(),
+        })?;
+    // A closed channel: the call panicked.
+    answer.await.map_err(|_| LogError::Closed)?
 }
 
 /// Counts the producer's request retries into `missive_producer_retries_total`, from the
@@ -1290,5 +1304,38 @@ pub mod testing {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broker call abandoned after its timeout does not hold the runtime's shutdown (on
+    /// tokio's blocking pool it would: this test would then never end).
+    #[test]
+    fn an_abandoned_blocking_call_does_not_hold_shutdown() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let call = blocking(move || {
+            let _ = held.recv();
+            Ok(())
+        });
+        let outcome =
+            runtime.block_on(async { tokio::time::timeout(Duration::from_millis(20), call).await });
+        assert!(outcome.is_err(), "the call is still held");
+        drop(runtime);
+        drop(release);
+    }
+
+    #[tokio::test]
+    async fn a_blocking_call_returns_its_result_and_a_panic_is_closed() {
+        assert_eq!(blocking(|| Ok(7)).await.ok(), Some(7));
+        let panicked: Result<()> = blocking(|| panic!("boom")).await;
+        assert!(matches!(panicked, Err(LogError::Closed)));
     }
 }
