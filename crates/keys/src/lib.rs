@@ -110,25 +110,22 @@ pub async fn seal_with(vault: &dyn KeyVault, owner: Uuid, plaintext: &str) -> Re
 }
 
 /// Opens one value of `owner`'s: `Ok(Some(plain))` for plaintext (not sealed; the vault is not
-/// asked) or a value that opens; `Ok(None)` when it is shredded: the owner's key is destroyed
-/// or missing, or the value does not open with it. `Err` only when the vault failed.
+/// asked) or a value that opens; `Ok(None)` when it is shredded: the owner's key is destroyed,
+/// or the value does not open with it (logged). `Err` when the vault failed, and
+/// `Err(VaultError::Unavailable)` when it has no key at all for the owner of a sealed value:
+/// the key was made before the value was sealed, so this process is not using the vault that
+/// sealed it (or the vault was lost), and reading everyone's data as shredded would hide that.
 ///
 /// For many values (a history page), [`KeyRing`] asks the vault once per owner.
 pub async fn unseal_with(vault: &dyn KeyVault, owner: Uuid, value: &str) -> Result<Option<String>> {
-    if !is_sealed(value) {
-        return Ok(Some(value.to_owned()));
-    }
-    Ok(match vault.key(owner).await? {
-        KeyState::Active(key) => open(&key, owner, value),
-        KeyState::Destroyed | KeyState::Missing => None,
-    })
+    KeyRing::new(vault).unseal(owner, value).await
 }
 
 fn open(key: &UserKey, owner: Uuid, value: &str) -> Option<String> {
     match unseal(key, owner, value) {
         Ok(plain) => Some(plain),
         Err(error) => {
-            tracing::debug!(%owner, %error, "a sealed value does not open: treated as shredded");
+            tracing::warn!(%owner, %error, "a sealed value does not open with its owner's key: treated as shredded");
             None
         }
     }
@@ -150,21 +147,34 @@ impl<'a> KeyRing<'a> {
         }
     }
 
+    /// The key of `owner`, who has sealed data: `None` when destroyed; a missing key is an
+    /// error, as in [`unseal_with`].
+    pub async fn key(&mut self, owner: Uuid) -> Result<Option<UserKey>> {
+        if let Some(key) = self.keys.get(&owner) {
+            return Ok(key.clone());
+        }
+        let key = match self.vault.key(owner).await? {
+            KeyState::Active(key) => Some(key),
+            KeyState::Destroyed => None,
+            KeyState::Missing => {
+                return Err(VaultError::Unavailable(format!(
+                    "no key for user {owner}, whose data is sealed: this process must use the \
+                     vault the API sealed with"
+                )));
+            }
+        };
+        self.keys.insert(owner, key.clone());
+        Ok(key)
+    }
+
     /// As [`unseal_with`], with each owner's key looked up once.
     pub async fn unseal(&mut self, owner: Uuid, value: &str) -> Result<Option<String>> {
         if !is_sealed(value) {
             return Ok(Some(value.to_owned()));
         }
-        let key = match self.keys.get(&owner) {
-            Some(key) => key,
-            None => {
-                let key = match self.vault.key(owner).await? {
-                    KeyState::Active(key) => Some(key),
-                    KeyState::Destroyed | KeyState::Missing => None,
-                };
-                self.keys.entry(owner).or_insert(key)
-            }
-        };
-        Ok(key.as_ref().and_then(|key| open(key, owner, value)))
+        Ok(self
+            .key(owner)
+            .await?
+            .and_then(|key| open(&key, owner, value)))
     }
 }

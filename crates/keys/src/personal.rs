@@ -22,7 +22,6 @@
 //! A shredded value reads as: the username `deleted-<id>` ([`deleted_username`]), an empty
 //! display name, an empty text.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -36,7 +35,7 @@ use missive_store::{
 };
 use uuid::Uuid;
 
-use crate::{KeyState, KeyVault, UserKey, VaultError, is_sealed, seal, unseal};
+use crate::{KeyRing, KeyVault, VaultError, is_sealed, seal, unseal};
 
 /// Seals `event`'s personal fields with their owner's key (created on first use). Fields that
 /// are already sealed are left as they are. `Err(VaultError::Destroyed)` when the owner's
@@ -163,15 +162,8 @@ impl OpenedStore {
         if !fields.iter().any(|f| is_sealed(f)) {
             return Ok(Some(std::array::from_fn(|i| fields[i].clone())));
         }
-        let key = match self.vault.key(owner).await? {
-            KeyState::Active(key) => key,
-            KeyState::Destroyed => return Ok(None),
-            KeyState::Missing => {
-                return Err(StoreError::Unavailable(format!(
-                    "the key vault has no key for user {owner}, whose data is sealed: this \
-                     process must use the vault the API sealed with"
-                )));
-            }
+        let Some(key) = KeyRing::new(self.vault.as_ref()).key(owner).await? else {
+            return Ok(None);
         };
         let mut opened: [String; N] = std::array::from_fn(|_| String::new());
         for (slot, field) in opened.iter_mut().zip(fields) {
@@ -191,57 +183,15 @@ impl OpenedStore {
     }
 }
 
-/// The keys of the owners of one answer's texts, each asked for once.
-struct KeyRing<'a> {
-    vault: &'a dyn KeyVault,
-    keys: HashMap<Uuid, Option<UserKey>>,
-}
-
-impl<'a> KeyRing<'a> {
-    fn new(vault: &'a dyn KeyVault) -> Self {
-        KeyRing {
-            vault,
-            keys: HashMap::new(),
-        }
-    }
-
-    /// The owner's key; `None` when destroyed. An owner of sealed data without any key is an
-    /// error (503): this process is not using the vault that sealed it, or the vault was
-    /// lost, and showing everyone's texts as removed would hide that.
-    async fn key(&mut self, owner: Uuid) -> Result<Option<UserKey>, StoreError> {
-        if let Some(key) = self.keys.get(&owner) {
-            return Ok(key.clone());
-        }
-        let key = match self.vault.key(owner).await? {
-            KeyState::Active(key) => Some(key),
-            KeyState::Destroyed => None,
-            KeyState::Missing => {
-                return Err(StoreError::Unavailable(format!(
-                    "the key vault has no key for user {owner}, whose data is sealed"
-                )));
-            }
-        };
-        self.keys.insert(owner, key.clone());
-        Ok(key)
-    }
-}
-
 /// Opens one text in place: an empty text when it is shredded.
 async fn open_text(
     ring: &mut KeyRing<'_>,
     owner: Uuid,
     text: &mut String,
 ) -> Result<(), StoreError> {
-    if !is_sealed(text) {
-        return Ok(());
+    if is_sealed(text) {
+        *text = ring.unseal(owner, text).await?.unwrap_or_default();
     }
-    *text = match ring.key(owner).await? {
-        Some(key) => unseal(&key, owner, text).unwrap_or_else(|error| {
-            tracing::warn!(%owner, %error, "a sealed text does not open with its owner's key; shown empty");
-            String::new()
-        }),
-        None => String::new(),
-    };
     Ok(())
 }
 
