@@ -399,6 +399,18 @@ enum StoreCommand {
         )]
         replication: String,
     },
+    /// Copy the users' encryption keys (and deleted users' tombstones) from the --store
+    /// keyspace into another one. `missive replay --into scylla://...` does it when its
+    /// rebuild ends; run this again after switching the servers to the rebuilt keyspace, for
+    /// the keys made in between. Safe to repeat; a conflicting key is refused.
+    CopyKeys {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The keyspace to copy into: `scylla://host:port[,host:port...]/keyspace`, migrated
+        /// (`missive store migrate`).
+        #[arg(long)]
+        into: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -696,6 +708,13 @@ impl ReplayArgs {
         let rebuilt = replay::rebuild(log, target.store.clone(), &until).await?;
         println!("{}", replay::summary(&rebuilt));
         println!("target: {}", target.name);
+        if let Some(keyspace) = &target.keyspace {
+            // After the rebuild: keys made while it ran are copied too. Keys made after this
+            // are copied by `missive store copy-keys` once the servers are switched.
+            if let Some(copied) = live_backend.copy_keys_into(keyspace).await? {
+                println!("{}", keys_summary(&copied));
+            }
+        }
         if !rebuilt.complete {
             interrupted(self.until.is_some());
         }
@@ -779,13 +798,14 @@ impl ReplayArgs {
         match self.into.as_deref() {
             Some(url) if url.starts_with("scylla://") => {
                 let (config, _) = self.scylla_target(url, false).await?;
-                let store = StoreBackend::Scylla(config);
+                let store = StoreBackend::Scylla(config.clone());
                 Ok(StoreTarget {
                     name: store.to_string(),
                     store: store
                         .open_raw_with(&self.data_dir, &self.retention()?)
                         .await?,
                     path: None,
+                    keyspace: Some(config),
                 })
             }
             _ if scylla_live => anyhow::bail!(
@@ -807,6 +827,7 @@ impl ReplayArgs {
                     name: path.display().to_string(),
                     store: Arc::new(store),
                     path: Some(path),
+                    keyspace: None,
                 })
             }
         }
@@ -910,6 +931,16 @@ struct StoreTarget {
     name: String,
     store: Arc<dyn missive_store::ReadStore>,
     path: Option<PathBuf>,
+    /// A Scylla target, which gets the live keyspace's keys.
+    keyspace: Option<missive_store::scylla::ScyllaConfig>,
+}
+
+/// What copying the users' keys did, in one line.
+fn keys_summary(copied: &missive_keys::scylla::Copied) -> String {
+    format!(
+        "keys: {} copied, {} already there, {} deleted users",
+        copied.keys, copied.already, copied.tombstones
+    )
 }
 
 /// What --verify removes when done.
@@ -1003,6 +1034,21 @@ async fn main() -> anyhow::Result<()> {
                 migrated.applied.len(),
                 migrated.already.len()
             );
+            Ok(())
+        }
+        Command::Store(StoreCommand::CopyKeys { store, into }) => {
+            let target = store.scylla.config(&into)?;
+            let live = store.config()?;
+            anyhow::ensure!(
+                (&target.nodes, &target.keyspace) != (&live.nodes, &live.keyspace),
+                "--into names the --store keyspace itself"
+            );
+            let live = StoreBackend::Scylla(live);
+            let copied = live
+                .copy_keys_into(&target)
+                .await?
+                .context("a Scylla store")?;
+            println!("{}", keys_summary(&copied));
             Ok(())
         }
         Command::Topics(TopicsCommand::Create {

@@ -134,6 +134,34 @@ impl StoreBackend {
         })
     }
 
+    /// Copies the users' keys (and tombstones) of this Scylla store's keyspace into
+    /// `target`'s, where `missive replay` rebuilt the read models: the vault lives beside the
+    /// read models, so servers switched to the rebuilt keyspace find every key there. Nothing
+    /// to do for the embedded store, whose vault (`keys.db`) stays in place.
+    pub async fn copy_keys_into(
+        &self,
+        target: &ScyllaConfig,
+    ) -> anyhow::Result<Option<missive_keys::scylla::Copied>> {
+        let StoreBackend::Scylla(live) = self else {
+            return Ok(None);
+        };
+        async fn open(config: &ScyllaConfig) -> anyhow::Result<ScyllaVault> {
+            ScyllaVault::open(config).await.with_context(|| {
+                format!(
+                    "opening the key vault at {}",
+                    StoreBackend::Scylla(config.clone())
+                )
+            })
+        }
+        let (from, into) = (open(live).await?, open(target).await?);
+        Ok(Some(from.copy_into(&into).await.with_context(|| {
+            format!(
+                "copying the users' keys from {self} to keyspace {}",
+                target.keyspace
+            )
+        })?))
+    }
+
     /// Opens the store alone, its personal fields as stored (sealed): the embedded one in
     /// `data_dir`, or a session to Scylla that checks the keyspace's schema.
     pub async fn open_raw(&self, data_dir: &Path) -> anyhow::Result<Arc<dyn ReadStore>> {

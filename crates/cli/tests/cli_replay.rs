@@ -26,9 +26,14 @@ async fn missive(h: &Harness, args: &[&str]) -> Output {
         all.push("--kafka-topic-prefix".into());
         all.push(kafka.topic_prefix.clone());
     }
+    missive_with(all).await
+}
+
+/// Runs `missive <args>`, as they are.
+async fn missive_with(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_missive"))
-            .args(&all)
+            .args(&args)
             .env_remove("MISSIVE_LOG")
             .env_remove("MISSIVE_STORE")
             .env("RUST_LOG", "warn")
@@ -626,6 +631,15 @@ async fn replay_on_scylla() {
     let mut args = vec!["replay", "--into", &rebuilt_url];
     args.extend(store_args);
     let out = missive(&h, &args).await;
+    let args = [
+        "store",
+        "copy-keys",
+        "--into",
+        &rebuilt_url,
+        "--store",
+        &live_url,
+    ];
+    let copied_again = missive_with(args.map(str::to_owned).to_vec()).await;
     let mut config = live.clone();
     config.keyspace = rebuilt_ks.clone();
     let session = missive_store::scylla::connect(&config)
@@ -636,6 +650,17 @@ async fn replay_on_scylla() {
     let checked = tokio::spawn(async move {
         let (config, live) = (checked_config, checked_live);
         assert!(out.status.success(), "{out:?}");
+        // Alice's and Bob's keys went with the read models, so the rebuilt keyspace serves
+        // their texts on its own; a second copy finds them there.
+        assert!(
+            stdout(&out).contains("keys: 2 copied, 0 already there, 0 deleted users"),
+            "{out:?}"
+        );
+        assert!(copied_again.status.success(), "{copied_again:?}");
+        assert!(
+            stdout(&copied_again).contains("keys: 0 copied, 2 already there, 0 deleted users"),
+            "{copied_again:?}"
+        );
         let rebuilt = missive_store::scylla::ScyllaStore::open(&config)
             .await
             .expect("open the rebuilt keyspace");
@@ -669,6 +694,26 @@ async fn replay_on_scylla() {
             .await
             .expect("history");
         assert_eq!(page.items.len(), 3);
+        let vault = missive_keys::scylla::ScyllaVault::open(&config)
+            .await
+            .expect("the rebuilt keyspace's vault");
+        let opened = OpenedStore::new(std::sync::Arc::new(rebuilt), std::sync::Arc::new(vault));
+        let page = opened
+            .history(
+                viewer,
+                conv,
+                missive_store::HistoryQuery {
+                    before: None,
+                    after: None,
+                    since: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .expect("history, opened with the rebuilt keyspace's keys");
+        let mut texts: Vec<String> = page.items.iter().filter_map(|m| m.text.clone()).collect();
+        texts.sort();
+        assert_eq!(texts, ["one", "three", "two"]);
     })
     .await;
     missive_store::scylla::drop_keyspace(&session, &rebuilt_ks)

@@ -60,8 +60,11 @@ pub mod cql {
     /// Nulls the key bytes of a row found destroyed that still holds them.
     pub const KEY_WIPE: &str = "UPDATE user_keys SET key = null WHERE user_id = ?";
 
+    /// Every key and tombstone (paged), for [`super::ScyllaVault::copy_into`].
+    pub const KEY_ALL: &str = "SELECT user_id, key, destroyed_at FROM user_keys";
+
     /// Every statement above.
-    pub const ALL: &[&str] = &[KEY_GET, KEY_CREATE, KEY_DESTROY, KEY_WIPE];
+    pub const ALL: &[&str] = &[KEY_GET, KEY_CREATE, KEY_DESTROY, KEY_WIPE, KEY_ALL];
 }
 
 fn exec_err(action: &'static str) -> impl FnOnce(ExecutionError) -> VaultError {
@@ -88,7 +91,10 @@ fn now() -> CqlTimestamp {
 
 /// `user_keys` with its keyspace, in a statement of [`cql`].
 fn qualified(statement: &str, keyspace: &str) -> String {
-    statement.replacen(" user_keys ", &format!(" {keyspace}.user_keys "), 1)
+    match statement.strip_suffix(" user_keys") {
+        Some(head) => format!("{head} {keyspace}.user_keys"),
+        None => statement.replacen(" user_keys ", &format!(" {keyspace}.user_keys "), 1),
+    }
 }
 
 fn valid_keyspace(name: &str) -> bool {
@@ -165,6 +171,7 @@ struct Statements {
     create: PreparedStatement,
     destroy: PreparedStatement,
     wipe: PreparedStatement,
+    all: PreparedStatement,
 }
 
 async fn prepare(session: &Session, cql: String) -> Result<PreparedStatement> {
@@ -183,6 +190,17 @@ async fn prepare(session: &Session, cql: String) -> Result<PreparedStatement> {
     // row its first attempt wrote returns that key); a destroy writes the same thing again.
     statement.set_is_idempotent(true);
     Ok(statement)
+}
+
+/// What [`ScyllaVault::copy_into`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Keys the target did not hold.
+    pub keys: usize,
+    /// Keys the target held already.
+    pub already: usize,
+    /// Tombstones (deleted users) written.
+    pub tombstones: usize,
 }
 
 /// The Scylla [`KeyVault`].
@@ -233,6 +251,7 @@ impl ScyllaVault {
         create.set_serial_consistency(Some(SerialConsistency::Serial));
         let destroy = prepare(s, qualified(cql::KEY_DESTROY, keyspace)).await?;
         let wipe = prepare(s, qualified(cql::KEY_WIPE, keyspace)).await?;
+        let all = prepare(s, qualified(cql::KEY_ALL, keyspace)).await?;
         Ok(ScyllaVault {
             session,
             keyspace: keyspace.to_owned(),
@@ -242,6 +261,7 @@ impl ScyllaVault {
                 create,
                 destroy,
                 wipe,
+                all,
             }),
         })
     }
@@ -274,6 +294,69 @@ impl ScyllaVault {
             None => Ok(Stored::Missing),
             Some((key, destroyed_at)) => stored(user, key, destroyed_at.is_some()),
         }
+    }
+
+    /// Copies every key and every tombstone into `target`, a vault in another keyspace (one
+    /// that `missive replay` rebuilt the read models into), so that servers switched to it
+    /// still open every user's data and never give a deleted user a key again.
+    ///
+    /// Safe to repeat, and to run while both are in use: a key is written with the same
+    /// lightweight transaction as a first key, so a key `target` already holds is kept, a
+    /// tombstone in either wins, and a *different* key in `target` (an API already sealed
+    /// with it) is refused as `Corrupt`, since either copy would shred what the other sealed.
+    pub async fn copy_into(&self, target: &ScyllaVault) -> Result<Copied> {
+        use futures::TryStreamExt;
+        const ACTION: &str = "reading every key";
+        let mut rows = self
+            .session
+            .execute_iter(self.st.all.clone(), ())
+            .await
+            .map_err(|e| VaultError::Unavailable(format!("{ACTION}: {e}")))?
+            .rows_stream::<(Uuid, Option<Vec<u8>>, Option<CqlTimestamp>)>()
+            .map_err(|e| e.to_string())
+            .map_err(shape_err(ACTION))?;
+        let mut copied = Copied::default();
+        while let Some((user, key, destroyed_at)) = rows
+            .try_next()
+            .await
+            .map_err(|e| VaultError::Unavailable(format!("{ACTION}: {e}")))?
+        {
+            match stored(user, key, destroyed_at.is_some())? {
+                Stored::Missing => {}
+                Stored::Destroyed(_) => {
+                    target.destroy(user).await?;
+                    copied.tombstones += 1;
+                }
+                Stored::Active(key) => {
+                    const COPY: &str = "copying a key";
+                    let bytes: &[u8] = key.expose_bytes();
+                    let result = target
+                        .execute(&target.st.create, (user, bytes), COPY)
+                        .await?
+                        .into_rows_result()
+                        .map_err(|e| e.to_string())
+                        .map_err(shape_err(COPY))?;
+                    match lwt_outcome(user, result)? {
+                        None => copied.keys += 1,
+                        Some(Stored::Active(there)) if there == key => copied.already += 1,
+                        Some(Stored::Destroyed(_)) => {
+                            // Deleted through the target meanwhile: the tombstone wins here,
+                            // and in the source too.
+                            self.destroy(user).await?;
+                            copied.tombstones += 1;
+                        }
+                        Some(_) => {
+                            return Err(VaultError::Corrupt(format!(
+                                "keyspace {} holds another key for user {user} than {}: \
+                                 something sealed with each, so neither can replace the other",
+                                target.keyspace, self.keyspace
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(copied)
     }
 
     /// The state to report for a stored row; a destroyed row that still holds key bytes is
@@ -345,9 +428,10 @@ mod tests {
     #[test]
     fn every_statement_names_the_table_once_and_is_qualified() {
         for statement in cql::ALL {
-            assert_eq!(statement.matches(" user_keys ").count(), 1, "{statement}");
+            assert_eq!(statement.matches(" user_keys").count(), 1, "{statement}");
             let q = qualified(statement, "missive_test");
-            assert_eq!(q.matches(" missive_test.user_keys ").count(), 1, "{q}");
+            assert_eq!(q.matches(" missive_test.user_keys").count(), 1, "{q}");
+            assert_eq!(q.matches("user_keys").count(), 1, "{q}");
         }
         assert!(!valid_keyspace("Missive"));
         assert!(!valid_keyspace("a; DROP"));

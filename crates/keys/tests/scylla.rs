@@ -162,4 +162,84 @@ mod scylla_contract {
         })
         .await;
     }
+
+    /// `copy_into` (what `missive replay --into scylla://` and `missive store copy-keys` do):
+    /// every key and tombstone reaches the other keyspace; repeating it changes nothing; a
+    /// deletion made through the target reaches the source; a different key is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scylla_copy_into_another_keyspace() {
+        use missive_keys::scylla::Copied;
+        use missive_keys::{KeyState, VaultError};
+        use uuid::Uuid;
+
+        with_keyspace(|config| async move {
+            let mut other = config.clone();
+            other.keyspace = format!("missive_copy_{}", Uuid::now_v7().simple());
+            let session = connect(&other).await.expect("connect");
+            migrate(&session, &other).await.expect("migrate the target");
+            let source = open(&config).await;
+            let target = open(&other).await;
+            let checks = async move {
+                let (alice, bob, carol, dave, erin) = (
+                    Uuid::now_v7(),
+                    Uuid::now_v7(),
+                    Uuid::now_v7(),
+                    Uuid::now_v7(),
+                    Uuid::now_v7(),
+                );
+                let alice_key = source.create(alice).await.expect("create");
+                let bob_key = source.create(bob).await.expect("create");
+                source.create(carol).await.expect("create");
+                source.destroy(carol).await.expect("destroy");
+                source.destroy(dave).await.expect("destroy (no key)");
+                let erin_key = target.create(erin).await.expect("create in the target");
+
+                let first = source.copy_into(&target).await.expect("copy");
+                assert_eq!(
+                    first,
+                    Copied {
+                        keys: 2,
+                        already: 0,
+                        tombstones: 2
+                    }
+                );
+                assert_eq!(target.key(alice).await, Ok(KeyState::Active(alice_key)));
+                assert_eq!(target.key(bob).await, Ok(KeyState::Active(bob_key.clone())));
+                assert_eq!(target.key(carol).await, Ok(KeyState::Destroyed));
+                assert_eq!(target.key(dave).await, Ok(KeyState::Destroyed));
+                assert_eq!(target.create(dave).await, Err(VaultError::Destroyed));
+                assert_eq!(target.key(erin).await, Ok(KeyState::Active(erin_key)));
+
+                // Again, after alice was deleted through the target: her tombstone wins in
+                // both keyspaces.
+                target.destroy(alice).await.expect("destroy");
+                let again = source.copy_into(&target).await.expect("copy again");
+                assert_eq!(
+                    again,
+                    Copied {
+                        keys: 0,
+                        already: 1,
+                        tombstones: 3
+                    }
+                );
+                assert_eq!(source.key(alice).await, Ok(KeyState::Destroyed));
+                assert_eq!(target.key(bob).await, Ok(KeyState::Active(bob_key)));
+
+                // A user with a key on each side, made independently: refused.
+                let frank = Uuid::now_v7();
+                source.create(frank).await.expect("create");
+                target.create(frank).await.expect("create");
+                assert!(matches!(
+                    source.copy_into(&target).await,
+                    Err(VaultError::Corrupt(_))
+                ));
+            };
+            let outcome = tokio::spawn(checks).await;
+            let _ = drop_keyspace(&session, &other.keyspace).await;
+            if let Err(error) = outcome {
+                std::panic::resume_unwind(error.into_panic());
+            }
+        })
+        .await;
+    }
 }
