@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use missive_cli::server::{LogBackend, Running, ServerConfig, StoreBackend, start};
 use missive_log::kafka::testing::TestCluster;
 use missive_store::ReadStore;
@@ -335,6 +336,16 @@ impl Harness {
             id: a.body["id"].as_str().expect("id").parse().expect("uuid"),
             token: a.body["token"].as_str().expect("token").to_owned(),
         }
+    }
+
+    /// An operator (admin) token for `as_user`, signed with the running server's secret and
+    /// valid for ten minutes.
+    pub fn operator(&self, as_user: &Client) -> String {
+        self.server.as_ref().expect("running").secret.issue_admin(
+            as_user.id,
+            Utc::now().timestamp(),
+            600,
+        )
     }
 
     pub async fn befriend(&self, a: &Client, b: &Client) {

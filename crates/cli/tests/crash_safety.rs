@@ -44,17 +44,17 @@
 //! `/readyz`. Read models are read after `/readyz` or with `min_position` (the positions of
 //! the retries). Polls have deadlines; nothing is timed. About 4 s.
 //!
-//! The server runs as `missive serve --listen 127.0.0.1:0` (its address read from its JSON
-//! log), with the rate limiters off (`--rate-limit-per-user 0 --rate-limit-per-ip 0`) when the
-//! binary has them; each start's stderr goes to `server-<n>.log` in the test's temporary
-//! directory and is printed when a start fails.
+//! The server runs as `missive serve --listen 127.0.0.1:0` (started by the `binary` module
+//! shared with `sigterm`: its address read from its JSON log), with the rate limiters off
+//! (`--rate-limit-per-user 0 --rate-limit-per-ip 0`); each start's stderr goes to
+//! `server-<n>.log` in the test's temporary directory and is printed when a start fails.
 #![cfg(unix)]
 
+mod binary;
+
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -63,6 +63,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use uuid::Uuid;
+
+use binary::{Launch, Server, missive};
 
 /// Seeds every choice of the load and the moments of the kills.
 const SEED: u64 = 0x6d69_7373_6976_6508;
@@ -76,130 +78,8 @@ const STARTUP: Duration = Duration::from_secs(30);
 // The server process.
 // ---------------------------------------------------------------------------------------
 
-/// A `missive serve` process on the embedded backend, killed (SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-/// `--rate-limit-per-user 0 --rate-limit-per-ip 0` when this build has a rate limiter: the
-/// load must not be throttled.
-fn rate_limits_off() -> &'static [&'static str] {
-    static FLAGS: OnceLock<Vec<&'static str>> = OnceLock::new();
-    FLAGS.get_or_init(|| {
-        let help = Command::new(env!("CARGO_BIN_EXE_missive"))
-            .args(["serve", "--help"])
-            .output()
-            .expect("missive serve --help runs");
-        let help = String::from_utf8_lossy(&help.stdout);
-        if help.contains("--rate-limit-per-user") && help.contains("--rate-limit-per-ip") {
-            vec!["--rate-limit-per-user", "0", "--rate-limit-per-ip", "0"]
-        } else {
-            Vec::new()
-        }
-    })
-}
-
-/// The `missive` command with no `MISSIVE_*` variable of the caller's environment.
-fn missive() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_missive"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("MISSIVE_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
-
+/// What only this test does to the process.
 impl Server {
-    /// Starts the server on `data_dir`, its stderr in `logs/server-<n>.log`, and waits until
-    /// it listens and `/readyz` answers 200.
-    async fn start(data_dir: &Path, logs: &Path, n: u64) -> Server {
-        let server = Server::listening(data_dir, logs, n).await;
-        server.ready().await;
-        server
-    }
-
-    /// Starts the server and waits until it listens (its read models may still be catching
-    /// up with the log).
-    async fn listening(data_dir: &Path, logs: &Path, n: u64) -> Server {
-        let log = logs.join(format!("server-{n}.log"));
-        let stderr = std::fs::File::create(&log).expect("server log file");
-        let child = missive()
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(["--jwt-secret", JWT_SECRET])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(rate_limits_off())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("missive serve starts");
-        let mut server = Server {
-            child,
-            base: String::new(),
-            log,
-        };
-        let deadline = Instant::now() + STARTUP;
-        let addr = loop {
-            if let Some(addr) = server.listening_on() {
-                break addr;
-            }
-            if let Some(status) = server.child.try_wait().expect("try_wait") {
-                panic!(
-                    "the server exited ({status}) at start:\n{}",
-                    server.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not start:\n{}",
-                server.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        server.base = format!("http://{addr}");
-        server
-    }
-
-    /// Waits until `/readyz` answers 200: the read models hold the log as it was at start.
-    async fn ready(&self) {
-        let server = self;
-        let deadline = Instant::now() + STARTUP;
-        let http = reqwest::Client::new();
-        loop {
-            let ready = http.get(format!("{}/readyz", server.base)).send().await;
-            if matches!(&ready, Ok(r) if r.status() == StatusCode::OK) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server never became ready ({ready:?}):\n{}",
-                server.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The address of the "missive is running" log line, once written.
-    fn listening_on(&self) -> Option<String> {
-        self.log_text().lines().find_map(|line| {
-            let line: Value = serde_json::from_str(line).ok()?;
-            if line["fields"]["message"] != "missive is running" {
-                return None;
-            }
-            let addr = line["fields"]["addr"].as_str()?;
-            Some(addr.strip_prefix("Some(")?.strip_suffix(')')?.to_owned())
-        })
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     /// SIGKILL, and reap the process.
     fn kill(&mut self) {
         use std::os::unix::process::ExitStatusExt;
@@ -211,13 +91,6 @@ impl Server {
             "the server exited before the kill ({status}):\n{}",
             self.log_text()
         );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -668,7 +541,7 @@ async fn load_and_kill(
 ) {
     let convs = ledger.lock().expect("ledger").convs.len();
     let load = Arc::new(Load {
-        api: Api::new(&server.base),
+        api: Api::new(&server.base()),
         users: users.clone(),
         ledger: ledger.clone(),
         round,
@@ -1357,8 +1230,14 @@ async fn acknowledged_commands_survive_sigkill_exactly_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
     let mut starts = 0;
-    let mut server = Server::start(&data_dir, dir.path(), starts).await;
-    let api = Api::new(&server.base);
+    let launch = Launch {
+        data_dir: &data_dir,
+        logs: dir.path(),
+        jwt_secret: JWT_SECRET,
+        deadline: STARTUP,
+    };
+    let mut server = launch.start(starts).await;
+    let api = Api::new(&server.base());
 
     // Eight users; friendships along a ring and its diagonals: twelve conversations.
     let mut users = Vec::new();
@@ -1429,8 +1308,8 @@ async fn acknowledged_commands_survive_sigkill_exactly_once() {
         );
 
         starts += 1;
-        server = Server::listening(&data_dir, dir.path(), starts).await;
-        let api = Api::new(&server.base);
+        server = launch.listening(starts).await;
+        let api = Api::new(&server.base());
         let mut early = None;
         if round == 2 {
             // This time the sends are retried before the read models are known to be ready;
@@ -1468,7 +1347,7 @@ async fn acknowledged_commands_survive_sigkill_exactly_once() {
         let l = ledger.lock().expect("ledger");
         (l.sends.len() as u64, l.convs.len() as u64)
     };
-    let api = Api::new(&server.base);
+    let api = Api::new(&server.base());
     check_analytics(&api, &users[0], sends, convs, pairs_count).await;
 
     // The read models, projected across two crashes, equal a rebuild from the log.

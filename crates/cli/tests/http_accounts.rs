@@ -5,18 +5,9 @@
 
 mod common;
 
-use chrono::Utc;
 use common::{Client, Harness};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-fn operator(h: &Harness, as_user: &Client) -> String {
-    h.server
-        .as_ref()
-        .expect("running")
-        .secret
-        .issue_admin(as_user.id, Utc::now().timestamp(), 600)
-}
 
 async fn admin(h: &Harness, token: &str, method: Method, path: &str) -> common::Answer {
     h.call(method, path, Some(token), None).await
@@ -44,7 +35,7 @@ async fn accounts_are_blocked_unblocked_and_deleted_by_operators() {
     let carol = h.register("carol").await;
     h.befriend(&alice, &bob).await;
     h.befriend(&bob, &carol).await;
-    let op = operator(&h, &carol);
+    let op = h.operator(&carol);
 
     // Only operators, and only well-formed requests.
     let user_token = admin(
@@ -259,7 +250,7 @@ async fn other_api_processes_learn_of_blocks_from_the_log() {
     };
     let sent = send_via_other().await;
     assert_eq!(sent.status(), StatusCode::CREATED);
-    let op = operator(&h, &alice);
+    let op = h.operator(&alice);
     let blocked = admin(
         &h,
         &op,

@@ -5,7 +5,6 @@
 
 mod common;
 
-use chrono::Utc;
 use common::{Client, Harness};
 use missive_cli::server::StoreBackend;
 use reqwest::{Method, StatusCode};
@@ -18,14 +17,6 @@ const SECRET: &str = "the rabbit hole is behind the hedge";
 const POST: &str = "tea party at six, bring jam";
 /// Bob's, which must survive Alice's deletion.
 const REPLY: &str = "see you there, bring the hatter";
-
-fn operator(h: &Harness, as_user: &Client) -> String {
-    h.server
-        .as_ref()
-        .expect("running")
-        .secret
-        .issue_admin(as_user.id, Utc::now().timestamp(), 600)
-}
 
 /// The log as `missive events dump` prints it (every record, decoded).
 async fn dump(h: &Harness) -> String {
@@ -181,7 +172,7 @@ async fn deleting_an_account_shreds_its_personal_data_also_from_replays() {
         .call(
             Method::DELETE,
             &format!("/v1/admin/users/{}", alice.id),
-            Some(&operator(&h, &bob)),
+            Some(&h.operator(&bob)),
             None,
         )
         .await;

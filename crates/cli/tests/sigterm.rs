@@ -13,14 +13,16 @@
 //!   acknowledged message in the conversation histories, with its text and sender, once.
 //!
 //! The server runs as `missive serve --listen 127.0.0.1:0` on the embedded backend in a
-//! temporary data directory (its address read from its JSON log, as in `crash_safety`), with
-//! the rate limiters off; each start's stderr goes to `server-<n>.log` in the test's temporary
-//! directory and is printed when something fails. The signal is sent with `kill -TERM <pid>`.
+//! temporary data directory (started by the `binary` module shared with `crash_safety`: its
+//! address read from its JSON log), with the rate limiters off; each start's stderr goes to
+//! `server-<n>.log` in the test's temporary directory and is printed when something fails.
+//! The signal is sent with `kill -TERM <pid>`.
 #![cfg(unix)]
 
+mod binary;
+
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -32,6 +34,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use uuid::Uuid;
 
+use binary::{Launch, Server};
+
 const JWT_SECRET: &str = "sigterm-secret";
 /// How long the server may take to start, become ready, close its sessions or exit: a bound
 /// for a hung process, not a performance target.
@@ -42,96 +46,8 @@ const SIGNAL: &str = "TERM";
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A `missive serve` process on the embedded backend, killed (SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
+/// What only this test does to the process.
 impl Server {
-    /// Starts the server on `data_dir`, its stderr in `logs/server-<n>.log`, and waits until
-    /// it listens and `/readyz` answers 200.
-    async fn start(data_dir: &Path, logs: &Path, n: u32) -> Server {
-        let log = logs.join(format!("server-{n}.log"));
-        let stderr = std::fs::File::create(&log).expect("server log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_missive"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("MISSIVE_") {
-                cmd.env_remove(name);
-            }
-        }
-        let child = cmd
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(["--jwt-secret", JWT_SECRET])
-            .args(["--rate-limit-per-user", "0", "--rate-limit-per-ip", "0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("missive serve starts");
-        let mut server = Server {
-            child,
-            addr: String::new(),
-            log,
-        };
-        let deadline = Instant::now() + DEADLINE;
-        server.addr = loop {
-            if let Some(addr) = server.listening_on() {
-                break addr;
-            }
-            if let Some(status) = server.child.try_wait().expect("try_wait") {
-                panic!(
-                    "the server exited ({status}) at start:\n{}",
-                    server.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not start:\n{}",
-                server.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let http = reqwest::Client::new();
-        loop {
-            let ready = http.get(format!("{}/readyz", server.base())).send().await;
-            if matches!(&ready, Ok(r) if r.status() == StatusCode::OK) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server never became ready ({ready:?}):\n{}",
-                server.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        server
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The address of the "missive is running" log line, once written.
-    fn listening_on(&self) -> Option<String> {
-        self.log_text().lines().find_map(|line| {
-            let line: Value = serde_json::from_str(line).ok()?;
-            if line["fields"]["message"] != "missive is running" {
-                return None;
-            }
-            let addr = line["fields"]["addr"].as_str()?;
-            Some(addr.strip_prefix("Some(")?.strip_suffix(')')?.to_owned())
-        })
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     /// Sends [`SIGNAL`] to the process.
     fn signal(&self) {
         let sent = Command::new("kill")
@@ -156,13 +72,6 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -332,7 +241,13 @@ async fn sigterm_closes_sessions_with_going_away_exits_cleanly_and_keeps_acknowl
         .timeout(DEADLINE)
         .build()
         .expect("HTTP client");
-    let mut server = Server::start(&data_dir, dir.path(), 0).await;
+    let launch = Launch {
+        data_dir: &data_dir,
+        logs: dir.path(),
+        jwt_secret: JWT_SECRET,
+        deadline: DEADLINE,
+    };
+    let mut server = launch.start(0).await;
 
     let alice = register(&http, &server, "alice").await;
     let bob = register(&http, &server, "bob").await;
@@ -418,7 +333,7 @@ async fn sigterm_closes_sessions_with_going_away_exits_cleanly_and_keeps_acknowl
     drop(server);
 
     // Restarted on the same data directory, it holds every acknowledged message, once.
-    let server = Server::start(&data_dir, dir.path(), 1).await;
+    let server = launch.start(1).await;
     let mut seen: HashMap<Uuid, (Uuid, Uuid, String)> = HashMap::new();
     for (reader, peer) in [(&alice, &bob), (&alice, &carol)] {
         let conv = missive_events::ids::direct_conversation_id(reader.id, peer.id);
