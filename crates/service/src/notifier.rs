@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use missive_events::{Envelope, Event, NotificationKind, codec};
+use missive_events::{AccountStatus, Envelope, Event, NotificationKind, codec};
 use missive_log::{EventLog, LogError, Position, Record, StoredRecord, poll_until_stopped};
 use missive_store::ReadStore;
 use uuid::Uuid;
@@ -186,14 +186,18 @@ impl Notifier {
                 metrics.with_label_values(&["coalesced"]).inc();
                 continue;
             }
-            let online = self
-                .store
-                .user(recipient_id)
-                .await?
-                .is_some_and(|u| u.online);
-            if online {
-                metrics.with_label_values(&["online"]).inc();
-                continue;
+            match self.store.user(recipient_id).await? {
+                Some(u) if u.online => {
+                    metrics.with_label_values(&["online"]).inc();
+                    continue;
+                }
+                // Blocked or deleted since: nothing is pushed to them (a message reaches them
+                // only if it was sent before; they see it, if ever, when unblocked).
+                Some(u) if u.account != AccountStatus::Active => {
+                    metrics.with_label_values(&["unavailable"]).inc();
+                    continue;
+                }
+                _ => {}
             }
             let event = Event::NotificationRequested {
                 user_id: recipient_id,
@@ -243,5 +247,97 @@ impl Notifier {
             at.checked_add_signed(interval)
                 .is_none_or(|end| end > latest)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use missive_log::sqlite::{Durability, SqliteLog};
+    use missive_store::Change;
+    use missive_store::sqlite::SqliteStore;
+
+    use super::*;
+
+    /// A message for an offline user becomes a notification; for a blocked or deleted one, or
+    /// an online one, it does not.
+    #[tokio::test]
+    async fn only_reachable_offline_users_are_notified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log: Arc<dyn EventLog> =
+            Arc::new(SqliteLog::open(&dir.path().join("log.db"), Durability::Normal).expect("log"));
+        let store = Arc::new(SqliteStore::open(&dir.path().join("read.db")).expect("store"));
+        let [sender, offline, online, blocked, deleted] = [(); 5].map(|_| Uuid::now_v7());
+        let mut changes: Vec<Change> = [sender, offline, online, blocked, deleted]
+            .into_iter()
+            .map(|user_id| Change::AddUser {
+                user_id,
+                username: format!("u{}", user_id.simple()),
+                display_name: String::new(),
+                registered_at: Utc::now(),
+            })
+            .collect();
+        changes.push(Change::SetPresence {
+            user_id: online,
+            online: true,
+            at: Utc::now(),
+            version: 1,
+        });
+        for (user_id, status) in [
+            (blocked, AccountStatus::Blocked),
+            (deleted, AccountStatus::Deleted),
+        ] {
+            changes.push(Change::SetAccountStatus {
+                user_id,
+                status,
+                version: 1,
+            });
+        }
+        store.apply("test", changes, vec![]).await.expect("apply");
+
+        let records: Vec<StoredRecord> = [offline, online, blocked, deleted]
+            .into_iter()
+            .enumerate()
+            .map(|(i, recipient_id)| {
+                let envelope = Envelope::new(
+                    Event::MessageSent {
+                        message_id: Uuid::now_v7(),
+                        conversation_id: Uuid::now_v7(),
+                        sender_id: sender,
+                        recipient_id,
+                        text: "hi".into(),
+                        client_msg_id: None,
+                    },
+                    sender,
+                    Uuid::now_v7(),
+                    Utc::now(),
+                );
+                StoredRecord {
+                    position: Position::new(0, i as u64),
+                    stream: envelope.stream(),
+                    key: envelope.partition_key(),
+                    event_type: envelope.event_type().to_owned(),
+                    schema_version: 2,
+                    payload: codec::encode(&envelope).expect("encode"),
+                }
+            })
+            .collect();
+        let mut notifier = Notifier::new(log.clone(), store, Duration::from_secs(60));
+        notifier.handle(&records).await.expect("handle");
+
+        let mut reader = log.consumer("test-reader").await.expect("consumer");
+        let notified: Vec<Uuid> = reader
+            .poll(100, Duration::from_millis(200))
+            .await
+            .expect("poll")
+            .into_iter()
+            .filter(|r| r.event_type == "NotificationRequested")
+            .map(
+                |r| match missive_events::decode(&r.payload).expect("decode").event {
+                    Event::NotificationRequested { user_id, .. } => user_id,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(notified, [offline]);
     }
 }

@@ -14,7 +14,7 @@
 //! | `missive_ws_sessions` | gauge | | WebSocket sessions open |
 //! | `missive_ws_pushes_total` | counter | `frame` | frames queued for sessions |
 //! | `missive_ws_sessions_closed_total` | counter | `reason` | sessions ended (client, heartbeat, too_slow, shutdown, ...) |
-//! | `missive_notifications_total` | counter | `outcome` | offline notifications requested or coalesced |
+//! | `missive_notifications_total` | counter | `outcome` | messages for users without a session: `requested`, `coalesced`, `online`, `unavailable` (blocked or deleted) |
 //! | `missive_rate_limited_total` | counter | `scope` | commands refused with 429 (`user`, `ip`) |
 //! | `missive_events_consumed_total` | counter | `consumer`, `topic`, `event_type` | events a projection read (topic: the stream) |
 //! | `missive_projector_batch_records` | histogram | `projection` | records per applied batch |
@@ -190,7 +190,7 @@ impl Metrics {
             notifications: counter(
                 r,
                 "missive_notifications_total",
-                "Messages for users without a live session: requested as push notifications, or suppressed by the per-conversation interval.",
+                "Messages for users without a live session: requested as push notifications, or not: coalesced by the per-conversation interval, recipient online, or recipient blocked or deleted (unavailable).",
                 &["outcome"],
             ),
             rate_limited: counter(
