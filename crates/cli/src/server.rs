@@ -492,6 +492,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let mut addr = None;
     let mut sessions: Option<Arc<missive_api::ws::Sessions>> = None;
     if config.role != Role::Projector {
+        // Before the service reads the log's end and the blocked and deleted accounts: an
+        // account's standing changed after this is seen by the gateway, one changed before
+        // is in the read models the service reloads them from once they reach that end.
+        let gateway = Arc::new(Gateway::new(config.ws.session_buffer));
+        let follower = gateway.follow(log.as_ref()).await?;
         let service = Arc::new(
             Service::new(log.clone(), store.clone(), progress, config.service.clone())
                 .await?
@@ -509,11 +514,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         if reset {
             reset_presence(&service, store.as_ref(), config.service.projection_wait).await;
         }
-        let gateway = Arc::new(Gateway::new(config.ws.session_buffer));
         {
-            // Before the listener: no event between the log's end read here and a session's
-            // first read of the read models escapes the gateway.
-            let follower = gateway.follow(log.as_ref()).await?;
+            // Followed from before the listener: no event between the log's end read there
+            // and a session's first read of the read models escapes the gateway.
             let (store, service) = (store.clone(), service.clone());
             let wait = config.service.projection_wait;
             let stop = stopped(stop_rx.clone());
