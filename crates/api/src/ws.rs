@@ -160,7 +160,7 @@ pub(crate) async fn upgrade(
         Some(token) => crate::routes::actor_from_token(&state, &token, &headers)?,
         None => crate::routes::actor_from_headers(&state, &headers)?,
     };
-    state.service.check_actor(actor.user_id)?;
+    state.service.admit(actor.user_id).await?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::bad_request(format!(
             "GET /v1/ws opens a WebSocket session: send a WebSocket upgrade request ({})",

@@ -334,6 +334,14 @@ impl Service {
         }
     }
 
+    /// As [`Service::check_actor`], once the standings read at start are current (the read
+    /// models hold the log as it was then): for what is not a command, such as opening a
+    /// WebSocket session. `Err(NotCaughtUp)` until then.
+    pub async fn admit(&self, user: Uuid) -> Result<()> {
+        self.await_startup().await?;
+        self.check_actor(user)
+    }
+
     /// Refuses to reach (message, befriend, invite) a blocked or deleted account.
     pub fn check_reachable(&self, user: Uuid) -> Result<()> {
         match self.standing(user) {
@@ -1068,6 +1076,11 @@ mod tests {
         ));
         assert!(matches!(
             service.send(actor, Uuid::now_v7(), "hi", Some("c1")).await,
+            Err(ServiceError::NotCaughtUp)
+        ));
+        // Nor is a session opened on standings that may be stale.
+        assert!(matches!(
+            service.admit(actor.user_id).await,
             Err(ServiceError::NotCaughtUp)
         ));
         assert!(matches!(
