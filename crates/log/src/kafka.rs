@@ -209,22 +209,52 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     answer.await.map_err(|_| LogError::Closed)?
 }
 
-/// Counts the producer's request retries into `missive_producer_retries_total`, from the
-/// statistics librdkafka reports (per broker, a running total since the client started).
+/// Counts the records the producer sent again into `missive_producer_retries_total`, from
+/// the statistics librdkafka reports.
+///
+/// librdkafka never retries a produce request as such (so the brokers' `txretries` leave them
+/// out): it puts the records of a failed or timed-out one back on their partition's queue and
+/// sends them again. Per partition, `txmsgs` counts every send and `msgs` every record once,
+/// and `msgq_cnt` holds the records waiting (to be sent again, among them): `txmsgs - msgs +
+/// msgq_cnt` is how many sends were repeats, less the records waiting on the broker thread's
+/// own queue, which the statistics do not show. So the counter adds only what that figure
+/// rises above its highest value so far, never the dips and their recovery. Exact once the
+/// producer is idle; a record that expires unsent lowers the figure for good, and the
+/// retries after it are counted only past the old high.
 #[derive(Default)]
 struct ProducerStats {
-    /// Retries counted so far, per broker.
-    seen: Mutex<HashMap<String, u64>>,
+    /// Per (topic, partition): the highest count of repeated sends seen.
+    high: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl ProducerStats {
+    /// The sends the statistics show as new repeats.
+    fn new_retries(&self, statistics: &rdkafka::statistics::Statistics) -> u64 {
+        let mut high = self.high.lock();
+        let mut new = 0;
+        for (topic, t) in &statistics.topics {
+            for (id, p) in &t.partitions {
+                // -1 is librdkafka's queue of records whose partition is not known yet.
+                if *id < 0 {
+                    continue;
+                }
+                let repeats = i64::try_from(p.txmsgs).unwrap_or(i64::MAX)
+                    - i64::try_from(p.msgs).unwrap_or(i64::MAX)
+                    + p.msgq_cnt;
+                let seen = high.entry((topic.clone(), *id)).or_insert(0);
+                if repeats > *seen {
+                    new += (repeats - *seen).unsigned_abs();
+                    *seen = repeats;
+                }
+            }
+        }
+        new
+    }
 }
 
 impl ClientContext for ProducerStats {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
-        let mut seen = self.seen.lock();
-        let mut new = 0;
-        for (name, b) in &statistics.brokers {
-            let before = seen.insert(name.clone(), b.txretries).unwrap_or(0);
-            new += b.txretries.saturating_sub(before);
-        }
+        let new = self.new_retries(&statistics);
         if new > 0 {
             missive_telemetry::metrics()
                 .producer_retries
@@ -1179,6 +1209,7 @@ pub mod testing {
     use std::sync::mpsc;
 
     use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     use super::{KafkaConfig, create_topics};
     /// Partitions per topic in tests: several, so ordering and group splits are exercised.
@@ -1186,6 +1217,8 @@ pub mod testing {
 
     enum MockOp {
         CreateTopic(String, i32, mpsc::Sender<Result<(), String>>),
+        /// The next produce requests, one per error, fail with it.
+        FailProduces(Vec<RDKafkaRespErr>, mpsc::Sender<()>),
     }
 
     /// Owns a mock cluster on a thread of its own (the cluster is neither `Send` nor `Sync`),
@@ -1207,12 +1240,20 @@ pub mod testing {
                     let cluster = MockCluster::new(1).expect("librdkafka mock cluster");
                     let _ = ready.send(cluster.bootstrap_servers());
                     // Runs until every handle is gone.
-                    while let Ok(MockOp::CreateTopic(name, partitions, done)) = rx.recv() {
-                        let _ = done.send(
-                            cluster
-                                .create_topic(&name, partitions, 1)
-                                .map_err(|e| e.to_string()),
-                        );
+                    while let Ok(op) = rx.recv() {
+                        match op {
+                            MockOp::CreateTopic(name, partitions, done) => {
+                                let _ = done.send(
+                                    cluster
+                                        .create_topic(&name, partitions, 1)
+                                        .map_err(|e| e.to_string()),
+                                );
+                            }
+                            MockOp::FailProduces(errors, done) => {
+                                cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+                                let _ = done.send(());
+                            }
+                        }
                     }
                 })
                 .expect("mock cluster thread");
@@ -1221,6 +1262,17 @@ pub mod testing {
                 bootstrap: bootstrap.recv().expect("mock cluster started"),
                 thread: Some(thread),
             }
+        }
+
+        /// Makes the next produce requests fail, one per error in `errors`.
+        pub fn fail_produces(&self, errors: &[RDKafkaRespErr]) {
+            let (done, result) = mpsc::channel();
+            self.ops
+                .as_ref()
+                .expect("running")
+                .send(MockOp::FailProduces(errors.to_vec(), done))
+                .expect("mock cluster thread alive");
+            result.recv().expect("mock cluster answered");
         }
 
         fn create_topic(&self, name: &str, partitions: i32) {

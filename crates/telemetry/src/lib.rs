@@ -19,7 +19,7 @@
 //! | `missive_events_consumed_total` | counter | `consumer`, `topic`, `event_type` | events a projection read (topic: the stream) |
 //! | `missive_projector_batch_records` | histogram | `projection` | records per applied batch |
 //! | `missive_producer_errors_total` | counter | `kind` | failed Kafka appends (`queue_full`, `enqueue`, `delivery`) |
-//! | `missive_producer_retries_total` | counter | | requests the Kafka producer sent again (librdkafka's statistics, every 5 s) |
+//! | `missive_producer_retries_total` | counter | | records the Kafka producer sent again after a failed or timed-out produce request (librdkafka's partition statistics, every 5 s) |
 //! | `missive_kafka_rebalances_total` | counter | `group` | partition assignments received (one per rebalance) |
 //! | `missive_store_query_duration_seconds` | histogram | `backend`, `statement` | time of one read-store call (`sqlite`, `scylla`; the `ReadStore` method, e.g. `user`, `history`, `apply`) |
 
@@ -223,8 +223,9 @@ impl Metrics {
             producer_retries: counter(
                 r,
                 "missive_producer_retries_total",
-                "Requests the Kafka producer sent to a broker again (timeouts, transient broker \
-                 errors), from librdkafka's statistics every 5 s.",
+                "Records the Kafka producer sent to a broker again after a produce request failed \
+                 or timed out (transient broker errors), from librdkafka's partition statistics \
+                 every 5 s.",
                 &[],
             ),
             kafka_rebalances: counter(
