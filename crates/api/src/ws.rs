@@ -589,7 +589,15 @@ pub(crate) fn answer(message: WsMessage) -> Answer {
         }
         _ => return Answer::Now(Vec::new()),
     };
-    match serde_json::from_str::<ClientFrame>(text.as_str()) {
+    // serde would also read a frame from an array (`["ping"]`): a frame is an object.
+    let frame = if text.trim_start().starts_with('[') {
+        Err(serde::de::Error::custom(
+            "expected a JSON object, found an array",
+        ))
+    } else {
+        serde_json::from_str::<ClientFrame>(text.as_str())
+    };
+    match frame {
         Ok(ClientFrame::Ping) => Answer::Now(vec![json!({ "type": "pong" })]),
         Ok(ClientFrame::Ack { message_ids }) => Answer::Ack(message_ids),
         Err(e) => Answer::Now(vec![error_frame(

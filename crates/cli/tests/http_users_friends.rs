@@ -99,6 +99,39 @@ async fn registration_and_its_errors() {
         })
         .await;
     assert_eq!(no_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let not_json_type = h
+        .raw(Method::POST, "/v1/users", None, |r| {
+            r.header("content-type", "text/plain")
+                .body("{\"username\":\"carol\"}")
+        })
+        .await;
+    assert_eq!(not_json_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // A suffixed JSON type and parameters are JSON too.
+    let problem_json = h
+        .raw(Method::POST, "/v1/users", None, |r| {
+            r.header(
+                "content-type",
+                "application/merge-patch+json; charset=utf-8",
+            )
+            .body("{\"username\":\"dave\"}")
+        })
+        .await;
+    assert_eq!(problem_json.status, StatusCode::CREATED, "{problem_json:?}");
+
+    // Fields by position are not a command, though serde could read them so.
+    let array = h
+        .raw(Method::POST, "/v1/users", None, |r| {
+            r.header("content-type", "application/json")
+                .body(" [\"erin\", null]")
+        })
+        .await;
+    assert_eq!(array.status, StatusCode::BAD_REQUEST);
+    assert!(
+        array
+            .message()
+            .contains("expected a JSON object, found an array"),
+        "{array:?}"
+    );
 
     let huge = h
         .raw(Method::POST, "/v1/users", None, |r| {

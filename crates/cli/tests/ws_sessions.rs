@@ -204,6 +204,19 @@ async fn sessions_authenticate_answer_pings_and_drive_presence() {
         .expect("send");
     let error = next_of(&mut phone, "error").await;
     assert_eq!(error["code"], "bad_frame");
+    // Nor is a frame's fields by position (serde could read `["ping"]` as a ping).
+    phone
+        .send(Message::Text(r#"["ping"]"#.into()))
+        .await
+        .expect("send");
+    let error = next_of(&mut phone, "error").await;
+    assert_eq!(error["code"], "bad_frame");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("found an array")),
+        "{error}"
+    );
     // The session survives a bad frame.
     phone
         .send(Message::Text(r#"{"type":"ping"}"#.into()))
