@@ -105,6 +105,16 @@ async fn sending_rules_and_idempotency() {
     );
     assert_eq!(retry.body["message_id"], first.body["message_id"]);
     assert_eq!(retry.body["position"], first.body["position"]);
+    // The same key for another peer is not a retry: refused, not answered with the first.
+    let reused = h
+        .post(
+            &msgs_path(&carol),
+            &alice,
+            json!({"text": "hello carol", "client_msg_id": "m-1"}),
+        )
+        .await;
+    assert_eq!(reused.status, StatusCode::CONFLICT, "{reused:?}");
+    assert!(reused.message().contains("another user"), "{reused:?}");
 
     // Concurrent retries of one key still make exactly one message.
     let h = Arc::new(h);

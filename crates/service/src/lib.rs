@@ -715,22 +715,35 @@ impl Service {
         };
         missive_domain::messages::validate_client_msg_id(cmid)?;
         missive_domain::messages::validate_text(text, self.config.max_text_chars)?;
-        self.send_once(
-            // Direct and channel messages have separate idempotency keys.
-            (actor.user_id, format!("dm:{cmid}")),
-            || async {
-                let earlier = self.store.message_by_client_id(actor.user_id, cmid).await?;
-                Ok(earlier.map(|m| SendReceipt {
-                    message_id: m.message_id,
-                    conversation_id: m.conversation_id,
-                    sent_at: m.sent_at,
-                    position: m.position,
-                    duplicate: true,
-                }))
-            },
-            || self.send_new(actor, peer, text, Some(cmid)),
-        )
-        .await
+        let receipt = self
+            .send_once(
+                // Direct and channel messages have separate idempotency keys.
+                (actor.user_id, format!("dm:{cmid}")),
+                || async {
+                    let earlier = self.store.message_by_client_id(actor.user_id, cmid).await?;
+                    Ok(earlier.map(|m| SendReceipt {
+                        message_id: m.message_id,
+                        conversation_id: m.conversation_id,
+                        sent_at: m.sent_at,
+                        position: m.position,
+                        duplicate: true,
+                    }))
+                },
+                || self.send_new(actor, peer, text, Some(cmid)),
+            )
+            .await?;
+        // A retry repeats the same send; the same key for another peer is a client's bug, and
+        // answering with the first message would drop this one unseen.
+        if receipt.conversation_id
+            != missive_events::ids::direct_conversation_id(actor.user_id, peer)
+        {
+            return Err(DomainError::Conflict(format!(
+                "client_msg_id {cmid:?} was used for a message to another user; use a new key \
+                 for a new message"
+            ))
+            .into());
+        }
+        Ok(receipt)
     }
 
     /// Runs `send` once per `key` (sender and idempotency key): a retry gets the receipt of
