@@ -525,7 +525,16 @@ impl Dispatch<'_> {
         }
         let mut out = Vec::new();
         for (position, envelope) in &events {
-            match self.frames(envelope, *position).await {
+            // What is logged while building an event's frames names the event.
+            let span = tracing::info_span!(
+                "push",
+                %position,
+                event_id = %envelope.event_id,
+                correlation_id = %envelope.correlation_id,
+            );
+            let frames =
+                tracing::Instrument::instrument(self.frames(envelope, *position), span).await;
+            match frames {
                 Ok(more) => out.extend(more),
                 Err(error) => tracing::warn!(
                     %position,

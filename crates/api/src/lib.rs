@@ -22,6 +22,7 @@ pub mod routes;
 pub mod ws;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -69,6 +70,62 @@ pub struct AppState {
     pub analytics: Option<Arc<dyn missive_analytics::AnalyticsStore>>,
     /// Per-user and per-address limits of commands ([`ratelimit::limit_commands`]).
     pub limiter: Arc<ratelimit::RateLimiter>,
+    /// Commands running on tasks of their own, which [`run`] waits for before it returns.
+    pub commands: Arc<InFlight>,
+}
+
+/// How long [`run`] waits, once the listener is closed, for commands whose clients hung up.
+/// Each command's own waits are bounded well below it.
+const COMMANDS_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The commands running on tasks of their own ([`routes::detached`]): a command whose client
+/// hung up is no longer a request the server drains at shutdown, so it is counted here.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One running command, counted until dropped.
+pub(crate) struct Counted(Arc<InFlight>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    /// Counts a command until the returned guard is dropped.
+    pub(crate) fn start(self: &Arc<Self>) -> Counted {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        Counted(self.clone())
+    }
+
+    /// How many commands run now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Waits until no command runs, at most `wait`: `false` if some still do.
+    pub async fn idle(&self, wait: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read, so a last command ending in between is
+            // not missed.
+            notified.as_mut().enable();
+            if self.running() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.running() == 0;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -152,13 +209,22 @@ pub async fn run(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let commands = state.commands.clone();
     // With the peer's address, for the per-address rate limit.
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await
+    .await?;
+    // Requests are drained; commands whose clients hung up may still be appending.
+    if !commands.idle(COMMANDS_DRAIN).await {
+        tracing::warn!(
+            running = commands.running(),
+            "commands still running at shutdown; the process ends without them"
+        );
+    }
+    Ok(())
 }
 
 /// Serves only `GET /metrics` and `GET /healthz`: the listener of a process without the API
@@ -179,4 +245,32 @@ pub async fn run_metrics(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn in_flight_commands_are_waited_for_up_to_the_bound() {
+        let commands = Arc::new(InFlight::default());
+        assert!(commands.idle(Duration::ZERO).await, "nothing runs");
+        let first = commands.start();
+        let second = commands.start();
+        assert_eq!(commands.running(), 2);
+        // Held past the bound: not idle.
+        assert!(!commands.idle(Duration::from_millis(50)).await);
+        drop(first);
+        let waiter = {
+            let commands = commands.clone();
+            tokio::spawn(async move { commands.idle(Duration::from_secs(60)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "one command still runs");
+        drop(second);
+        assert!(waiter.await.expect("joined"), "idle once the last one ends");
+        assert_eq!(commands.running(), 0);
+    }
 }

@@ -358,7 +358,8 @@ pub(crate) async fn read_after(state: &AppState, min_position: Option<&str>) -> 
 }
 
 /// Runs a command on its own task: once accepted, it completes even if the client hangs up,
-/// so an append is never abandoned halfway (which matters for `client_msg_id` claims).
+/// so an append is never abandoned halfway (which matters for `client_msg_id` claims), and
+/// shutdown waits for it ([`crate::InFlight`]).
 pub(crate) async fn detached<T, F>(
     state: &AppState,
     command: impl FnOnce(Arc<Service>) -> F,
@@ -367,7 +368,14 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, ServiceError>> + Send + 'static,
 {
-    match tokio::spawn(command(state.service.clone())).await {
+    let counted = state.commands.start();
+    let command = command(state.service.clone());
+    let task = async move {
+        let _counted = counted;
+        command.await
+    };
+    // In the request's span, so that what the command logs names the request.
+    match tokio::spawn(tracing::Instrument::in_current_span(task)).await {
         Ok(outcome) => outcome.map_err(ApiError::from),
         Err(join) => Err(ApiError::internal(&join)),
     }

@@ -202,10 +202,22 @@ pub(crate) async fn upgrade(
         // reading by default); they grow while a larger frame passes.
         .read_buffer_size(SOCKET_BUFFER_BYTES)
         .write_buffer_size(SOCKET_BUFFER_BYTES)
-        .on_upgrade(move |socket| async move {
-            session(state, actor, &entry, socket).await;
-            drop(entry);
-            drop(slot);
+        .on_upgrade(move |socket| {
+            // The session outlives the upgrade request: its own span names it for its whole
+            // life (the request's id is the session's correlation id).
+            let span = tracing::info_span!(
+                "ws_session",
+                user = %actor.user_id,
+                session = %actor.correlation_id,
+            );
+            tracing::Instrument::instrument(
+                async move {
+                    session(state, actor, &entry, socket).await;
+                    drop(entry);
+                    drop(slot);
+                },
+                span,
+            )
         })
         .into_response())
 }

@@ -341,6 +341,8 @@ pub struct Running {
     tasks: Vec<Task>,
     /// The API's WebSocket sessions: shutdown waits (briefly) for their close frames.
     sessions: Option<Arc<missive_api::ws::Sessions>>,
+    /// Flushed last: what the tasks handed to the producer is written before the exit.
+    log: Option<Arc<dyn EventLog>>,
     /// Held shared while running: `missive replay --swap` takes it exclusively, so it never
     /// replaces the read store under a running process.
     _in_use: std::fs::File,
@@ -441,6 +443,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             stop,
             tasks,
             sessions: None,
+            log: None,
             _in_use: in_use,
         });
     }
@@ -547,6 +550,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             sessions: sessions.insert(Arc::default()).clone(),
             gateway,
             analytics,
+            commands: Arc::default(),
         };
         let shutdown = stopped(stop_rx);
         tasks.push((
@@ -567,6 +571,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         stop,
         tasks,
         sessions,
+        log: Some(log),
         _in_use: in_use,
     })
 }
@@ -674,12 +679,22 @@ async fn reset_presence(service: &Service, store: &dyn ReadStore, wait: Duration
     }
 }
 
+/// How long shutdown waits for the producer's queue to empty.
+const SHUTDOWN_FLUSH_WAIT: Duration = Duration::from_secs(10);
+
 impl Running {
     /// Stops accepting requests, drains in-flight ones, stops the projector, and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         for (name, task) in self.tasks {
             task.await.with_context(|| format!("{name} task"))??;
+        }
+        // Every command was answered or abandoned by now; anything else in the producer's
+        // queue (a presence change, a notification) is written before the exit.
+        if let Some(log) = &self.log
+            && let Err(error) = log.flush(SHUTDOWN_FLUSH_WAIT).await
+        {
+            tracing::warn!(%error, "the event log was not flushed before the exit");
         }
         // The gateway told every WebSocket session to close with 1001 (going away) as it
         // stopped; give them a moment to send it before the process exits.

@@ -330,6 +330,7 @@ async fn sigterm_closes_sessions_with_going_away_exits_cleanly_and_keeps_acknowl
         matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
         "a connection after the exit: {refused:?}"
     );
+    logs_name_requests_and_events(&server.log_text(), acked.len());
     drop(server);
 
     // Restarted on the same data directory, it holds every acknowledged message, once.
@@ -359,5 +360,41 @@ async fn sigterm_closes_sessions_with_going_away_exits_cleanly_and_keeps_acknowl
     assert_eq!(
         seen, acked,
         "the histories after the restart vs. the acknowledged sends"
+    );
+}
+
+/// Each append is logged inside the span of the request (or the WebSocket session, for
+/// presence) that made it, and names its events: the request's id (the session's, which is the
+/// upgrade request's) is the events' correlation id, and the event ids are on the line.
+fn logs_name_requests_and_events(log: &str, sends: usize) {
+    let mut by_request = 0;
+    for line in log.lines() {
+        let Ok(line) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if line["fields"]["message"] != "appended" {
+            continue;
+        }
+        let spans = line["spans"].as_array().expect("the line's spans");
+        let named = |name: &str| spans.iter().find(|s| s["name"] == name);
+        let append = named("append").unwrap_or_else(|| panic!("no append span in {line}"));
+        let origin = match (named("request"), named("ws_session")) {
+            (Some(request), _) => {
+                by_request += 1;
+                &request["request_id"]
+            }
+            (None, Some(session)) => &session["session"],
+            (None, None) => panic!("an append outside any request or session: {line}"),
+        };
+        assert_eq!(
+            *origin, append["correlation_id"],
+            "the request's id is its events' correlation id: {line}"
+        );
+        let ids = append["event_ids"].as_str().expect("event ids");
+        assert!(ids.len() > 30, "the events' ids: {line}");
+    }
+    assert!(
+        by_request >= sends,
+        "{by_request} appends logged in requests for {sends} sends:\n{log}"
     );
 }

@@ -179,6 +179,14 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Marks a dead letter resolved (it was re-applied after a fix).
     async fn resolve_dead_letter(&self, projection: &str, source: Position) -> Result<()>;
+
+    /// Waits, at most `wait`, until every record handed to the log is written or has failed
+    /// (the Kafka producer's queue is empty): the last thing a process does before it exits.
+    /// The embedded log writes as it appends: nothing waits.
+    async fn flush(&self, wait: Duration) -> Result<()> {
+        let _ = wait;
+        Ok(())
+    }
 }
 
 /// One poll of a long-running reader (the gateway, the notifier): the records, or `None` once

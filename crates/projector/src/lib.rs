@@ -378,6 +378,14 @@ pub fn project_batch(projection: &str, records: &[StoredRecord]) -> ProjectedBat
                 m.projector_events
                     .with_label_values(&[projection, envelope.event_type()])
                     .inc();
+                tracing::trace!(
+                    projection,
+                    position = %record.position,
+                    event_id = %envelope.event_id,
+                    correlation_id = %envelope.correlation_id,
+                    event_type = envelope.event_type(),
+                    "projecting"
+                );
                 changes.extend(project(&envelope, record.position));
             }
             Err(error) => {
@@ -618,7 +626,10 @@ impl Projector {
                         .projector_poison
                         .with_label_values(&[&self.name])
                         .inc();
-                    tracing::error!(projection = %self.name, position = %record.position, %error, "event refused by the read store; recorded as a dead letter");
+                    let event_id = missive_events::decode(&record.payload)
+                        .map(|e| e.event_id.to_string())
+                        .unwrap_or_default();
+                    tracing::error!(projection = %self.name, position = %record.position, %event_id, %error, "event refused by the read store; recorded as a dead letter");
                     self.log
                         .dead_letter(DeadLetter {
                             projection: self.name.clone(),

@@ -531,6 +531,7 @@ impl Service {
             self.check_actor(actor.user_id)?;
         }
         let mut records = Vec::with_capacity(events.len());
+        let mut event_ids = Vec::with_capacity(events.len());
         for mut event in events {
             if let Some(vault) = &self.vault {
                 missive_keys::seal_event(vault.as_ref(), &mut event)
@@ -543,6 +544,7 @@ impl Service {
             }
             let envelope = Envelope::new(event, actor.user_id, actor.correlation_id, now);
             let event_type = envelope.event_type();
+            event_ids.push(envelope.event_id);
             records.push(Record {
                 stream: envelope.stream(),
                 key: envelope.partition_key(),
@@ -551,7 +553,18 @@ impl Service {
                 payload: codec::encode(&envelope)?,
             });
         }
-        Ok(self.log.append(records).await?)
+        // What is logged while appending (a broker's refusal, a retry) names the events; the
+        // request's span around it names the request (its id is the events' correlation id).
+        let span = tracing::info_span!(
+            "append",
+            actor = %actor.user_id,
+            correlation_id = %actor.correlation_id,
+            event_ids = ?event_ids,
+        );
+        let positions =
+            tracing::Instrument::instrument(self.log.append(records), span.clone()).await?;
+        span.in_scope(|| tracing::debug!(?positions, "appended"));
+        Ok(positions)
     }
 
     /// Appends events stamped now (to the microsecond, as the log keeps it); the time and the

@@ -64,7 +64,8 @@ impl Launch<'_> {
             .args(["--rate-limit-per-user", "0", "--rate-limit-per-ip", "0"])
             .arg("--data-dir")
             .arg(self.data_dir)
-            .env("RUST_LOG", "info")
+            // The service's debug lines name each append's events (see `logs_name_requests`).
+            .env("RUST_LOG", "info,missive_service=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
