@@ -451,7 +451,9 @@ enum Command {
         /// Lifetime of the token, in days.
         #[arg(long, default_value_t = 30)]
         ttl_days: u64,
-        /// An operator's token: it may call the admin routes (GET /v1/admin/analytics).
+        /// An operator's token: it may call the admin routes (GET /v1/admin/analytics; block,
+        /// unblock and delete users under /v1/admin/users). It is also a user token for USER_ID:
+        /// mint operators' tokens for an id of their own.
         #[arg(long)]
         admin: bool,
     },
