@@ -140,7 +140,7 @@ def main():
         sends = parse_wrk(sender.communicate()[0])
         reads = parse_wrk(reader.communicate()[0])
         burst_end = time.time()
-        appended = metric(base, "missive_events_appended_total", 'event_type="MessageSent"')
+        appended = metric(base, "missive_events_appended_total", 'event_type="MessageSent",topic="messages"')
         unread = -1
         while time.time() - burst_end < 30:
             convs = http("GET", base + "/v1/conversations", token=bob["token"])

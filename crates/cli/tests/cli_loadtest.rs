@@ -167,8 +167,11 @@ fn assert_clean_run(report: &Value, requested: u64) {
     assert!(report["projector_lag"]["max"].is_number(), "{report}");
 }
 
-async fn appended(h: &Harness, event_type: &str) -> u64 {
-    let prefix = format!("missive_events_appended_total{{event_type=\"{event_type}\"}} ");
+/// `missive_events_appended_total` of one event type on its stream (`topic`, as
+/// `missive_events_consumed_total` names it).
+async fn appended(h: &Harness, topic: &str, event_type: &str) -> u64 {
+    let prefix =
+        format!("missive_events_appended_total{{event_type=\"{event_type}\",topic=\"{topic}\"}} ");
     metrics_value(h, &prefix).await.unwrap_or(0.0) as u64
 }
 
@@ -211,20 +214,24 @@ async fn traffic_by_count_issues_every_operation_and_the_server_has_each_one() {
 
     // What the report says it did is what the server appended.
     let sends = count(&report, "send", "ok");
-    assert_eq!(appended(&h, "MessageSent").await, sends + 6, "{report}");
+    assert_eq!(
+        appended(&h, "messages", "MessageSent").await,
+        sends + 6,
+        "{report}"
+    );
     assert_eq!(report["server"]["messages_sent"], sends as f64, "{report}");
     assert_eq!(
-        appended(&h, "MessageDeleted").await,
+        appended(&h, "messages", "MessageDeleted").await,
         count(&report, "delete", "ok"),
         "{report}"
     );
     assert_eq!(
-        appended(&h, "MessagesRead").await,
+        appended(&h, "messages", "MessagesRead").await,
         count(&report, "read", "ok"),
         "{report}"
     );
-    assert_eq!(appended(&h, "UserRegistered").await, 6);
-    assert_eq!(appended(&h, "FriendRequestAccepted").await, 6);
+    assert_eq!(appended(&h, "social", "UserRegistered").await, 6);
+    assert_eq!(appended(&h, "social", "FriendRequestAccepted").await, 6);
 
     // The sessions were closed at the end.
     let mut open = None;
@@ -267,7 +274,7 @@ async fn traffic_at_a_fixed_rate_issues_every_scheduled_operation() {
     // 6 users with 3 friends each: 9 pairs.
     assert_eq!(report["conversations"], 9, "{report}");
     assert_eq!(
-        appended(&h, "MessageSent").await,
+        appended(&h, "messages", "MessageSent").await,
         count(&report, "send", "ok") + 9,
         "{report}"
     );

@@ -597,9 +597,11 @@ impl EventLog for KafkaLog {
             }
         }
         let m = missive_telemetry::metrics();
+        // `topic`: the stream's name (the topic without its prefix), as
+        // `missive_events_consumed_total` labels it.
         for record in &records {
             m.events_appended
-                .with_label_values(&[record.event_type])
+                .with_label_values(&[record.event_type, record.stream.name()])
                 .inc();
         }
         Ok(positions)

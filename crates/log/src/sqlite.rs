@@ -254,9 +254,10 @@ fn writer_loop(mut conn: Connection, rx: Receiver<AppendRequest>, mut next: u64,
                 m.log_commit_records
                     .with_label_values::<&str>(&[])
                     .observe(count as f64);
+                // `topic`: the stream's name, as `missive_events_consumed_total` labels it.
                 for record in batch.iter().flat_map(|r| &r.records) {
                     m.events_appended
-                        .with_label_values(&[record.event_type])
+                        .with_label_values(&[record.event_type, record.stream.name()])
                         .inc();
                 }
                 let mut offset = next;
@@ -510,5 +511,40 @@ impl LogConsumer for SqliteConsumer {
             .committed_offset()?
             .map(|o| vec![Position::new(PARTITION, o)])
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appended_events_are_counted_by_type_and_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = SqliteLog::open(&dir.path().join("log.db"), Durability::Full).expect("open");
+        // An event type of this test's own, so other appends in the process do not count.
+        let record = |stream| Record {
+            stream,
+            key: "k".into(),
+            event_type: "AppendedMetricProbe",
+            schema_version: 1,
+            payload: vec![1],
+        };
+        log.append(vec![
+            record(Stream::Messages),
+            record(Stream::Social),
+            record(Stream::Messages),
+        ])
+        .await
+        .expect("append");
+        let text = missive_telemetry::metrics().render();
+        // The same label value `missive_events_consumed_total` gives the stream, so the two
+        // join on `topic`.
+        for (topic, count) in [("messages", 2), ("social", 1)] {
+            let line = format!(
+                "missive_events_appended_total{{event_type=\"AppendedMetricProbe\",topic=\"{topic}\"}} {count}"
+            );
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -4,12 +4,12 @@
 //! |---|---|---|---|
 //! | `missive_http_requests_total` | counter | `route`, `method`, `status` | HTTP requests answered |
 //! | `missive_http_request_duration_seconds` | histogram | `route`, `method` | time to answer |
-//! | `missive_events_appended_total` | counter | `event_type` | events durably appended |
+//! | `missive_events_appended_total` | counter | `event_type`, `topic` | events durably appended (topic: the stream, as in `missive_events_consumed_total`) |
 //! | `missive_log_commit_records` | histogram | | records per group commit (embedded log) |
 //! | `missive_projector_events_total` | counter | `projection`, `event_type` | events applied |
 //! | `missive_projector_poison_events_total` | counter | `projection` | undecodable events, recorded as dead letters |
 //! | `missive_projector_batch_seconds` | histogram | `projection` | time to apply one batch |
-//! | `missive_projector_position` | gauge | `projection`, `partition` | next offset to apply |
+//! | `missive_projector_position` | gauge | `projection`, `partition` | next offset to apply (partition: a log position's; Kafka: topic index in `Stream::ALL` × 65536 + Kafka partition) |
 //! | `missive_projector_lag` | gauge | `projection`, `partition` | events appended but not applied |
 //! | `missive_ws_sessions` | gauge | | WebSocket sessions open |
 //! | `missive_ws_pushes_total` | counter | `frame` | frames queued for sessions |
@@ -126,8 +126,9 @@ impl Metrics {
             events_appended: counter(
                 r,
                 "missive_events_appended_total",
-                "Events durably appended to the log, by event type.",
-                &["event_type"],
+                "Events durably appended to the log, by event type and stream (topic without \
+                 its prefix, as in missive_events_consumed_total).",
+                &["event_type", "topic"],
             ),
             log_commit_records: histogram(
                 r,

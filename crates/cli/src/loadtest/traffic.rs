@@ -348,7 +348,7 @@ pub async fn traffic(plan: &TrafficPlan) -> anyhow::Result<TrafficReport> {
         live.websocket_before_ack = 0;
     }
 
-    let sent = "missive_events_appended_total{event_type=\"MessageSent\"}";
+    let sent = "missive_events_appended_total{event_type=\"MessageSent\",topic=\"messages\"}";
     let sent_before = metric(&http, &target, sent).await.ok().flatten();
     let start = Instant::now();
     let (stop_lag, lag_stopped) = watch::channel(false);
