@@ -72,7 +72,7 @@ struct LogArgs {
 }
 
 impl LogArgs {
-    /// The log as tools open it (`events`, `replay`): the topics' settings are the servers'
+    /// The log as tools open it (`events`, `replay`, `dlq`): the topics' settings are the servers'
     /// business, not checked again here.
     fn tool_backend(&self) -> anyhow::Result<LogBackend> {
         let mut backend = self.backend()?;
@@ -988,7 +988,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Project(args) => run(args.config(Role::Projector)?).await,
         Command::Analytics(args) => run(args.config(Role::Analytics)?).await,
         Command::Dlq(DlqCommand::List { log, data_dir }) => {
-            let log = log.backend()?.open(&data_dir).await?;
+            let log = log.tool_backend()?.open(&data_dir).await?;
             for letter in log.dead_letters().await? {
                 println!("{}", missive_cli::dlq::to_json(&letter));
             }
@@ -999,7 +999,7 @@ async fn main() -> anyhow::Result<()> {
             store,
             data_dir,
         }) => {
-            let log = log.backend()?.open(&data_dir).await?;
+            let log = log.tool_backend()?.open(&data_dir).await?;
             let store = store.backend()?.open(&data_dir).await?;
             let outcome = missive_cli::dlq::retry(log.as_ref(), store.as_ref()).await?;
             for letter in &outcome.resolved {

@@ -68,6 +68,12 @@ pub async fn append_then_consume_in_order(log: Arc<dyn EventLog>) {
             .expect("empty append")
             .is_empty()
     );
+    // Nothing is waiting to be written (every append was acknowledged), and this log
+    // deleted nothing: it holds everything from offset 0.
+    log.flush(Duration::from_secs(10)).await.expect("flush");
+    let starts = log.start_positions().await.expect("start positions");
+    assert_eq!(starts.len(), log.end_positions().await.expect("ends").len());
+    assert!(starts.iter().all(|p| p.offset == 0), "{starts:?}");
 }
 
 /// Concurrent appends each get their own positions, and each key keeps its order.

@@ -36,7 +36,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::schema_registry::{SchemaRegistry, redacted};
@@ -529,13 +529,19 @@ impl KafkaLog {
     }
 
     fn end_positions_blocking(&self) -> Result<Vec<Position>> {
+        self.watermarks_blocking(|(_, high)| high)
+    }
+
+    /// Per partition, one of its watermarks (`(low, high)`: the first offset it holds, the
+    /// next it writes).
+    fn watermarks_blocking(&self, pick: impl Fn((i64, i64)) -> i64) -> Result<Vec<Position>> {
         let mut out = Vec::new();
         for (topic, p) in self.all_partitions()? {
-            let (_, high) = self
+            let marks = self
                 .meta
                 .fetch_watermarks(&topic, p, self.config.request_timeout)
-                .map_err(broker("reading the end of a partition"))?;
-            out.extend(self.position(&topic, p, high));
+                .map_err(broker("reading the watermarks of a partition"))?;
+            out.extend(self.position(&topic, p, pick(marks)));
         }
         Ok(out)
     }
@@ -655,6 +661,21 @@ impl EventLog for KafkaLog {
     async fn end_positions(&self) -> Result<Vec<Position>> {
         let log = self.clone();
         blocking(move || log.end_positions_blocking()).await
+    }
+
+    async fn start_positions(&self) -> Result<Vec<Position>> {
+        let log = self.clone();
+        blocking(move || log.watermarks_blocking(|(low, _)| low)).await
+    }
+
+    async fn flush(&self, wait: Duration) -> Result<()> {
+        let producer = self.producer.clone();
+        blocking(move || {
+            producer
+                .flush(wait)
+                .map_err(broker("flushing the producer's queue"))
+        })
+        .await
     }
 
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>> {
@@ -1107,7 +1128,7 @@ pub async fn check_topic_settings(config: &KafkaConfig) -> Result<TopicSettings>
             None | Some("-1") => {}
             Some(limit) => warnings.push(format!(
                 "topic {name} deletes records past retention.bytes={limit}: read models can only \
-                 be rebuilt from what is left (`missive topics create` sets -1, keep forever)"
+                 be rebuilt from what is left (set retention.bytes=-1, no size limit)"
             )),
         }
     }

@@ -166,6 +166,18 @@ pub trait EventLog: Send + Sync + 'static {
     /// The next offset to be written in every partition (the log's end).
     async fn end_positions(&self) -> Result<Vec<Position>>;
 
+    /// The first offset every partition still holds: records before it were deleted by the
+    /// log's retention (a Kafka topic's `retention.ms`). 0 where nothing was deleted, and
+    /// always for a log that keeps everything (the default).
+    async fn start_positions(&self) -> Result<Vec<Position>> {
+        Ok(self
+            .end_positions()
+            .await?
+            .into_iter()
+            .map(|end| Position::new(end.partition, 0))
+            .collect())
+    }
+
     /// A consumer in a consumer group. Its read position starts at the group's committed
     /// checkpoint, or at the start of the log when the group has none.
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>>;

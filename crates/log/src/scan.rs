@@ -39,8 +39,8 @@ impl std::fmt::Debug for Scan {
 }
 
 impl Scan {
-    /// Opens a scan of every partition, each from its offset in `start` (0 when not named) to
-    /// `end`. `tool` names the scan's consumer group: a unique suffix is added, and nothing is
+    /// Opens a scan of every partition, each from its offset in `start` (0 when not named; the
+    /// first offset the log still holds when that is later) to `end`. `tool` names the scan's consumer group: a unique suffix is added, and nothing is
     /// ever committed for it.
     pub async fn open(
         log: &dyn EventLog,
@@ -49,6 +49,9 @@ impl Scan {
         end: ScanEnd,
     ) -> Result<Scan> {
         let log_end = log.end_positions().await?;
+        // Records the log's retention deleted are not waited for: a partition whose records
+        // are all gone is done at once.
+        let log_start = crate::by_partition(log.start_positions().await?);
         let end = match end {
             ScanEnd::LogEnd => Some(crate::by_partition(log_end.iter().copied())),
             ScanEnd::Before(before) => Some(before),
@@ -58,7 +61,11 @@ impl Scan {
         let mut consumer = log.consumer(&group).await?;
         let mut next = BTreeMap::new();
         for position in &log_end {
-            let from = start.get(&position.partition).copied().unwrap_or(0);
+            let from = start
+                .get(&position.partition)
+                .copied()
+                .unwrap_or(0)
+                .max(log_start.get(&position.partition).copied().unwrap_or(0));
             next.insert(position.partition, from);
             consumer.seek(Position::new(position.partition, from))?;
         }
@@ -154,7 +161,83 @@ pub fn parse_positions(text: &str) -> std::result::Result<BTreeMap<u32, u64>, St
 
 #[cfg(test)]
 mod tests {
+    use async_trait::async_trait;
+    use missive_events::Stream;
+
     use super::*;
+    use crate::{DeadLetter, LogError, Record};
+
+    /// A log whose retention deleted records: partition 0 held 0..5 and has none left,
+    /// partition 1 held 0..3 and keeps 1 and 2.
+    struct Trimmed;
+
+    #[async_trait]
+    impl EventLog for Trimmed {
+        async fn append(&self, _records: Vec<Record>) -> Result<Vec<Position>> {
+            Err(LogError::Closed)
+        }
+        async fn end_positions(&self) -> Result<Vec<Position>> {
+            Ok(vec![Position::new(0, 5), Position::new(1, 3)])
+        }
+        async fn start_positions(&self) -> Result<Vec<Position>> {
+            Ok(vec![Position::new(0, 5), Position::new(1, 1)])
+        }
+        async fn consumer(&self, _group: &str) -> Result<Box<dyn LogConsumer>> {
+            Ok(Box::new(Kept(vec![1, 2])))
+        }
+        async fn dead_letter(&self, _letter: DeadLetter) -> Result<()> {
+            Err(LogError::Closed)
+        }
+        async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+            Ok(Vec::new())
+        }
+        async fn resolve_dead_letter(&self, _projection: &str, _source: Position) -> Result<()> {
+            Err(LogError::Closed)
+        }
+    }
+
+    /// What partition 1 still holds, returned by the first poll.
+    struct Kept(Vec<u64>);
+
+    #[async_trait]
+    impl LogConsumer for Kept {
+        fn seek(&mut self, _next: Position) -> Result<()> {
+            Ok(())
+        }
+        async fn poll(&mut self, _max: usize, _timeout: Duration) -> Result<Vec<StoredRecord>> {
+            Ok(std::mem::take(&mut self.0)
+                .into_iter()
+                .map(|offset| StoredRecord {
+                    position: Position::new(1, offset),
+                    stream: Stream::Messages,
+                    key: "k".into(),
+                    event_type: "MessageSent".into(),
+                    schema_version: 2,
+                    payload: Vec::new(),
+                })
+                .collect())
+        }
+        async fn commit(&mut self, _next: &[Position]) -> Result<()> {
+            Ok(())
+        }
+        async fn committed(&self) -> Result<Vec<Position>> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// A scan does not wait for records the log's retention deleted: a partition with none
+    /// left is done at once (it used to hold `missive replay` until interrupted).
+    #[tokio::test]
+    async fn a_scan_starts_where_the_log_still_holds_records() {
+        let mut scan = Scan::open(&Trimmed, "test", &BTreeMap::new(), ScanEnd::LogEnd)
+            .await
+            .expect("open");
+        assert_eq!(scan.next_offsets(), &BTreeMap::from([(0, 5), (1, 1)]));
+        assert_eq!(scan.remaining(), Some(2));
+        let records = scan.poll(10, Duration::ZERO).await.expect("poll");
+        assert_eq!(records.len(), 2);
+        assert!(scan.is_done(), "{scan:?}");
+    }
 
     #[test]
     fn positions_parse_and_refuse_repeats_and_garbage() {
