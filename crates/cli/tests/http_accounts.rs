@@ -5,9 +5,20 @@
 
 mod common;
 
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{Client, Harness};
+use futures::{SinkExt, StreamExt};
+use missive_api::Secret;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use uuid::Uuid;
 
 async fn admin(h: &Harness, token: &str, method: Method, path: &str) -> common::Answer {
     h.call(method, path, Some(token), None).await
@@ -71,7 +82,7 @@ async fn accounts_are_blocked_unblocked_and_deleted_by_operators() {
         &h,
         &op,
         Method::POST,
-        &format!("/v1/admin/users/{}/block", uuid::Uuid::now_v7()),
+        &format!("/v1/admin/users/{}/block", Uuid::now_v7()),
     )
     .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{unknown:?}");
@@ -278,10 +289,427 @@ async fn other_api_processes_learn_of_blocks_from_the_log() {
     h.shutdown().await;
 }
 
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn secret(h: &Harness) -> &Secret {
+    &h.server.as_ref().expect("running").secret
+}
+
+/// An operator's token for a dedicated id (not a registered user's), as the README advises.
+fn operator(h: &Harness) -> String {
+    h.operator(&Client {
+        id: Uuid::now_v7(),
+        token: String::new(),
+    })
+}
+
+async fn block(h: &Harness, op: &str, who: &Client) -> common::Answer {
+    admin(
+        h,
+        op,
+        Method::POST,
+        &format!("/v1/admin/users/{}/block", who.id),
+    )
+    .await
+}
+
+async fn unblock(h: &Harness, op: &str, who: &Client) -> common::Answer {
+    admin(
+        h,
+        op,
+        Method::POST,
+        &format!("/v1/admin/users/{}/unblock", who.id),
+    )
+    .await
+}
+
+/// Every `Authorization` that must not pass for an operator's, each naming `as_user`: none, a
+/// malformed token, an unsigned admin token (`alg: none`), an admin token signed with another
+/// secret, an expired admin token, the user's genuine token with the admin claim slipped into
+/// its payload (signature kept), and a valid admin token in another scheme than `Bearer`.
+fn invalid_admin_authorizations(h: &Harness, as_user: Uuid) -> Vec<(&'static str, Option<String>)> {
+    let claims = |adm: bool| {
+        let mut claims = json!({ "sub": as_user, "iat": now(), "exp": now() + 3600 });
+        if adm {
+            claims["adm"] = json!(true);
+        }
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        claims(true)
+    );
+    let forged = Secret::new(b"not-the-server-secret".to_vec()).issue_admin(as_user, now(), 3600);
+    let expired = secret(h).issue_admin(as_user, now() - 7200, 3600);
+    let users = secret(h).issue(as_user, now(), 3600);
+    let parts: Vec<&str> = users.split('.').collect();
+    assert_eq!(parts.len(), 3, "{users}");
+    let elevated = format!("{}.{}.{}", parts[0], claims(true), parts[2]);
+    let valid = secret(h).issue_admin(as_user, now(), 3600);
+    vec![
+        ("no Authorization header", None),
+        ("a malformed token", Some("Bearer not-a-jwt".to_owned())),
+        (
+            "an unsigned admin token",
+            Some(format!("Bearer {unsigned}")),
+        ),
+        (
+            "another secret's admin token",
+            Some(format!("Bearer {forged}")),
+        ),
+        ("an expired admin token", Some(format!("Bearer {expired}"))),
+        (
+            "a user's token given the admin claim",
+            Some(format!("Bearer {elevated}")),
+        ),
+        (
+            "an admin token in another scheme",
+            Some(format!("Token {valid}")),
+        ),
+    ]
+}
+
+/// `POST /v1/admin/users/{id}/block`, `.../unblock` and `DELETE /v1/admin/users/{id}` need a
+/// valid operator's token: without one each is 401 `unauthorized` with `WWW-Authenticate:
+/// Bearer`, and a user's genuine token (another user's, or the target's own) is 403
+/// `admin_only`. None of these attempts changes the account; an operator's token then blocks,
+/// unblocks and deletes it.
+async fn admin_routes_refuse_invalid_tokens_and_users_tokens() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    h.befriend(&alice, &bob).await;
+    let routes = [
+        (Method::POST, format!("/v1/admin/users/{}/block", bob.id)),
+        (Method::POST, format!("/v1/admin/users/{}/unblock", bob.id)),
+        (Method::DELETE, format!("/v1/admin/users/{}", bob.id)),
+    ];
+    for (method, path) in &routes {
+        for (what, header) in invalid_admin_authorizations(&h, alice.id) {
+            let a = h
+                .raw(method.clone(), path, None, move |r| match header {
+                    Some(value) => r.header("authorization", value),
+                    None => r,
+                })
+                .await;
+            assert_eq!(
+                (a.status, a.code()),
+                (StatusCode::UNAUTHORIZED, "unauthorized"),
+                "{method} {path} with {what}: {a:?}"
+            );
+            assert_eq!(
+                a.headers.get("www-authenticate").map(|v| v.as_bytes()),
+                Some(&b"Bearer"[..]),
+                "{method} {path} with {what}"
+            );
+        }
+        for who in [&alice, &bob] {
+            let a = admin(&h, &who.token, method.clone(), path).await;
+            assert_eq!(
+                (a.status, a.code()),
+                (StatusCode::FORBIDDEN, "admin_only"),
+                "{method} {path} with a user's token: {a:?}"
+            );
+            assert!(a.body.get("status").is_none(), "{a:?}");
+        }
+    }
+
+    // Nothing changed: bob is active and may send.
+    assert_eq!(status_of(&h, &alice, &bob).await, "offline");
+    let sent = send(&h, &bob, &alice, "still here").await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{sent:?}");
+
+    // An operator's token passes each route.
+    let op = operator(&h);
+    let expected = ["blocked", "offline", "deleted"];
+    for ((method, path), status) in routes.into_iter().zip(expected) {
+        let a = admin(&h, &op, method.clone(), &path).await;
+        assert_eq!(a.status, StatusCode::OK, "{method} {path}: {a:?}");
+        assert_eq!(a.body["status"], status, "{method} {path}: {a:?}");
+    }
+    assert_eq!(status_of(&h, &alice, &bob).await, "deleted");
+    h.shutdown().await;
+}
+
+// ----- WebSocket sessions -----
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn ws_url(h: &Harness) -> String {
+    format!("{}/v1/ws", h.base.replacen("http://", "ws://", 1))
+}
+
+/// The two ways of opening a session: the token in the Authorization header, and in the
+/// `access_token` query parameter (browsers).
+fn upgrade_requests(
+    h: &Harness,
+    who: &Client,
+) -> [tokio_tungstenite::tungstenite::handshake::client::Request; 2] {
+    let mut header = ws_url(h).into_client_request().expect("request");
+    header.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", who.token).parse().expect("header"),
+    );
+    let query = format!("{}?access_token={}", ws_url(h), who.token)
+        .into_client_request()
+        .expect("request");
+    [header, query]
+}
+
+/// The next text frame, as JSON.
+async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the session is open")
+            .expect("a frame");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).expect("JSON frame");
+        }
+    }
+}
+
+/// Opens a session with `request` and reads up to the `synced` frame.
+async fn open(request: tokio_tungstenite::tungstenite::handshake::client::Request) -> Socket {
+    let (mut socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the session opens");
+    assert_eq!(response.status(), 101);
+    loop {
+        let frame = next_json(&mut socket).await;
+        if frame["type"] == "synced" {
+            return socket;
+        }
+    }
+}
+
+/// Frames until the answer to a ping: proves the session is still open.
+async fn drain(socket: &mut Socket) -> Vec<Value> {
+    socket
+        .send(Message::Text(json!({"type": "ping"}).to_string().into()))
+        .await
+        .expect("the ping is sent");
+    let mut frames = Vec::new();
+    loop {
+        let frame = next_json(socket).await;
+        if frame["type"] == "pong" {
+            return frames;
+        }
+        frames.push(frame);
+    }
+}
+
+/// Reads until the server's close frame.
+async fn close_frame(socket: &mut Socket) -> CloseFrame {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the server closes the session within 10 s")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.expect("a close frame with a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Waits until `user` shows `status` to `viewer` (presence is projected asynchronously).
+async fn wait_for_status(h: &Harness, viewer: &Client, user: &Client, status: &str) {
+    for _ in 0..400 {
+        if status_of(h, viewer, user).await == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never became {status}", user.id);
+}
+
+/// Blocking a user ends every session they hold open (close code 4003, the account is
+/// restricted: not "reconnect"), while other users' sessions carry on; a new upgrade by
+/// them, with the token in either place, is refused before it happens with 403
+/// `account_blocked`. Once unblocked they open sessions again.
+async fn blocking_closes_the_users_sessions_and_refuses_new_ones() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    h.befriend(&alice, &bob).await;
+    let op = operator(&h);
+    let [by_header, by_query] = upgrade_requests(&h, &bob);
+    let mut phone = open(by_header).await;
+    let mut browser = open(by_query).await;
+    let [alices_request, _] = upgrade_requests(&h, &alice);
+    let mut alices = open(alices_request).await;
+    wait_for_status(&h, &alice, &bob, "online").await;
+
+    let blocked = block(&h, &op, &bob).await;
+    assert_eq!(blocked.status, StatusCode::OK, "{blocked:?}");
+    for (device, socket) in [("phone", &mut phone), ("browser", &mut browser)] {
+        let frame = close_frame(socket).await;
+        assert_eq!(frame.code, CloseCode::Library(4003), "{device}: {frame:?}");
+        assert!(
+            frame.reason.contains("blocked or deleted"),
+            "{device}: {frame:?}"
+        );
+    }
+    // Alice's session is not disturbed: it still answers a ping.
+    drain(&mut alices).await;
+
+    // Reconnecting is refused before the upgrade, whichever way the token comes.
+    for request in upgrade_requests(&h, &bob) {
+        let uri = request.uri().clone();
+        match tokio_tungstenite::connect_async(request).await {
+            Err(WsError::Http(response)) => {
+                assert_eq!(response.status(), 403, "{uri}");
+                if let Some(body) = response.body().as_deref().filter(|b| !b.is_empty()) {
+                    let body: Value = serde_json::from_slice(body).expect("a JSON error");
+                    assert_eq!(body["error"]["code"], "account_blocked", "{uri}: {body}");
+                }
+            }
+            other => panic!("{uri}: expected 403, got {other:?}"),
+        }
+    }
+    // The same upgrade request, read as plain HTTP, names the refusal.
+    let refused = h
+        .raw(Method::GET, "/v1/ws", Some(&bob.token), |r| {
+            r.header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        })
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
+    assert_eq!(refused.code(), "account_blocked");
+    assert_eq!(status_of(&h, &alice, &bob).await, "blocked");
+
+    // Unblocked, bob is offline (his sessions ended) and opens a session again.
+    let unblocked = unblock(&h, &op, &bob).await;
+    assert_eq!(unblocked.status, StatusCode::OK, "{unblocked:?}");
+    wait_for_status(&h, &alice, &bob, "offline").await;
+    let [again, _] = upgrade_requests(&h, &bob);
+    let mut again = open(again).await;
+    drain(&mut again).await;
+    wait_for_status(&h, &alice, &bob, "online").await;
+    h.shutdown().await;
+}
+
+// ----- invitations -----
+
+async fn create_server(h: &Harness, owner: &Client, body: Value) -> String {
+    let a = h.post("/v1/servers", owner, body).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    a.body["server_id"].as_str().expect("server_id").to_owned()
+}
+
+async fn invite(h: &Harness, who: &Client, server: &str, invitee: &Client) -> common::Answer {
+    h.post(
+        &format!("/v1/servers/{server}/invitations"),
+        who,
+        json!({ "user_id": invitee.id }),
+    )
+    .await
+}
+
+/// Nobody invites a blocked or a deleted user to a server, public or private (403
+/// `recipient_unavailable`), and a blocked subscriber invites nobody (403 `account_blocked`);
+/// no invitation is stored. Unblocked, the same user is invited as before.
+async fn blocked_and_deleted_users_cannot_be_invited() {
+    let h = Harness::start().await;
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let carol = h.register("carol").await;
+    let dave = h.register("dave").await;
+    let erin = h.register("erin").await;
+    let op = operator(&h);
+    let public = create_server(&h, &alice, json!({ "name": "Open Garden" })).await;
+    let private = create_server(
+        &h,
+        &alice,
+        json!({ "name": "Walled Garden", "visibility": "private" }),
+    )
+    .await;
+    let subscribed = h
+        .post(
+            &format!("/v1/servers/{public}/subscription"),
+            &carol,
+            json!(null),
+        )
+        .await;
+    assert_eq!(subscribed.status, StatusCode::OK, "{subscribed:?}");
+
+    assert_eq!(block(&h, &op, &bob).await.status, StatusCode::OK);
+    assert_eq!(block(&h, &op, &carol).await.status, StatusCode::OK);
+    let deleted = admin(
+        &h,
+        &op,
+        Method::DELETE,
+        &format!("/v1/admin/users/{}", dave.id),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+
+    for server in [&public, &private] {
+        for (name, who) in [("blocked bob", &bob), ("deleted dave", &dave)] {
+            let a = invite(&h, &alice, server, who).await;
+            assert_eq!(
+                (a.status, a.code()),
+                (StatusCode::FORBIDDEN, "recipient_unavailable"),
+                "inviting {name} to {server}: {a:?}"
+            );
+        }
+    }
+    let by_blocked = invite(&h, &carol, &public, &erin).await;
+    assert_eq!(
+        (by_blocked.status, by_blocked.code()),
+        (StatusCode::FORBIDDEN, "account_blocked"),
+        "{by_blocked:?}"
+    );
+    // No invitation reached anyone (a blocked user still reads).
+    for who in [&bob, &erin] {
+        let pending = h.get("/v1/invitations", who).await;
+        assert_eq!(pending.status, StatusCode::OK, "{pending:?}");
+        assert!(pending.items().is_empty(), "{pending:?}");
+    }
+
+    // Unblocked, bob is invited like anyone.
+    assert_eq!(unblock(&h, &op, &bob).await.status, StatusCode::OK);
+    let invited = invite(&h, &alice, &private, &bob).await;
+    assert_eq!(invited.status, StatusCode::CREATED, "{invited:?}");
+    let pending = h
+        .get_at("/v1/invitations", &bob, &invited.body["position"])
+        .await;
+    assert_eq!(pending.items().len(), 1, "{pending:?}");
+    assert_eq!(
+        pending.items()[0]["server_id"],
+        json!(private),
+        "{pending:?}"
+    );
+    h.shutdown().await;
+}
+
 mod embedded {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn accounts_are_blocked_unblocked_and_deleted_by_operators() {
         super::accounts_are_blocked_unblocked_and_deleted_by_operators().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admin_routes_refuse_invalid_tokens_and_users_tokens() {
+        super::admin_routes_refuse_invalid_tokens_and_users_tokens().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_closes_the_users_sessions_and_refuses_new_ones() {
+        super::blocking_closes_the_users_sessions_and_refuses_new_ones().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocked_and_deleted_users_cannot_be_invited() {
+        super::blocked_and_deleted_users_cannot_be_invited().await
     }
 }
 
@@ -305,6 +733,36 @@ mod kafka {
             )
             .await
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admin_routes_refuse_invalid_tokens_and_users_tokens() {
+        crate::common::BACKEND
+            .scope(
+                crate::common::Backend::Kafka,
+                super::admin_routes_refuse_invalid_tokens_and_users_tokens(),
+            )
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_closes_the_users_sessions_and_refuses_new_ones() {
+        crate::common::BACKEND
+            .scope(
+                crate::common::Backend::Kafka,
+                super::blocking_closes_the_users_sessions_and_refuses_new_ones(),
+            )
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocked_and_deleted_users_cannot_be_invited() {
+        crate::common::BACKEND
+            .scope(
+                crate::common::Backend::Kafka,
+                super::blocked_and_deleted_users_cannot_be_invited(),
+            )
+            .await
+    }
 }
 
 mod scylla {
@@ -313,6 +771,33 @@ mod scylla {
         crate::common::on_scylla(
             "accounts_are_blocked_unblocked_and_deleted_by_operators",
             super::accounts_are_blocked_unblocked_and_deleted_by_operators,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admin_routes_refuse_invalid_tokens_and_users_tokens() {
+        crate::common::on_scylla(
+            "admin_routes_refuse_invalid_tokens_and_users_tokens",
+            super::admin_routes_refuse_invalid_tokens_and_users_tokens,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_closes_the_users_sessions_and_refuses_new_ones() {
+        crate::common::on_scylla(
+            "blocking_closes_the_users_sessions_and_refuses_new_ones",
+            super::blocking_closes_the_users_sessions_and_refuses_new_ones,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocked_and_deleted_users_cannot_be_invited() {
+        crate::common::on_scylla(
+            "blocked_and_deleted_users_cannot_be_invited",
+            super::blocked_and_deleted_users_cannot_be_invited,
         )
         .await
     }

@@ -17,6 +17,9 @@ const SECRET: &str = "the rabbit hole is behind the hedge";
 const POST: &str = "tea party at six, bring jam";
 /// Bob's, which must survive Alice's deletion.
 const REPLY: &str = "see you there, bring the hatter";
+/// Alice's and Bob's messages in a server channel.
+const CHANNEL_SECRET: &str = "the cheshire cat grins at the croquet lawn";
+const CHANNEL_REPLY: &str = "the queen of hearts lost her flamingo mallet";
 
 /// The log as `missive events dump` prints it (every record, decoded).
 async fn dump(h: &Harness) -> String {
@@ -209,4 +212,141 @@ async fn deleting_an_account_shreds_its_personal_data_also_from_replays() {
     h.shutdown().await;
 }
 
-both_logs!(deleting_an_account_shreds_its_personal_data_also_from_replays);
+/// The texts of a channel's history as `who` reads it (at least up to `at`), sorted.
+async fn channel_texts(h: &Harness, who: &Client, channel: &str, at: &Value) -> Vec<String> {
+    let history = h
+        .get_at(&format!("{channel}/messages?limit=50"), who, at)
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{history:?}");
+    let mut texts = history.texts();
+    texts.sort();
+    texts
+}
+
+/// Channel messages are shredded like direct messages: Alice's text in a server channel never
+/// reaches the log or the read store in the clear, Bob reads it while her account lives, and
+/// once it is deleted he (live, and after a full replay) reads it as an empty text beside his
+/// own message, which stays readable.
+async fn deleting_an_account_shreds_its_channel_messages() {
+    let mut h = Harness::start().await;
+    let alice = h.register(NAME).await;
+    let bob = h.register("bob").await;
+    let server = h
+        .post(
+            "/v1/servers",
+            &bob,
+            json!({ "name": "croquet", "visibility": "public" }),
+        )
+        .await;
+    assert_eq!(server.status, StatusCode::CREATED, "{server:?}");
+    let server = format!(
+        "/v1/servers/{}",
+        server.body["server_id"].as_str().expect("id")
+    );
+    let channel = h
+        .post(
+            &format!("{server}/channels"),
+            &bob,
+            json!({ "name": "lawn" }),
+        )
+        .await;
+    assert_eq!(channel.status, StatusCode::CREATED, "{channel:?}");
+    let channel = format!(
+        "{server}/channels/{}",
+        channel.body["channel_id"].as_str().expect("id")
+    );
+    let subscribed = h
+        .post(&format!("{server}/subscription"), &alice, json!(null))
+        .await;
+    assert!(subscribed.status.is_success(), "{subscribed:?}");
+    for who in [&alice, &bob] {
+        let joined = h.post(&format!("{channel}/join"), who, json!(null)).await;
+        assert_eq!(joined.status, StatusCode::OK, "{joined:?}");
+    }
+    let hers = h
+        .post(
+            &format!("{channel}/messages"),
+            &alice,
+            json!({ "text": CHANNEL_SECRET }),
+        )
+        .await;
+    assert_eq!(hers.status, StatusCode::CREATED, "{hers:?}");
+    let his = h
+        .post(
+            &format!("{channel}/messages"),
+            &bob,
+            json!({ "text": CHANNEL_REPLY }),
+        )
+        .await;
+    assert_eq!(his.status, StatusCode::CREATED, "{his:?}");
+    let last = &his.body["position"];
+
+    // Readable by the channel's members while the account lives...
+    assert_eq!(
+        channel_texts(&h, &bob, &channel, last).await,
+        sorted([CHANNEL_SECRET, CHANNEL_REPLY])
+    );
+    // ...but neither the log nor the read store holds either text in the clear.
+    let log = dump(&h).await;
+    assert!(
+        log.contains("ChannelMessageSent"),
+        "the dump lists them: {log}"
+    );
+    for text in [CHANNEL_SECRET, CHANNEL_REPLY] {
+        assert!(!log.contains(text), "{text:?} in the log");
+    }
+    let stored = read_store_bytes(&h);
+    for text in [CHANNEL_SECRET, CHANNEL_REPLY] {
+        assert!(!contains(&stored, text), "{text:?} in the read store");
+    }
+
+    let deleted = h
+        .call(
+            Method::DELETE,
+            &format!("/v1/admin/users/{}", alice.id),
+            Some(&h.operator(&bob)),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+
+    // Live read models: Alice's message is still listed, as hers, with an empty text; Bob's
+    // own reads as he wrote it.
+    let history = h
+        .get_at(&format!("{channel}/messages?limit=50"), &bob, last)
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{history:?}");
+    let by = |id: &Value| {
+        history
+            .items()
+            .iter()
+            .find(|m| m["message_id"] == *id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} listed: {history:?}"))
+    };
+    let shredded = by(&hers.body["message_id"]);
+    assert_eq!(shredded["sender_id"], json!(alice.id), "{shredded}");
+    assert_eq!(shredded["text"], "", "{shredded}");
+    assert_eq!(by(&his.body["message_id"])["text"], CHANNEL_REPLY);
+    let log = dump(&h).await;
+    assert!(!log.contains(CHANNEL_SECRET), "in the log after deletion");
+
+    // A full replay of the log into empty read models shows the same, and stores nothing of
+    // Alice's text.
+    h.restart_with_empty_read_models().await;
+    assert_eq!(
+        channel_texts(&h, &bob, &channel, last).await,
+        sorted(["", CHANNEL_REPLY])
+    );
+    let stored = read_store_bytes(&h);
+    assert!(
+        !contains(&stored, CHANNEL_SECRET),
+        "Alice's channel message in the rebuilt read store"
+    );
+    h.shutdown().await;
+}
+
+both_logs!(
+    deleting_an_account_shreds_its_personal_data_also_from_replays,
+    deleting_an_account_shreds_its_channel_messages,
+);

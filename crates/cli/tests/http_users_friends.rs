@@ -407,6 +407,67 @@ async fn operations_endpoints_and_unknown_routes() {
     h.shutdown().await;
 }
 
+/// `--admin-listen` serves `/metrics` and `/healthz` on a second address, and nothing else
+/// there: the API's routes answer 404 on it while the API port serves them. Embedded only:
+/// the listener does not depend on the log or store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_only_metrics_and_healthz() {
+    // The server does not report the admin listener's address: take a free port for it.
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("its address");
+    let h = Harness::start_with(|c| c.admin_listen = Some(admin)).await;
+    assert_ne!(h.base, format!("http://{admin}"), "two listeners");
+    let alice = h.register("alice").await;
+    let at_admin = |method: Method, path: &str| {
+        h.client
+            .request(method, format!("http://{admin}{path}"))
+            .bearer_auth(&alice.token)
+            .send()
+    };
+
+    let metrics = at_admin(Method::GET, "/metrics")
+        .await
+        .expect("the admin listener answers");
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.text().await.expect("metrics text");
+    assert!(
+        text.contains("missive_http_requests_total"),
+        "missive_http_requests_total missing from the admin /metrics"
+    );
+    // The API's requests are counted there (the registration above).
+    assert!(text.contains("route=\"/v1/users\""), "{text}");
+    let health = at_admin(Method::GET, "/healthz").await.expect("healthz");
+    assert_eq!(health.status(), StatusCode::OK);
+    let health: serde_json::Value = health.json().await.expect("JSON");
+    assert_eq!(health, json!({"status": "ok"}));
+
+    // Only those two: the API is not served there.
+    for (method, path) in [
+        (Method::GET, format!("/v1/users/{}", alice.id)),
+        (Method::GET, "/v1/users/me".to_owned()),
+        (Method::GET, "/v1/openapi.json".to_owned()),
+        (Method::GET, "/readyz".to_owned()),
+        (Method::POST, "/v1/users".to_owned()),
+    ] {
+        let a = at_admin(method.clone(), &path)
+            .await
+            .expect("the admin listener answers");
+        assert_eq!(a.status(), StatusCode::NOT_FOUND, "{method} {path}");
+        let body: serde_json::Value = a.json().await.expect("a JSON error");
+        assert_eq!(
+            body["error"]["code"], "not_found",
+            "{method} {path}: {body}"
+        );
+    }
+    // ...while the API port serves it.
+    let profile = h.get(&format!("/v1/users/{}", alice.id), &alice).await;
+    assert_eq!(profile.status, StatusCode::OK, "{profile:?}");
+    assert_eq!(profile.body["username"], "alice");
+    h.shutdown().await;
+}
+
 both_logs!(
     registration_and_its_errors,
     closed_registration_is_refused,
