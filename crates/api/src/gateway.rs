@@ -78,6 +78,9 @@ pub enum Kick {
     OutOfSync,
     /// The server is shutting down: the client reconnects (to another process, or later).
     GoingAway,
+    /// An operator blocked or deleted the user's account: the session ends for good
+    /// (reconnecting is refused with 403).
+    Restricted,
 }
 
 struct Subscriber {
@@ -170,6 +173,8 @@ enum Out {
     Frame(Uuid, &'static str, Value, Option<Uuid>),
     /// The event could not be turned into the user's frame: their sessions close and resync.
     Resync(Uuid),
+    /// The user's account was blocked or deleted: their sessions close for good.
+    Restricted(Uuid),
 }
 
 impl Gateway {
@@ -555,7 +560,7 @@ impl Dispatch<'_> {
             let (user, push) = match out {
                 Out::Frame(user, kind, frame, pending_message) => (
                     user,
-                    Some((
+                    Ok((
                         kind,
                         Push {
                             text: frame.to_string().into(),
@@ -563,7 +568,8 @@ impl Dispatch<'_> {
                         },
                     )),
                 ),
-                Out::Resync(user) => (user, None),
+                Out::Resync(user) => (user, Err(Kick::OutOfSync)),
+                Out::Restricted(user) => (user, Err(Kick::Restricted)),
             };
             let Some(subscribers) = routes.users.get_mut(&user) else {
                 continue;
@@ -572,9 +578,12 @@ impl Dispatch<'_> {
                 if s.id >= claimed {
                     return true;
                 }
-                let Some((kind, push)) = &push else {
-                    s.kick(Kick::OutOfSync);
-                    return false;
+                let (kind, push) = match &push {
+                    Ok(push) => push,
+                    Err(kick) => {
+                        s.kick(*kick);
+                        return false;
+                    }
                 };
                 match s.tx.try_send(push.clone()) {
                     Ok(()) => {
@@ -718,7 +727,7 @@ impl Dispatch<'_> {
             Event::AccountStatusChanged { user_id, status } => {
                 // Noted in `dispatch`, before any session is concerned. A blocked or deleted user's sessions end; reconnecting is refused (403).
                 if *status != missive_events::AccountStatus::Active && local(user_id) {
-                    out.push(Out::Resync(*user_id));
+                    out.push(Out::Restricted(*user_id));
                 }
             }
             Event::PresenceChanged { user_id, status } => {

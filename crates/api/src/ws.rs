@@ -54,6 +54,9 @@ pub const CLOSE_TOO_SLOW: u16 = 4001;
 /// Close code for a session the server could not push an event to (the read models were not
 /// ready in time): the client reconnects and receives what it missed as pending.
 pub const CLOSE_OUT_OF_SYNC: u16 = 4002;
+/// Close code when an operator blocked or deleted the user's account: do not reconnect (a
+/// new session is refused with 403 `account_blocked` or `account_deleted`).
+pub const CLOSE_ACCOUNT_RESTRICTED: u16 = 4003;
 /// Close code when the server shuts down (RFC 6455 "going away"): reconnect.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// How long the server tries to send a close frame.
@@ -356,6 +359,13 @@ const GOING_AWAY: Ended = (
         "the server is shutting down; reconnect in a moment",
     )),
 );
+const RESTRICTED: Ended = (
+    "account_restricted",
+    Some((
+        CLOSE_ACCOUNT_RESTRICTED,
+        "your account was blocked or deleted by an operator",
+    )),
+);
 const OUT_OF_SYNC: Ended = (
     "out_of_sync",
     Some((
@@ -585,6 +595,7 @@ fn kicked(kick: Option<Kick>) -> Ended {
     match kick {
         Some(Kick::TooSlow) => TOO_SLOW,
         Some(Kick::GoingAway) => GOING_AWAY,
+        Some(Kick::Restricted) => RESTRICTED,
         Some(Kick::OutOfSync) | None => OUT_OF_SYNC,
     }
 }
