@@ -401,8 +401,10 @@ enum StoreCommand {
     },
     /// Copy the users' encryption keys (and deleted users' tombstones) from the --store
     /// keyspace into another one. `missive replay --into scylla://...` does it when its
-    /// rebuild ends; run this again after switching the servers to the rebuilt keyspace, for
-    /// the keys made in between. Safe to repeat; a conflicting key is refused.
+    /// rebuild ends; run this again when switching the servers to the rebuilt keyspace, after
+    /// the old API processes stopped and before the new ones start, for the keys made in
+    /// between. Safe to repeat; a user with a different key on each side is not copied (and
+    /// the command fails, naming them).
     CopyKeys {
         #[command(flatten)]
         store: StoreArgs,
@@ -712,9 +714,10 @@ impl ReplayArgs {
         println!("target: {}", target.name);
         if let Some(keyspace) = &target.keyspace {
             // After the rebuild: keys made while it ran are copied too. Keys made after this
-            // are copied by `missive store copy-keys` once the servers are switched.
+            // are copied by `missive store copy-keys`, run between stopping the old API
+            // processes and starting the new ones.
             if let Some(copied) = live_backend.copy_keys_into(keyspace).await? {
-                println!("{}", keys_summary(&copied));
+                keys_copied(&copied)?;
             }
         }
         if !rebuilt.complete {
@@ -937,12 +940,21 @@ struct StoreTarget {
     keyspace: Option<missive_store::scylla::ScyllaConfig>,
 }
 
-/// What copying the users' keys did, in one line.
-fn keys_summary(copied: &missive_keys::scylla::Copied) -> String {
-    format!(
+/// Prints what copying the users' keys did; an error when some could not be copied.
+fn keys_copied(copied: &missive_keys::scylla::Copied) -> anyhow::Result<()> {
+    println!(
         "keys: {} copied, {} already there, {} deleted users",
         copied.keys, copied.already, copied.tombstones
-    )
+    );
+    anyhow::ensure!(
+        copied.conflicts.is_empty() && copied.unreadable.is_empty(),
+        "not copied: users with a different key in each keyspace {:?} (something was sealed \
+         with each: an API process already ran on the new keyspace; decide which key to keep \
+         by hand), unreadable key rows {:?}",
+        copied.conflicts,
+        copied.unreadable
+    );
+    Ok(())
 }
 
 /// What --verify removes when done.
@@ -1050,8 +1062,7 @@ async fn main() -> anyhow::Result<()> {
                 .copy_keys_into(&target)
                 .await?
                 .context("a Scylla store")?;
-            println!("{}", keys_summary(&copied));
-            Ok(())
+            keys_copied(&copied)
         }
         Command::Topics(TopicsCommand::Create {
             log,

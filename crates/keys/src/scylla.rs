@@ -192,15 +192,19 @@ async fn prepare(session: &Session, cql: String) -> Result<PreparedStatement> {
     Ok(statement)
 }
 
-/// What [`ScyllaVault::copy_into`] wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What [`ScyllaVault::copy_into`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Copied {
-    /// Keys the target did not hold.
+    /// Keys the target did not hold, written there.
     pub keys: usize,
     /// Keys the target held already.
     pub already: usize,
-    /// Tombstones (deleted users) written.
+    /// Tombstones (deleted users) written, to the target or back to the source.
     pub tombstones: usize,
+    /// Users with a different key on each side: not copied (an operator must decide).
+    pub conflicts: Vec<Uuid>,
+    /// Rows of the source that cannot be read: not copied.
+    pub unreadable: Vec<Uuid>,
 }
 
 /// The Scylla [`KeyVault`].
@@ -300,10 +304,12 @@ impl ScyllaVault {
     /// that `missive replay` rebuilt the read models into), so that servers switched to it
     /// still open every user's data and never give a deleted user a key again.
     ///
-    /// Safe to repeat, and to run while both are in use: a key is written with the same
-    /// lightweight transaction as a first key, so a key `target` already holds is kept, a
-    /// tombstone in either wins, and a *different* key in `target` (an API already sealed
-    /// with it) is refused as `Corrupt`, since either copy would shred what the other sealed.
+    /// Safe to repeat: a key `target` holds already is left alone, a tombstone on either side
+    /// wins (it is written to the other), and a key is written with the same lightweight
+    /// transaction as a first key. Two different keys for one user (each side sealed with its
+    /// own, so neither can replace the other) and rows that cannot be read are not copied:
+    /// they are listed in [`Copied`] while every other row is copied. `Err` only when a
+    /// keyspace could not be reached: the copy can then simply be run again.
     pub async fn copy_into(&self, target: &ScyllaVault) -> Result<Copied> {
         use futures::TryStreamExt;
         const ACTION: &str = "reading every key";
@@ -321,42 +327,80 @@ impl ScyllaVault {
             .await
             .map_err(|e| VaultError::Unavailable(format!("{ACTION}: {e}")))?
         {
-            match stored(user, key, destroyed_at.is_some())? {
-                Stored::Missing => {}
-                Stored::Destroyed(_) => {
-                    target.destroy(user).await?;
-                    copied.tombstones += 1;
+            match stored(user, key, destroyed_at.is_some()) {
+                Ok(source) => self.copy_one(target, user, source, &mut copied).await?,
+                Err(VaultError::Corrupt(why)) => {
+                    tracing::warn!(%user, %why, "a key row cannot be read; not copied");
+                    copied.unreadable.push(user);
                 }
-                Stored::Active(key) => {
-                    const COPY: &str = "copying a key";
-                    let bytes: &[u8] = key.expose_bytes();
-                    let result = target
-                        .execute(&target.st.create, (user, bytes), COPY)
-                        .await?
-                        .into_rows_result()
-                        .map_err(|e| e.to_string())
-                        .map_err(shape_err(COPY))?;
-                    match lwt_outcome(user, result)? {
-                        None => copied.keys += 1,
-                        Some(Stored::Active(there)) if there == key => copied.already += 1,
-                        Some(Stored::Destroyed(_)) => {
-                            // Deleted through the target meanwhile: the tombstone wins here,
-                            // and in the source too.
-                            self.destroy(user).await?;
-                            copied.tombstones += 1;
-                        }
-                        Some(_) => {
-                            return Err(VaultError::Corrupt(format!(
-                                "keyspace {} holds another key for user {user} than {}: \
-                                 something sealed with each, so neither can replace the other",
-                                target.keyspace, self.keyspace
-                            )));
-                        }
-                    }
-                }
+                Err(other) => return Err(other),
             }
         }
         Ok(copied)
+    }
+
+    /// Copies one user's row (see [`ScyllaVault::copy_into`]).
+    async fn copy_one(
+        &self,
+        target: &ScyllaVault,
+        user: Uuid,
+        source: Stored,
+        copied: &mut Copied,
+    ) -> Result<()> {
+        let key = match source {
+            Stored::Missing => return Ok(()),
+            Stored::Destroyed(leftover) => {
+                if leftover {
+                    self.settle(user, Stored::Destroyed(true)).await?;
+                }
+                if target.key(user).await? != KeyState::Destroyed {
+                    target.destroy(user).await?;
+                    copied.tombstones += 1;
+                }
+                return Ok(());
+            }
+            Stored::Active(key) => key,
+        };
+        let there = match target.key(user).await? {
+            KeyState::Missing => {
+                const COPY: &str = "copying a key";
+                let bytes: &[u8] = key.expose_bytes();
+                let result = target
+                    .execute(&target.st.create, (user, bytes), COPY)
+                    .await?
+                    .into_rows_result()
+                    .map_err(|e| e.to_string())
+                    .map_err(shape_err(COPY))?;
+                match lwt_outcome(user, result)? {
+                    None => {
+                        copied.keys += 1;
+                        return Ok(());
+                    }
+                    Some(Stored::Active(there)) => KeyState::Active(there),
+                    Some(Stored::Destroyed(_)) => KeyState::Destroyed,
+                    Some(Stored::Missing) => KeyState::Missing,
+                }
+            }
+            there => there,
+        };
+        match there {
+            KeyState::Active(there) if there == key => copied.already += 1,
+            // Deleted through the target meanwhile: the tombstone wins, in the source too.
+            KeyState::Destroyed => {
+                self.destroy(user).await?;
+                copied.tombstones += 1;
+            }
+            KeyState::Active(_) | KeyState::Missing => {
+                tracing::warn!(
+                    %user,
+                    from = %self.keyspace,
+                    into = %target.keyspace,
+                    "two different keys for one user; not copied"
+                );
+                copied.conflicts.push(user);
+            }
+        }
+        Ok(())
     }
 
     /// The state to report for a stored row; a destroyed row that still holds key bytes is

@@ -199,8 +199,8 @@ mod scylla_contract {
                     first,
                     Copied {
                         keys: 2,
-                        already: 0,
-                        tombstones: 2
+                        tombstones: 2,
+                        ..Copied::default()
                     }
                 );
                 assert_eq!(target.key(alice).await, Ok(KeyState::Active(alice_key)));
@@ -217,22 +217,34 @@ mod scylla_contract {
                 assert_eq!(
                     again,
                     Copied {
-                        keys: 0,
                         already: 1,
-                        tombstones: 3
+                        tombstones: 1,
+                        ..Copied::default()
                     }
                 );
                 assert_eq!(source.key(alice).await, Ok(KeyState::Destroyed));
                 assert_eq!(target.key(bob).await, Ok(KeyState::Active(bob_key)));
 
-                // A user with a key on each side, made independently: refused.
-                let frank = Uuid::now_v7();
+                // A user with a key on each side, made independently: not copied, listed;
+                // a user deleted on the source after that still reaches the target.
+                let (frank, gina) = (Uuid::now_v7(), Uuid::now_v7());
+                let frank_there = target.create(frank).await.expect("create");
                 source.create(frank).await.expect("create");
-                target.create(frank).await.expect("create");
-                assert!(matches!(
-                    source.copy_into(&target).await,
-                    Err(VaultError::Corrupt(_))
-                ));
+                source.create(gina).await.expect("create");
+                target.create(gina).await.ok();
+                source.destroy(gina).await.expect("destroy");
+                let third = source.copy_into(&target).await.expect("copy a third time");
+                assert_eq!(
+                    third,
+                    Copied {
+                        already: 1,
+                        tombstones: 1,
+                        conflicts: vec![frank],
+                        ..Copied::default()
+                    }
+                );
+                assert_eq!(target.key(frank).await, Ok(KeyState::Active(frank_there)));
+                assert_eq!(target.key(gina).await, Ok(KeyState::Destroyed));
             };
             let outcome = tokio::spawn(checks).await;
             let _ = drop_keyspace(&session, &other.keyspace).await;
