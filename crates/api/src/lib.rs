@@ -75,8 +75,9 @@ pub struct AppState {
 }
 
 /// How long [`run`] waits, once the listener is closed, for commands whose clients hung up.
-/// Each command's own waits are bounded well below it.
-const COMMANDS_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+/// Each command's own waits are bounded below it; with the rest of a shutdown it fits in a
+/// container's usual 30 s grace period.
+const COMMANDS_DRAIN: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The commands running on tasks of their own ([`routes::detached`]): a command whose client
 /// hung up is no longer a request the server drains at shutdown, so it is counted here.

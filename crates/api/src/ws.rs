@@ -163,13 +163,16 @@ pub(crate) async fn upgrade(
         Some(token) => crate::routes::actor_from_token(&state, &token, &headers)?,
         None => crate::routes::actor_from_headers(&state, &headers)?,
     };
-    state.service.admit(actor.user_id).await?;
+    // Refused at once on what this process knows; once the standings read at start are
+    // current, checked again (`admit`) before the session opens.
+    state.service.check_actor(actor.user_id)?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::bad_request(format!(
             "GET /v1/ws opens a WebSocket session: send a WebSocket upgrade request ({})",
             e.body_text()
         ))
     })?;
+    state.service.admit(actor.user_id).await?;
     let ws = state.config.ws.clone();
     let sessions = state.sessions.clone();
     if sessions.total.fetch_add(1, Ordering::AcqRel) >= ws.max_connections {

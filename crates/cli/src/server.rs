@@ -679,22 +679,27 @@ async fn reset_presence(service: &Service, store: &dyn ReadStore, wait: Duration
     }
 }
 
-/// How long shutdown waits for the producer's queue to empty.
-const SHUTDOWN_FLUSH_WAIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the producer's queue to empty. With the commands' drain
+/// (`missive_api::run`, 15 s) and the sessions' close frames (3 s), a shutdown fits in the
+/// usual 30 s grace period of a container before SIGKILL.
+const SHUTDOWN_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 impl Running {
     /// Stops accepting requests, drains in-flight ones, stops the projector, and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
+        // Every task is waited for, and the log flushed, whatever failed: the first failure is
+        // the answer.
+        let mut failed = None;
         for (name, task) in self.tasks {
-            task.await.with_context(|| format!("{name} task"))??;
-        }
-        // Every command was answered or abandoned by now; anything else in the producer's
-        // queue (a presence change, a notification) is written before the exit.
-        if let Some(log) = &self.log
-            && let Err(error) = log.flush(SHUTDOWN_FLUSH_WAIT).await
-        {
-            tracing::warn!(%error, "the event log was not flushed before the exit");
+            let outcome = match task.await {
+                Ok(outcome) => outcome,
+                Err(join) => Err(anyhow::Error::new(join)),
+            };
+            if let Err(error) = outcome.with_context(|| format!("{name} task")) {
+                tracing::error!(error = format!("{error:#}"), "a task failed at shutdown");
+                failed.get_or_insert(error);
+            }
         }
         // The gateway told every WebSocket session to close with 1001 (going away) as it
         // stopped; give them a moment to send it before the process exits.
@@ -704,7 +709,14 @@ impl Running {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        Ok(())
+        // Last: every command was answered or abandoned, and every session closed (its user
+        // went offline); what is still in the producer's queue is written before the exit.
+        if let Some(log) = &self.log
+            && let Err(error) = log.flush(SHUTDOWN_FLUSH_WAIT).await
+        {
+            tracing::warn!(%error, "the event log was not flushed before the exit");
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Waits until a task ends on its own, which is always an error.

@@ -187,26 +187,43 @@ fn broker(action: &'static str) -> impl FnOnce(KafkaError) -> LogError {
     }
 }
 
-/// Runs a blocking librdkafka call (a broker round trip) on a thread of its own, off the async
-/// workers. Not on tokio's blocking pool: a runtime's shutdown waits for every task there, so
-/// a call abandoned after its timeout (a commit the broker never answers) would hold the
-/// process's exit; a thread of its own ends with the process.
+/// Runs a blocking librdkafka call (a broker round trip) on the blocking pool, off the async
+/// workers. For a call that is always awaited to its end.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| LogError::Closed)?
+}
+
+/// Runs a blocking librdkafka call that is waited for at most `wait` (`action` names it in
+/// the error past that), on a thread of its own. Not on tokio's blocking pool: a runtime's
+/// shutdown waits for every task there, so a call abandoned after its timeout (a commit the
+/// broker never answers) would hold the process's exit; a thread of its own ends with the
+/// process.
+async fn abandonable<T: Send + 'static>(
+    wait: Duration,
+    action: &'static str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let (done, answer) = tokio::sync::oneshot::channel();
-    // In the runtime's context, as on its blocking pool: creating a consumer spawns tasks.
-    let runtime = tokio::runtime::Handle::try_current().ok();
     std::thread::Builder::new()
         .name("kafka-call".into())
         .spawn(move || {
-            let _context = runtime.as_ref().map(tokio::runtime::Handle::enter);
             let _ = done.send(f());
         })
         .map_err(|e| LogError::Broker {
-            action: "starting a thread for a broker call",
-            reason: e.to_string(),
+            action,
+            reason: format!("no thread for the call: {e}"),
         })?;
-    // A closed channel: the call panicked.
-    answer.await.map_err(|_| LogError::Closed)?
+    match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(outcome)) => outcome,
+        // The call panicked.
+        Ok(Err(_)) => Err(LogError::Closed),
+        Err(_) => Err(LogError::Broker {
+            action,
+            reason: format!("no answer within {wait:?}"),
+        }),
+    }
 }
 
 /// Counts the records the producer sent again into `missive_producer_retries_total`, from
@@ -1011,21 +1028,14 @@ impl LogConsumer for KafkaConsumer {
         }
         // A synchronous commit is a broker round trip: keep it off the async workers, and
         // bound the wait (librdkafka's own bound is socket.timeout.ms, a minute by default).
+        const ACTION: &str = "committing consumer offsets";
         let consumer = Arc::clone(&self.consumer);
-        let wait = self.log.config.request_timeout;
-        let commit = blocking(move || {
+        abandonable(self.log.config.request_timeout, ACTION, move || {
             consumer
                 .commit(&tpl, CommitMode::Sync)
-                .map_err(broker("committing consumer offsets"))
-        });
-        tokio::time::timeout(wait, commit)
-            .await
-            .unwrap_or_else(|_| {
-                Err(LogError::Broker {
-                    action: "committing consumer offsets",
-                    reason: format!("no answer within {wait:?}"),
-                })
-            })
+                .map_err(broker(ACTION))
+        })
+        .await
     }
 
     fn take_assigned(&mut self) -> Vec<u32> {
@@ -1387,30 +1397,46 @@ mod tests {
     use super::*;
 
     /// A broker call abandoned after its timeout does not hold the runtime's shutdown (on
-    /// tokio's blocking pool it would: this test would then never end).
+    /// tokio's blocking pool it would: the runtime's drop would never return).
     #[test]
-    fn an_abandoned_blocking_call_does_not_hold_shutdown() {
+    fn an_abandoned_call_does_not_hold_shutdown() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_time()
             .build()
             .expect("runtime");
         let (release, held) = std::sync::mpsc::channel::<()>();
-        let call = blocking(move || {
-            let _ = held.recv();
-            Ok(())
+        let outcome = runtime.block_on(abandonable(
+            Duration::from_millis(20),
+            "waiting",
+            move || {
+                let _ = held.recv();
+                Ok(())
+            },
+        ));
+        assert!(
+            matches!(&outcome, Err(LogError::Broker { reason, .. }) if reason.contains("no answer")),
+            "{outcome:?}"
+        );
+        // Dropped on another thread, so that a regression fails here instead of hanging.
+        let (dropped, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(runtime);
+            let _ = dropped.send(());
         });
-        let outcome =
-            runtime.block_on(async { tokio::time::timeout(Duration::from_millis(20), call).await });
-        assert!(outcome.is_err(), "the call is still held");
-        drop(runtime);
+        let ended = done.recv_timeout(Duration::from_secs(10));
         drop(release);
+        assert!(
+            ended.is_ok(),
+            "the runtime's drop waited for the abandoned call"
+        );
     }
 
     #[tokio::test]
-    async fn a_blocking_call_returns_its_result_and_a_panic_is_closed() {
-        assert_eq!(blocking(|| Ok(7)).await.ok(), Some(7));
-        let panicked: Result<()> = blocking(|| panic!("boom")).await;
+    async fn an_abandonable_call_returns_its_result_and_a_panic_is_closed() {
+        let wait = Duration::from_secs(10);
+        assert_eq!(abandonable(wait, "adding", || Ok(7)).await.ok(), Some(7));
+        let panicked: Result<()> = abandonable(wait, "panicking", || panic!("boom")).await;
         assert!(matches!(panicked, Err(LogError::Closed)));
     }
 }

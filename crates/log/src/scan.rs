@@ -61,11 +61,18 @@ impl Scan {
         let mut consumer = log.consumer(&group).await?;
         let mut next = BTreeMap::new();
         for position in &log_end {
-            let from = start
-                .get(&position.partition)
-                .copied()
-                .unwrap_or(0)
-                .max(log_start.get(&position.partition).copied().unwrap_or(0));
+            let held = log_start.get(&position.partition).copied().unwrap_or(0);
+            let asked = start.get(&position.partition).copied();
+            if let Some(asked) = asked.filter(|asked| *asked < held) {
+                tracing::warn!(
+                    partition = position.partition,
+                    asked,
+                    held,
+                    "the log no longer holds the start of this stretch (its retention deleted \
+                     it): reading from the first record left"
+                );
+            }
+            let from = asked.unwrap_or(0).max(held);
             next.insert(position.partition, from);
             consumer.seek(Position::new(position.partition, from))?;
         }

@@ -555,11 +555,14 @@ impl Service {
         }
         // What is logged while appending (a broker's refusal, a retry) names the events; the
         // request's span around it names the request (its id is the events' correlation id).
+        // At most a few ids (an acknowledgement may append a thousand events).
+        const NAMED: usize = 8;
         let span = tracing::info_span!(
             "append",
             actor = %actor.user_id,
             correlation_id = %actor.correlation_id,
-            event_ids = ?event_ids,
+            events = event_ids.len(),
+            event_ids = ?&event_ids[..event_ids.len().min(NAMED)],
         );
         let positions =
             tracing::Instrument::instrument(self.log.append(records), span.clone()).await?;
