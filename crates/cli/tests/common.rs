@@ -1,17 +1,25 @@
-//! A Missive server on port 0 in a fresh data directory, and a small JSON client for it.
+//! A Missive server on port 0 in a fresh data directory, a small JSON client for it, the
+//! tokens that must not pass, and WebSocket session helpers.
 
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
+use futures::{SinkExt, StreamExt};
+use missive_api::Secret;
 use missive_cli::server::{LogBackend, Running, ServerConfig, StoreBackend, start};
 use missive_log::kafka::testing::TestCluster;
 use missive_store::ReadStore;
 use missive_store::scylla::{Replication, ScyllaConfig, connect, drop_keyspace, migrate};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use uuid::Uuid;
 
 /// The log and read store a test runs on.
@@ -404,4 +412,246 @@ impl Harness {
             server.shutdown().await.expect("clean shutdown");
         }
     }
+}
+
+// ----- tokens that must not pass -----
+
+/// Every `Authorization` that must not pass, each naming `as_user`: none, a malformed token,
+/// an unsigned token (`alg: none`), a token signed with another secret, an expired token and a
+/// valid token in another scheme than `Bearer`. With `admin`, every token is an operator's
+/// (admin) token, and one more is the user's genuine token with the admin claim slipped into
+/// its payload (signature kept). Each comes as `(what it is, the header value)`.
+pub fn invalid_authorizations(
+    h: &Harness,
+    as_user: Uuid,
+    admin: bool,
+) -> Vec<(String, Option<String>)> {
+    let now = || Utc::now().timestamp();
+    let secret = &h.server.as_ref().expect("running").secret;
+    let issue = |secret: &Secret, iat: i64| {
+        if admin {
+            secret.issue_admin(as_user, iat, 3600)
+        } else {
+            secret.issue(as_user, iat, 3600)
+        }
+    };
+    let claims = || {
+        let mut claims = json!({ "sub": as_user, "iat": now(), "exp": now() + 3600 });
+        if admin {
+            claims["adm"] = json!(true);
+        }
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        claims()
+    );
+    let forged = issue(&Secret::new(b"not-the-server-secret".to_vec()), now());
+    let expired = issue(secret, now() - 7200);
+    let valid = issue(secret, now());
+    let (a, kind) = if admin { ("an", "admin ") } else { ("a", "") };
+    let mut attempts = vec![
+        ("no Authorization header".to_owned(), None),
+        (
+            "a malformed token".to_owned(),
+            Some("Bearer not-a-jwt".to_owned()),
+        ),
+        (
+            format!("an unsigned {kind}token"),
+            Some(format!("Bearer {unsigned}")),
+        ),
+        (
+            format!("another secret's {kind}token"),
+            Some(format!("Bearer {forged}")),
+        ),
+        (
+            format!("an expired {kind}token"),
+            Some(format!("Bearer {expired}")),
+        ),
+    ];
+    if admin {
+        let users = secret.issue(as_user, now(), 3600);
+        let parts: Vec<&str> = users.split('.').collect();
+        assert_eq!(parts.len(), 3, "{users}");
+        let elevated = format!("{}.{}.{}", parts[0], claims(), parts[2]);
+        attempts.push((
+            "a user's token given the admin claim".to_owned(),
+            Some(format!("Bearer {elevated}")),
+        ));
+    }
+    attempts.push((
+        format!("{a} {kind}token in another scheme"),
+        Some(format!("Token {valid}")),
+    ));
+    attempts
+}
+
+/// Asserts that `method path` (with `body`) is refused under each of a user's
+/// [`invalid_authorizations`] with 401 `unauthorized` and `WWW-Authenticate: Bearer`, and
+/// tells nothing of the resource.
+pub async fn refused_without_a_valid_token(
+    h: &Harness,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    as_user: Uuid,
+) {
+    refused_under_each(
+        h,
+        method,
+        path,
+        body,
+        invalid_authorizations(h, as_user, false),
+    )
+    .await
+}
+
+/// Asserts that the operator's route `method path` is refused under each of an operator's
+/// [`invalid_authorizations`] with 401 `unauthorized` and `WWW-Authenticate: Bearer`.
+pub async fn refused_without_a_valid_admin_token(
+    h: &Harness,
+    method: Method,
+    path: &str,
+    as_user: Uuid,
+) {
+    refused_under_each(
+        h,
+        method,
+        path,
+        None,
+        invalid_authorizations(h, as_user, true),
+    )
+    .await
+}
+
+async fn refused_under_each(
+    h: &Harness,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    attempts: Vec<(String, Option<String>)>,
+) {
+    for (what, header) in attempts {
+        let body = body.clone();
+        let a = h
+            .raw(method.clone(), path, None, move |r| {
+                let r = match header {
+                    Some(value) => r.header("authorization", value),
+                    None => r,
+                };
+                match body {
+                    Some(b) => r.json(&b),
+                    None => r,
+                }
+            })
+            .await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            "{method} {path} with {what}: {a:?}"
+        );
+        assert_eq!(
+            a.headers.get("www-authenticate").map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..]),
+            "{method} {path} with {what}"
+        );
+    }
+}
+
+// ----- WebSocket sessions -----
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The server's WebSocket endpoint, `ws://.../v1/ws`.
+pub fn ws_url(h: &Harness) -> String {
+    format!("{}/v1/ws", h.base.replacen("http://", "ws://", 1))
+}
+
+/// An upgrade request with `who`'s token in the Authorization header.
+pub fn upgrade_request(
+    h: &Harness,
+    who: &Client,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = ws_url(h).into_client_request().expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", who.token).parse().expect("header"),
+    );
+    request
+}
+
+/// The next text frame, as JSON.
+pub async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the session is open")
+            .expect("a frame");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).expect("JSON frame");
+        }
+    }
+}
+
+/// The next frame of `kind`, skipping others.
+pub async fn next_of(socket: &mut Socket, kind: &str) -> Value {
+    loop {
+        let frame = next_json(socket).await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+pub async fn send_json(socket: &mut Socket, frame: Value) {
+    socket
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("the frame is sent");
+}
+
+/// Frames until `{"type":"pong"}`: a ping's answer comes after every frame queued before it,
+/// so this collects everything pushed so far (and proves the session is still open and
+/// nothing else is on its way).
+pub async fn drain(socket: &mut Socket) -> Vec<Value> {
+    send_json(socket, json!({"type": "ping"})).await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = next_json(socket).await;
+        if frame["type"] == "pong" {
+            return frames;
+        }
+        frames.push(frame);
+    }
+}
+
+/// Reads until the server's close frame (within 10 s), which must carry a code.
+pub async fn close_frame(socket: &mut Socket) -> CloseFrame {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the server closes the session within 10 s")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.expect("a close frame with a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Waits (up to 10 s) until `user` shows `status` to `viewer` (presence is projected
+/// asynchronously), and returns the profile that does.
+pub async fn wait_for_status(h: &Harness, viewer: &Client, user: &Client, status: &str) -> Value {
+    for _ in 0..400 {
+        let answer = h.get(&format!("/v1/users/{}", user.id), viewer).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        if answer.body["status"] == status {
+            return answer.body;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never became {status}", user.id);
 }

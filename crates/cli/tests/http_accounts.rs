@@ -5,19 +5,15 @@
 
 mod common;
 
-use std::time::Duration;
-
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{Client, Harness};
-use futures::{SinkExt, StreamExt};
-use missive_api::Secret;
+use common::{
+    Client, Harness, Socket, close_frame, drain, next_of, refused_without_a_valid_admin_token,
+    upgrade_request, wait_for_status, ws_url,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use uuid::Uuid;
 
 async fn admin(h: &Harness, token: &str, method: Method, path: &str) -> common::Answer {
@@ -289,14 +285,6 @@ async fn other_api_processes_learn_of_blocks_from_the_log() {
     h.shutdown().await;
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn secret(h: &Harness) -> &Secret {
-    &h.server.as_ref().expect("running").secret
-}
-
 /// An operator's token for a dedicated id (not a registered user's), as the README advises.
 fn operator(h: &Harness) -> String {
     h.operator(&Client {
@@ -325,53 +313,6 @@ async fn unblock(h: &Harness, op: &str, who: &Client) -> common::Answer {
     .await
 }
 
-/// Every `Authorization` that must not pass for an operator's, each naming `as_user`: none, a
-/// malformed token, an unsigned admin token (`alg: none`), an admin token signed with another
-/// secret, an expired admin token, the user's genuine token with the admin claim slipped into
-/// its payload (signature kept), and a valid admin token in another scheme than `Bearer`.
-fn invalid_admin_authorizations(h: &Harness, as_user: Uuid) -> Vec<(&'static str, Option<String>)> {
-    let claims = |adm: bool| {
-        let mut claims = json!({ "sub": as_user, "iat": now(), "exp": now() + 3600 });
-        if adm {
-            claims["adm"] = json!(true);
-        }
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    };
-    let unsigned = format!(
-        "{}.{}.",
-        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
-        claims(true)
-    );
-    let forged = Secret::new(b"not-the-server-secret".to_vec()).issue_admin(as_user, now(), 3600);
-    let expired = secret(h).issue_admin(as_user, now() - 7200, 3600);
-    let users = secret(h).issue(as_user, now(), 3600);
-    let parts: Vec<&str> = users.split('.').collect();
-    assert_eq!(parts.len(), 3, "{users}");
-    let elevated = format!("{}.{}.{}", parts[0], claims(true), parts[2]);
-    let valid = secret(h).issue_admin(as_user, now(), 3600);
-    vec![
-        ("no Authorization header", None),
-        ("a malformed token", Some("Bearer not-a-jwt".to_owned())),
-        (
-            "an unsigned admin token",
-            Some(format!("Bearer {unsigned}")),
-        ),
-        (
-            "another secret's admin token",
-            Some(format!("Bearer {forged}")),
-        ),
-        ("an expired admin token", Some(format!("Bearer {expired}"))),
-        (
-            "a user's token given the admin claim",
-            Some(format!("Bearer {elevated}")),
-        ),
-        (
-            "an admin token in another scheme",
-            Some(format!("Token {valid}")),
-        ),
-    ]
-}
-
 /// `POST /v1/admin/users/{id}/block`, `.../unblock` and `DELETE /v1/admin/users/{id}` need a
 /// valid operator's token: without one each is 401 `unauthorized` with `WWW-Authenticate:
 /// Bearer`, and a user's genuine token (another user's, or the target's own) is 403
@@ -388,24 +329,7 @@ async fn admin_routes_refuse_invalid_tokens_and_users_tokens() {
         (Method::DELETE, format!("/v1/admin/users/{}", bob.id)),
     ];
     for (method, path) in &routes {
-        for (what, header) in invalid_admin_authorizations(&h, alice.id) {
-            let a = h
-                .raw(method.clone(), path, None, move |r| match header {
-                    Some(value) => r.header("authorization", value),
-                    None => r,
-                })
-                .await;
-            assert_eq!(
-                (a.status, a.code()),
-                (StatusCode::UNAUTHORIZED, "unauthorized"),
-                "{method} {path} with {what}: {a:?}"
-            );
-            assert_eq!(
-                a.headers.get("www-authenticate").map(|v| v.as_bytes()),
-                Some(&b"Bearer"[..]),
-                "{method} {path} with {what}"
-            );
-        }
+        refused_without_a_valid_admin_token(&h, method.clone(), path, alice.id).await;
         for who in [&alice, &bob] {
             let a = admin(&h, &who.token, method.clone(), path).await;
             assert_eq!(
@@ -436,42 +360,16 @@ async fn admin_routes_refuse_invalid_tokens_and_users_tokens() {
 
 // ----- WebSocket sessions -----
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn ws_url(h: &Harness) -> String {
-    format!("{}/v1/ws", h.base.replacen("http://", "ws://", 1))
-}
-
 /// The two ways of opening a session: the token in the Authorization header, and in the
 /// `access_token` query parameter (browsers).
 fn upgrade_requests(
     h: &Harness,
     who: &Client,
 ) -> [tokio_tungstenite::tungstenite::handshake::client::Request; 2] {
-    let mut header = ws_url(h).into_client_request().expect("request");
-    header.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", who.token).parse().expect("header"),
-    );
     let query = format!("{}?access_token={}", ws_url(h), who.token)
         .into_client_request()
         .expect("request");
-    [header, query]
-}
-
-/// The next text frame, as JSON.
-async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("the session is open")
-            .expect("a frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(text.as_str()).expect("JSON frame");
-        }
-    }
+    [upgrade_request(h, who), query]
 }
 
 /// Opens a session with `request` and reads up to the `synced` frame.
@@ -480,53 +378,8 @@ async fn open(request: tokio_tungstenite::tungstenite::handshake::client::Reques
         .await
         .expect("the session opens");
     assert_eq!(response.status(), 101);
-    loop {
-        let frame = next_json(&mut socket).await;
-        if frame["type"] == "synced" {
-            return socket;
-        }
-    }
-}
-
-/// Frames until the answer to a ping: proves the session is still open.
-async fn drain(socket: &mut Socket) -> Vec<Value> {
+    next_of(&mut socket, "synced").await;
     socket
-        .send(Message::Text(json!({"type": "ping"}).to_string().into()))
-        .await
-        .expect("the ping is sent");
-    let mut frames = Vec::new();
-    loop {
-        let frame = next_json(socket).await;
-        if frame["type"] == "pong" {
-            return frames;
-        }
-        frames.push(frame);
-    }
-}
-
-/// Reads until the server's close frame.
-async fn close_frame(socket: &mut Socket) -> CloseFrame {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("the server closes the session within 10 s")
-        {
-            Some(Ok(Message::Close(frame))) => return frame.expect("a close frame with a code"),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
-}
-
-/// Waits until `user` shows `status` to `viewer` (presence is projected asynchronously).
-async fn wait_for_status(h: &Harness, viewer: &Client, user: &Client, status: &str) {
-    for _ in 0..400 {
-        if status_of(h, viewer, user).await == status {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{} never became {status}", user.id);
 }
 
 /// Blocking a user ends every session they hold open (close code 4003, the account is

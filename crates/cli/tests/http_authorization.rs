@@ -8,17 +8,14 @@
 
 mod common;
 
-use std::time::Duration;
-
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{Answer, Client, Harness};
-use futures::{SinkExt, StreamExt};
+use common::{
+    Answer, Client, Harness, Socket, drain, next_json, next_of, refused_without_a_valid_token,
+    send_json, upgrade_request, ws_url,
+};
 use missive_api::Secret;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use uuid::Uuid;
 
 /// The direct message every test hopes no one else reads.
@@ -60,64 +57,6 @@ fn secret(h: &Harness) -> &Secret {
 /// A token the server's secret signed for a user who never registered.
 fn ghost_token(h: &Harness) -> String {
     secret(h).issue(Uuid::now_v7(), now(), 3600)
-}
-
-/// Every way of calling without a valid token, each naming `as_user`: no `Authorization`
-/// header, a malformed token, an unsigned one (`alg: none`), one signed with another secret,
-/// an expired one and a valid one in another scheme. Each must be 401 `unauthorized` with
-/// `WWW-Authenticate: Bearer`, and tell nothing of the resource.
-async fn refused_without_a_valid_token(
-    h: &Harness,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-    as_user: Uuid,
-) {
-    let valid = secret(h).issue(as_user, now(), 3600);
-    let unsigned = format!(
-        "{}.{}.",
-        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
-        URL_SAFE_NO_PAD.encode(format!(
-            r#"{{"sub":"{as_user}","iat":{},"exp":{}}}"#,
-            now(),
-            now() + 3600
-        ))
-    );
-    let forged = Secret::new(b"not-the-server-secret".to_vec()).issue(as_user, now(), 3600);
-    let expired = secret(h).issue(as_user, now() - 7200, 3600);
-    let attempts = [
-        ("no Authorization header", None),
-        ("a malformed token", Some("Bearer not-a-jwt".to_owned())),
-        ("an unsigned token", Some(format!("Bearer {unsigned}"))),
-        ("another secret's token", Some(format!("Bearer {forged}"))),
-        ("an expired token", Some(format!("Bearer {expired}"))),
-        ("a token in another scheme", Some(format!("Token {valid}"))),
-    ];
-    for (what, header) in attempts {
-        let body = body.clone();
-        let a = h
-            .raw(method.clone(), path, None, move |r| {
-                let r = match header {
-                    Some(value) => r.header("authorization", value),
-                    None => r,
-                };
-                match body {
-                    Some(b) => r.json(&b),
-                    None => r,
-                }
-            })
-            .await;
-        assert_eq!(
-            (a.status, a.code()),
-            (StatusCode::UNAUTHORIZED, "unauthorized"),
-            "{method} {path} with {what}: {a:?}"
-        );
-        assert_eq!(
-            a.headers.get("www-authenticate").map(|v| v.as_bytes()),
-            Some(&b"Bearer"[..]),
-            "{method} {path} with {what}"
-        );
-    }
 }
 
 async fn delete(h: &Harness, path: &str, who: &Client) -> Answer {
@@ -935,42 +874,10 @@ async fn presence_is_set_for_the_caller_only() {
 
 // ----- WebSocket sessions -----
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn ws_url(h: &Harness) -> String {
-    format!("{}/v1/ws", h.base.replacen("http://", "ws://", 1))
-}
-
-async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("the session is open")
-            .expect("a frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(text.as_str()).expect("JSON frame");
-        }
-    }
-}
-
-async fn send_json(socket: &mut Socket, frame: Value) {
-    socket
-        .send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("the frame is sent");
-}
-
 /// Opens a session (token in the Authorization header) and returns it with the messages
 /// that were pending, read up to `synced`.
 async fn connect(h: &Harness, who: &Client) -> (Socket, Vec<Value>) {
-    let mut request = ws_url(h).into_client_request().expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", who.token).parse().expect("header"),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+    let (mut socket, _) = tokio_tungstenite::connect_async(upgrade_request(h, who))
         .await
         .expect("the session opens");
     let mut pending = Vec::new();
@@ -981,29 +888,6 @@ async fn connect(h: &Harness, who: &Client) -> (Socket, Vec<Value>) {
             Some("synced") => return (socket, pending),
             _ => panic!("before synced, only pending messages come: {frame}"),
         }
-    }
-}
-
-/// The next frame of `kind`, skipping others.
-async fn next_of(socket: &mut Socket, kind: &str) -> Value {
-    loop {
-        let frame = next_json(socket).await;
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
-}
-
-/// Frames until the answer to a ping: everything pushed before it.
-async fn drain(socket: &mut Socket) -> Vec<Value> {
-    send_json(socket, json!({"type": "ping"})).await;
-    let mut frames = Vec::new();
-    loop {
-        let frame = next_json(socket).await;
-        if frame["type"] == "pong" {
-            return frames;
-        }
-        frames.push(frame);
     }
 }
 

@@ -65,10 +65,29 @@ fn sorted<const N: usize>(texts: [&str; N]) -> Vec<String> {
     texts
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
+/// Asserts that none of `texts` stands in `haystack` (the log's dump, or the read store's
+/// bytes) in the clear; `place` names it.
+#[track_caller]
+fn assert_absent(haystack: &[u8], texts: &[&str], place: &str) {
+    for text in texts {
+        assert!(
+            !haystack.windows(text.len()).any(|w| w == text.as_bytes()),
+            "{text:?} in {place}"
+        );
+    }
+}
+
+/// Deletes `who`'s account with an operator's token issued for `by`.
+async fn delete_account(h: &Harness, who: &Client, by: &Client) {
+    let deleted = h
+        .call(
+            Method::DELETE,
+            &format!("/v1/admin/users/{}", who.id),
+            Some(&h.operator(by)),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
 }
 
 /// What Bob sees of Alice and of their conversation and server.
@@ -163,23 +182,18 @@ async fn deleting_an_account_shreds_its_personal_data_also_from_replays() {
     // ...but the log never holds it in the clear, nor does the read store (texts stay sealed
     // there; a username and display name are opened as they are projected).
     let log = dump(&h).await;
-    for personal in [NAME, DISPLAY, SECRET, POST, REPLY] {
-        assert!(!log.contains(personal), "{personal:?} in the log");
-    }
-    let stored = read_store_bytes(&h);
-    for text in [SECRET, POST, REPLY] {
-        assert!(!contains(&stored, text), "{text:?} in the read store");
-    }
+    assert_absent(
+        log.as_bytes(),
+        &[NAME, DISPLAY, SECRET, POST, REPLY],
+        "the log",
+    );
+    assert_absent(
+        &read_store_bytes(&h),
+        &[SECRET, POST, REPLY],
+        "the read store",
+    );
 
-    let deleted = h
-        .call(
-            Method::DELETE,
-            &format!("/v1/admin/users/{}", alice.id),
-            Some(&h.operator(&bob)),
-            None,
-        )
-        .await;
-    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    delete_account(&h, &alice, &bob).await;
     let gone = format!("deleted-{}", alice.id.simple());
 
     // Live read models: nothing of Alice's is readable; Bob's own message is.
@@ -199,13 +213,11 @@ async fn deleting_an_account_shreds_its_personal_data_also_from_replays() {
     assert_eq!(replayed.alice["display_name"], "");
     assert_eq!(replayed.texts, sorted(["", REPLY]));
     assert_eq!(replayed.posts, [""]);
-    let stored = read_store_bytes(&h);
-    for personal in [NAME, DISPLAY, SECRET, POST] {
-        assert!(
-            !contains(&stored, personal),
-            "{personal:?} in the rebuilt read store"
-        );
-    }
+    assert_absent(
+        &read_store_bytes(&h),
+        &[NAME, DISPLAY, SECRET, POST],
+        "the rebuilt read store",
+    );
     // The name is free for someone else, whose data is theirs.
     let newcomer = h.register(NAME).await;
     assert_ne!(newcomer.id, alice.id);
@@ -292,23 +304,14 @@ async fn deleting_an_account_shreds_its_channel_messages() {
         log.contains("ChannelMessageSent"),
         "the dump lists them: {log}"
     );
-    for text in [CHANNEL_SECRET, CHANNEL_REPLY] {
-        assert!(!log.contains(text), "{text:?} in the log");
-    }
-    let stored = read_store_bytes(&h);
-    for text in [CHANNEL_SECRET, CHANNEL_REPLY] {
-        assert!(!contains(&stored, text), "{text:?} in the read store");
-    }
+    assert_absent(log.as_bytes(), &[CHANNEL_SECRET, CHANNEL_REPLY], "the log");
+    assert_absent(
+        &read_store_bytes(&h),
+        &[CHANNEL_SECRET, CHANNEL_REPLY],
+        "the read store",
+    );
 
-    let deleted = h
-        .call(
-            Method::DELETE,
-            &format!("/v1/admin/users/{}", alice.id),
-            Some(&h.operator(&bob)),
-            None,
-        )
-        .await;
-    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    delete_account(&h, &alice, &bob).await;
 
     // Live read models: Alice's message is still listed, as hers, with an empty text; Bob's
     // own reads as he wrote it.
@@ -328,8 +331,11 @@ async fn deleting_an_account_shreds_its_channel_messages() {
     assert_eq!(shredded["sender_id"], json!(alice.id), "{shredded}");
     assert_eq!(shredded["text"], "", "{shredded}");
     assert_eq!(by(&his.body["message_id"])["text"], CHANNEL_REPLY);
-    let log = dump(&h).await;
-    assert!(!log.contains(CHANNEL_SECRET), "in the log after deletion");
+    assert_absent(
+        dump(&h).await.as_bytes(),
+        &[CHANNEL_SECRET],
+        "the log after deletion",
+    );
 
     // A full replay of the log into empty read models shows the same, and stores nothing of
     // Alice's text.
@@ -338,10 +344,10 @@ async fn deleting_an_account_shreds_its_channel_messages() {
         channel_texts(&h, &bob, &channel, last).await,
         sorted(["", CHANNEL_REPLY])
     );
-    let stored = read_store_bytes(&h);
-    assert!(
-        !contains(&stored, CHANNEL_SECRET),
-        "Alice's channel message in the rebuilt read store"
+    assert_absent(
+        &read_store_bytes(&h),
+        &[CHANNEL_SECRET],
+        "the rebuilt read store",
     );
     h.shutdown().await;
 }

@@ -7,11 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Harness};
+use common::{
+    Client, Harness, Socket, close_frame, drain, next_json, next_of, send_json, upgrade_request,
+    wait_for_status, ws_url,
+};
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -39,40 +41,10 @@ async fn shutdown_closes_sessions_with_going_away() {
     let mut b = open(&h, &bob).await;
     h.shutdown().await;
     for socket in [&mut a, &mut b] {
-        let closed = loop {
-            match tokio::time::timeout(Duration::from_secs(10), socket.next())
-                .await
-                .expect("the server closes the session")
-            {
-                Some(Ok(Message::Close(frame))) => break frame,
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        };
-        let frame = closed.expect("a close frame with a code");
+        let frame = close_frame(socket).await;
         assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
         assert!(frame.reason.contains("shutting down"), "{frame:?}");
     }
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn ws_url(h: &Harness) -> String {
-    format!("{}/v1/ws", h.base.replacen("http://", "ws://", 1))
-}
-
-/// An upgrade request with the token in the Authorization header.
-fn upgrade_request(
-    h: &Harness,
-    who: &Client,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut request = ws_url(h).into_client_request().expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", who.token).parse().expect("header"),
-    );
-    request
 }
 
 /// Opens a session with the token in the Authorization header and reads what was pending,
@@ -103,68 +75,11 @@ async fn open(h: &Harness, who: &Client) -> Socket {
     socket
 }
 
-async fn send_json(socket: &mut Socket, frame: Value) {
-    socket
-        .send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("the frame is sent");
-}
-
 /// Acknowledges messages and returns the `acked` answer.
 async fn ack(socket: &mut Socket, ids: &[&Value]) -> Value {
     send_json(socket, json!({"type": "ack", "message_ids": ids})).await;
     // Pushes queued before the ack was read come first (a friend's presence, say).
     next_of(socket, "acked").await
-}
-
-/// Frames until `{"type":"pong"}`: a ping's answer comes after every frame queued before it,
-/// so this collects everything pushed so far (and proves nothing else is on its way).
-async fn drain(socket: &mut Socket) -> Vec<Value> {
-    send_json(socket, json!({"type": "ping"})).await;
-    let mut frames = Vec::new();
-    loop {
-        let frame = next_json(socket).await;
-        if frame["type"] == "pong" {
-            return frames;
-        }
-        frames.push(frame);
-    }
-}
-
-/// The next frame of `kind`, skipping others.
-async fn next_of(socket: &mut Socket, kind: &str) -> Value {
-    loop {
-        let frame = next_json(socket).await;
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
-}
-
-/// The next text frame, as JSON.
-async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("the session is open")
-            .expect("a frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(text.as_str()).expect("JSON frame");
-        }
-    }
-}
-
-/// Waits until `user` shows `status` to `viewer` (presence is projected asynchronously).
-async fn wait_for_status(h: &Harness, viewer: &Client, user: &Client, status: &str) -> Value {
-    for _ in 0..200 {
-        let answer = h.get(&format!("/v1/users/{}", user.id), viewer).await;
-        if answer.body["status"] == status {
-            return answer.body;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{} never became {status}", user.id);
 }
 
 async fn sessions_authenticate_answer_pings_and_drive_presence() {
@@ -261,18 +176,8 @@ async fn a_silent_session_times_out_and_limits_hold() {
     }
 
     // No heartbeat: the server closes with 4000 and alice goes offline.
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(10), silent.next())
-            .await
-            .expect("the server closes the session")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
     assert_eq!(
-        closed.expect("a close frame with a code").code,
+        close_frame(&mut silent).await.code,
         CloseCode::Library(4000)
     );
     wait_for_status(&h, &bob, &alice, "offline").await;
