@@ -264,20 +264,26 @@ where
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| json_rejection(JsonRejection::BytesRejection(e)))?;
-        // serde also reads a struct from an array of its fields in order: `["bob", "hi"]`
-        // would be a message. A command is an object, with named fields.
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        if let Some(b'[') = first {
-            return Err(ApiError::bad_request(
-                "the body does not match the expected shape: expected a JSON object, found an \
-                 array",
-            ));
+        if is_json_array(&bytes) {
+            return Err(ApiError::bad_request(format!(
+                "the body does not match the expected shape: {NOT_AN_ARRAY}"
+            )));
         }
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// Why a JSON array is refused where a command (an object) is expected.
+pub(crate) const NOT_AN_ARRAY: &str = "expected a JSON object, found an array";
+
+/// Whether `json` is an array. serde also reads a struct from an array of its fields in
+/// order (`["bob", "hi"]` would be a message): a command, a body or a WebSocket frame, is an
+/// object with named fields, so an array is refused before it is parsed.
+pub(crate) fn is_json_array(json: &[u8]) -> bool {
+    json.trim_ascii_start().first() == Some(&b'[')
 }
 
 /// Whether the request says its body is JSON: `application/json`, or `application/*+json`

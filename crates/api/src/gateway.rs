@@ -171,10 +171,10 @@ enum Out {
     /// A frame for the user's sessions: the metric label, the frame, and for a message pushed
     /// to its recipient its id.
     Frame(Uuid, &'static str, Value, Option<Uuid>),
-    /// The event could not be turned into the user's frame: their sessions close and resync.
-    Resync(Uuid),
-    /// The user's account was blocked or deleted: their sessions close for good.
-    Restricted(Uuid),
+    /// The user's sessions close, for this reason: [`Kick::OutOfSync`] when the event could
+    /// not be turned into their frame (they reconnect and resync), [`Kick::Restricted`] when
+    /// their account was blocked or deleted.
+    Close(Uuid, Kick),
 }
 
 impl Gateway {
@@ -568,8 +568,7 @@ impl Dispatch<'_> {
                         },
                     )),
                 ),
-                Out::Resync(user) => (user, Err(Kick::OutOfSync)),
-                Out::Restricted(user) => (user, Err(Kick::Restricted)),
+                Out::Close(user, kick) => (user, Err(kick)),
             };
             let Some(subscribers) = routes.users.get_mut(&user) else {
                 continue;
@@ -630,7 +629,7 @@ impl Dispatch<'_> {
                     // the sender's other devices have it in history, and are left open.
                     let missed = || {
                         if viewer == *recipient_id {
-                            Some(Out::Resync(viewer))
+                            Some(Out::Close(viewer, Kick::OutOfSync))
                         } else {
                             tracing::warn!(%position, sender = %viewer, "a message is not echoed to its sender's other devices (not projected in time, or unreadable); it is in their history");
                             None
@@ -727,7 +726,7 @@ impl Dispatch<'_> {
             Event::AccountStatusChanged { user_id, status } => {
                 // Noted in `dispatch`, before any session is concerned. A blocked or deleted user's sessions end; reconnecting is refused (403).
                 if *status != missive_events::AccountStatus::Active && local(user_id) {
-                    out.push(Out::Restricted(*user_id));
+                    out.push(Out::Close(*user_id, Kick::Restricted));
                 }
             }
             Event::PresenceChanged { user_id, status } => {
@@ -1033,7 +1032,7 @@ impl Dispatch<'_> {
                     // Not projected in time, or unreadable: the members' sessions resync and
                     // read the channel's history (the sender's other devices have it there).
                     for user in audience.into_iter().filter(|u| u != sender_id) {
-                        out.push(Out::Resync(user));
+                        out.push(Out::Close(user, Kick::OutOfSync));
                     }
                     return Ok(out);
                 };

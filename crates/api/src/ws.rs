@@ -615,11 +615,8 @@ pub(crate) fn answer(message: WsMessage) -> Answer {
         }
         _ => return Answer::Now(Vec::new()),
     };
-    // serde would also read a frame from an array (`["ping"]`): a frame is an object.
-    let frame = if text.trim_start().starts_with('[') {
-        Err(serde::de::Error::custom(
-            "expected a JSON object, found an array",
-        ))
+    let frame = if crate::error::is_json_array(text.as_bytes()) {
+        Err(serde::de::Error::custom(crate::error::NOT_AN_ARRAY))
     } else {
         serde_json::from_str::<ClientFrame>(text.as_str())
     };

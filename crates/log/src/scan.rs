@@ -40,8 +40,8 @@ impl std::fmt::Debug for Scan {
 
 impl Scan {
     /// Opens a scan of every partition, each from its offset in `start` (0 when not named; the
-    /// first offset the log still holds when that is later) to `end`. `tool` names the scan's consumer group: a unique suffix is added, and nothing is
-    /// ever committed for it.
+    /// first offset the log still holds when that is later) to `end`. `tool` names the scan's
+    /// consumer group: a unique suffix is added, and nothing is ever committed for it.
     pub async fn open(
         log: &dyn EventLog,
         tool: &str,
